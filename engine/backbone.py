@@ -1,0 +1,218 @@
+"""A frozen language model that reads soft prompts.
+
+Everything that trains a prompt goes through `Backbone`: the prompt is an ordinary
+tensor passed in by the caller (never a parameter of the model), so plain prompt
+tuning, `higher`'s functional inner loops and a bank of many prompts trained at once
+all share the same forward code. A prompt is either one `[n, d]` tensor shared by
+the whole batch, or a bank `[J, n, d]` with `owner[b]` naming the row each example uses.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+PLACEMENTS = ("before", "after")
+
+
+@dataclass
+class TokenTotals:
+    """Per-example summed negative log-likelihood of the target tokens, and their count."""
+
+    nll: torch.Tensor  # [B]
+    tokens: torch.Tensor  # [B]
+
+    def mean_loss(self) -> torch.Tensor:
+        """Token-averaged loss over the batch (what a Hugging Face model reports)."""
+        return self.nll.sum() / self.tokens.sum().clamp(min=1)
+
+    def per_example_mean(self) -> torch.Tensor:
+        return self.nll / self.tokens.clamp(min=1)
+
+
+class Backbone:
+    def __init__(self, model, tokenizer, name: str, *, device: str = "cpu",
+                 max_input_length: int = 256, max_output_length: int = 64,
+                 bf16_autocast: bool = False):
+        model.requires_grad_(False)  # frozen: no gradient, so no optimizer state either
+        model.eval()  # no dropout: the same prompt always gives the same loss
+        self.model = model.to(device)
+        self.tokenizer = tokenizer
+        self.name = name
+        self.device = torch.device(device)
+        self.is_encoder_decoder = bool(model.config.is_encoder_decoder)
+        self.embeddings = model.get_input_embeddings()
+        self.hidden_size = int(self.embeddings.weight.shape[1])
+        self.max_input_length = max_input_length
+        self.max_output_length = max_output_length
+        self.bf16_autocast = bf16_autocast and self.device.type == "cuda"
+        self.eos_id = tokenizer.eos_token_id
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_id
+        self._token_cache: dict[tuple[str, str], list[int]] = {}
+
+    @classmethod
+    def load(cls, name: str, *, device: str = "cpu", attn_implementation: str | None = None,
+             max_input_length: int = 256, max_output_length: int = 64, progress=None) -> "Backbone":
+        from engine.models import load_pretrained
+
+        kwargs = {"progress": progress} if progress else {}
+        model, tokenizer, _ = load_pretrained(name, attn_implementation=attn_implementation, **kwargs)
+        bf16 = device.startswith("cuda") and torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+        return cls(model, tokenizer, name, device=device, max_input_length=max_input_length,
+                   max_output_length=max_output_length, bf16_autocast=bf16)
+
+    # ---- tokens -------------------------------------------------------------------
+
+    def _ids(self, text: str, kind: str) -> list[int]:
+        key = (kind, text)
+        ids = self._token_cache.get(key)
+        if ids is None:
+            if kind == "input":
+                ids = self.tokenizer(text, add_special_tokens=False)["input_ids"][: self.max_input_length]
+            else:  # a target: a leading space for byte-level BPE, then end-of-sequence
+                text = text if self.is_encoder_decoder else " " + text
+                ids = self.tokenizer(text, add_special_tokens=False)["input_ids"][: self.max_output_length - 1]
+                ids = ids + [self.eos_id]
+            self._token_cache[key] = ids
+        return ids
+
+    def autocast(self):
+        if self.bf16_autocast:
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    # ---- rows ---------------------------------------------------------------------
+
+    def _embed_rows(self, prompt: torch.Tensor, owner: torch.Tensor | None, segments: list[list],
+                    left_pad: bool = False):
+        """Embed rows made of token-id lists and a "P" marker where the prompt goes.
+
+        Returns inputs_embeds [B, L, d], attention_mask [B, L] and, per row, the
+        offset of each segment so callers can find their target positions.
+        """
+        n = prompt.shape[-2]
+        lengths = [sum(n if seg == "P" else len(seg) for seg in row) for row in segments]
+        width = max(lengths)
+        B = len(segments)
+        ids = torch.full((B, width), self.pad_id, dtype=torch.long)
+        slot = torch.full((B, width), -1, dtype=torch.long)  # prompt vector index, -1 elsewhere
+        mask = torch.zeros((B, width), dtype=torch.long)
+        starts = []
+        for b, row in enumerate(segments):
+            pos = width - lengths[b] if left_pad else 0
+            row_starts = []
+            for seg in row:
+                row_starts.append(pos)
+                if seg == "P":
+                    slot[b, pos:pos + n] = torch.arange(n)
+                    pos += n
+                else:
+                    ids[b, pos:pos + len(seg)] = torch.tensor(seg, dtype=torch.long)
+                    pos += len(seg)
+            if left_pad:
+                mask[b, width - lengths[b]:] = 1
+            else:
+                mask[b, : lengths[b]] = 1
+            starts.append(row_starts)
+        ids, slot, mask = ids.to(self.device), slot.to(self.device), mask.to(self.device)
+        token_embeds = self.embeddings(ids)
+        is_prompt = slot >= 0
+        if prompt.dim() == 2:
+            prompt_embeds = prompt[slot.clamp(min=0)]
+        else:  # a bank: each row reads its owner's prompt
+            rows = owner.to(self.device)[:, None].expand_as(slot)
+            prompt_embeds = prompt[rows, slot.clamp(min=0)]
+        embeds = torch.where(is_prompt[..., None], prompt_embeds.to(token_embeds.dtype), token_embeds)
+        return embeds, mask, starts
+
+    def _prompted_input(self, input_ids: list[int], placement: str) -> list:
+        tail = [self.eos_id] if self.is_encoder_decoder else []
+        return (["P", input_ids] if placement == "before" else [input_ids, "P"]) + ([tail] if tail else [])
+
+    # ---- scoring ------------------------------------------------------------------
+
+    def token_totals(self, prompt: torch.Tensor, inputs: list[str], targets: list[str],
+                     placement: str = "before", owner: torch.Tensor | None = None) -> TokenTotals:
+        """Summed NLL of each target given its prompted input (differentiable in `prompt`)."""
+        if placement not in PLACEMENTS:
+            raise ValueError(f"placement must be one of {PLACEMENTS}, got {placement!r}")
+        in_ids = [self._ids(t, "input") for t in inputs]
+        out_ids = [self._ids(t, "target") for t in targets]
+        with self.autocast():
+            if self.is_encoder_decoder:
+                embeds, mask, _ = self._embed_rows(prompt, owner, [self._prompted_input(i, placement) for i in in_ids])
+                width = max(len(o) for o in out_ids)
+                labels = torch.full((len(out_ids), width), -100, dtype=torch.long)
+                for b, o in enumerate(out_ids):
+                    labels[b, : len(o)] = torch.tensor(o)
+                labels = labels.to(self.device)
+                logits = self.model(inputs_embeds=embeds, attention_mask=mask, labels=labels).logits
+                target_mask = labels >= 0
+                targets_t = labels
+            else:
+                rows = [self._prompted_input(i, placement) + [o] for i, o in zip(in_ids, out_ids)]
+                embeds, mask, starts = self._embed_rows(prompt, owner, rows)
+                logits = self.model(inputs_embeds=embeds, attention_mask=mask).logits[:, :-1]
+                # position t predicts token t+1: mark the positions just before each target token
+                target_mask = torch.zeros(logits.shape[:2], dtype=torch.bool, device=self.device)
+                targets_t = torch.zeros(logits.shape[:2], dtype=torch.long, device=self.device)
+                for b, o in enumerate(out_ids):
+                    s = starts[b][-1]
+                    target_mask[b, s - 1: s - 1 + len(o)] = True
+                    targets_t[b, s - 1: s - 1 + len(o)] = torch.tensor(o, device=self.device)
+            picked = logits[target_mask].float()
+            token_nll = F.cross_entropy(picked, targets_t[target_mask], reduction="none")
+        row_of_token = target_mask.nonzero()[:, 0]
+        nll = torch.zeros(len(inputs), device=self.device, dtype=token_nll.dtype).index_add(0, row_of_token, token_nll)
+        tokens = target_mask.sum(dim=1)
+        return TokenTotals(nll=nll, tokens=tokens)
+
+    def loss(self, prompt, inputs, targets, placement="before") -> torch.Tensor:
+        return self.token_totals(prompt, inputs, targets, placement).mean_loss()
+
+    @torch.no_grad()
+    def rank_options(self, prompt: torch.Tensor, inputs: list[str], options: list[list[str]],
+                     placement: str = "before", batch_rows: int = 64,
+                     length_normalise: bool = True) -> list[int]:
+        """Rank classification: index of the most likely option for each input.
+
+        All (input, option) pairs are scored by likelihood in batched passes;
+        no text is generated and no string is matched.
+        """
+        flat_in, flat_out, owner_of = [], [], []
+        for i, (text, opts) in enumerate(zip(inputs, options)):
+            for opt in opts:
+                flat_in.append(text)
+                flat_out.append(opt)
+                owner_of.append(i)
+        scores = []
+        for s in range(0, len(flat_in), batch_rows):
+            totals = self.token_totals(prompt, flat_in[s:s + batch_rows], flat_out[s:s + batch_rows], placement)
+            per = totals.per_example_mean() if length_normalise else totals.nll
+            scores.extend((-per).tolist())
+        best: list[int] = []
+        pos = 0
+        for opts in options:
+            chunk = scores[pos:pos + len(opts)]
+            best.append(max(range(len(opts)), key=chunk.__getitem__))
+            pos += len(opts)
+        return best
+
+    @torch.no_grad()
+    def generate(self, prompt: torch.Tensor, inputs: list[str], placement: str = "before",
+                 max_new_tokens: int = 32, batch_rows: int = 32) -> list[str]:
+        """Greedy generation for free-form tasks, batched, capped at max_new_tokens."""
+        results: list[str] = []
+        for s in range(0, len(inputs), batch_rows):
+            chunk = [self._prompted_input(self._ids(t, "input"), placement) for t in inputs[s:s + batch_rows]]
+            # decoder-only models continue the row, so pad on the left; the encoder pads on the right
+            embeds, mask, _ = self._embed_rows(prompt, None, chunk, left_pad=not self.is_encoder_decoder)
+            with self.autocast():
+                out = self.model.generate(inputs_embeds=embeds, attention_mask=mask, max_new_tokens=max_new_tokens,
+                                          do_sample=False, num_beams=1, pad_token_id=self.pad_id,
+                                          eos_token_id=self.eos_id)
+            results.extend(t.strip() for t in self.tokenizer.batch_decode(out, skip_special_tokens=True))
+        return results

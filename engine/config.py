@@ -1,0 +1,218 @@
+"""Presets: TOML files validated into typed objects before anything runs.
+
+Every key has a type and, where it matters, allowed values or a minimum; an
+unknown key, a wrong type or a bad value is a `PresetError` whose one-line
+message names the file and the key. `--set a.b=c` overrides go through the
+same checks. The resolved preset is what a run directory stores as config.json.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import typing
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+from engine.tomlcompat import tomllib
+
+DATA_DIR_ENV = "MPT_TUI_DATA_DIR"
+PAPER_SEEDS = [100, 13, 21, 42, 87]
+
+
+class PresetError(ValueError):
+    """A preset that cannot run; the message is one line naming the file and key."""
+
+
+def _field(default, *, choices=None, minimum=None, help=""):
+    kwargs = {"default_factory": lambda: list(default)} if isinstance(default, list) else {"default": default}
+    return field(metadata={"choices": choices, "min": minimum, "help": help}, **kwargs)
+
+
+@dataclass
+class DataConfig:
+    dir: str = _field("", help="task data directory; empty: --data-dir or $MPT_TUI_DATA_DIR")
+    config_dir: str = _field("", help="task config directory (tasks/<task>.json, <setting>.json); empty: found next to the data")
+    setting: str = _field("", help="setting name (in the config directory) or file listing source/target tasks")
+    sources: list[str] = _field([], help="source tasks; overrides the setting's list")
+    targets: list[str] = _field([], help="target tasks; overrides the setting's list")
+    k: int = _field(16, minimum=1)
+    seeds: list[int] = _field(PAPER_SEEDS)
+
+
+@dataclass
+class ModelConfig:
+    name: str = _field("smollm2-135m", help="local directory, hub name, or embedded model")
+    device: str = _field("auto", help="auto, cpu, cuda, cuda:N")
+    max_input_length: int = _field(256, minimum=1)
+    max_output_length: int = _field(64, minimum=2)
+
+
+@dataclass
+class PromptConfig:
+    length: int = _field(100, minimum=1)
+    placement: str = _field("before", choices=("before", "after"))
+    init: str = _field("vocab", choices=("vocab", "task_name", "file"))
+    file: str = _field("", help="prompt .safetensors when init = 'file'")
+
+
+@dataclass
+class DownstreamConfig:
+    learning_rates: list[float] = _field([0.5, 0.4, 0.3, 0.2])
+    optimizer: str = _field("adafactor", choices=("adafactor", "adamw"))
+    batch_size: int = _field(8, minimum=1)
+    steps: int = _field(3000, minimum=1)
+    eval_every: int = _field(50, minimum=1)
+    eval_batch_size: int = _field(64, minimum=1)
+    log_every: int = _field(10, minimum=1, help="train loss written to metrics.jsonl every N steps")
+    prediction: str = _field("auto", choices=("auto", "rank", "generate"),
+                             help="auto: rank classification where a task has options, generation otherwise")
+    max_new_tokens: int = _field(32, minimum=1)
+    max_test_examples: int = _field(0, minimum=0, help="0: the whole test file")
+    grad_clip: float = _field(1.0, minimum=0.0)
+    weight_decay: float = _field(1e-5, minimum=0.0)
+    train_seed: int = _field(0, help="seed of the data order and prompt sampling (added to each split's seed)")
+
+
+@dataclass
+class Preset:
+    name: str = _field("unnamed")
+    description: str = _field("")
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    prompt: PromptConfig = field(default_factory=PromptConfig)
+    downstream: DownstreamConfig = field(default_factory=DownstreamConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+# ---- validation -------------------------------------------------------------------
+
+_TYPE_WORDS = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
+
+
+def _check_scalar(value, kind, where: str):
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if kind is int and isinstance(value, bool):
+        raise PresetError(f"{where} must be an integer, got {value!r}")
+    if not isinstance(value, kind):
+        raise PresetError(f"{where} must be {_TYPE_WORDS[kind]}, got {value!r}")
+    return value
+
+
+def _check_value(value, annotation, meta, where: str):
+    origin = typing.get_origin(annotation)
+    if origin is list:
+        (item_kind,) = typing.get_args(annotation)
+        if not isinstance(value, list):
+            raise PresetError(f"{where} must be a list of {_TYPE_WORDS[item_kind][2:]}s, got {value!r}")
+        value = [_check_scalar(v, item_kind, f"{where}[{i}]") for i, v in enumerate(value)]
+        items = value
+    else:
+        value = _check_scalar(value, annotation, where)
+        items = [value]
+    for item in items:
+        if meta.get("choices") and item not in meta["choices"]:
+            raise PresetError(f"{where} must be one of {', '.join(meta['choices'])}, got {item!r}")
+        if meta.get("min") is not None and item < meta["min"]:
+            raise PresetError(f"{where} must be at least {meta['min']}, got {item!r}")
+    return value
+
+
+def _build(cls, raw: dict, prefix: str, origin: str):
+    if not isinstance(raw, dict):
+        raise PresetError(f"{origin}: [{prefix.rstrip('.')}] must be a table")
+    hints = typing.get_type_hints(cls)
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in raw.items():
+        where = f"{prefix}{key}"
+        if key not in known:
+            raise PresetError(f"{origin}: unknown key '{where}' (known: {', '.join(known)})")
+        kind = hints[key]
+        if dataclasses.is_dataclass(kind):
+            kwargs[key] = _build(kind, value, f"{where}.", origin)
+        else:
+            try:
+                kwargs[key] = _check_value(value, kind, known[key].metadata, where)
+            except PresetError as exc:
+                raise PresetError(f"{origin}: {exc}") from None
+    return cls(**kwargs)
+
+
+def parse_set(assignment: str) -> tuple[list[str], object]:
+    """`a.b=value` -> (['a','b'], value); the value is read as TOML, else taken as a string."""
+    if "=" not in assignment:
+        raise PresetError(f"--set {assignment}: expected key=value")
+    key, text = assignment.split("=", 1)
+    try:
+        value = tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = text
+    return key.strip().split("."), value
+
+
+def apply_overrides(raw: dict, assignments: list[str]) -> dict:
+    for assignment in assignments:
+        path, value = parse_set(assignment)
+        node = raw
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise PresetError(f"--set {assignment}: '{part}' is not a table")
+        node[path[-1]] = value
+    return raw
+
+
+def builtin_presets_dir() -> Path:
+    return Path(str(resources.files("mpt_tui.presets")))
+
+
+def list_builtin_presets() -> list[str]:
+    return sorted(p.stem for p in builtin_presets_dir().glob("*.toml"))
+
+
+def find_preset(name_or_path: str) -> Path:
+    path = Path(name_or_path).expanduser()
+    if path.is_file():
+        return path
+    builtin = builtin_presets_dir() / f"{name_or_path}.toml"
+    if builtin.is_file():
+        return builtin
+    raise PresetError(f"preset '{name_or_path}' not found: no such file, and no built-in preset of that name "
+                      f"(built-in: {', '.join(list_builtin_presets())})")
+
+
+def load_preset(name_or_path: str, overrides: list[str] = (), data_dir: str | None = None) -> tuple[Preset, Path]:
+    """Read, override and type-check a preset. Paths in it are made absolute."""
+    path = find_preset(name_or_path)
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise PresetError(f"{path}: not valid TOML ({exc})") from None
+    raw = apply_overrides(raw, list(overrides))
+    raw.setdefault("name", path.stem)
+    origin = str(path) if not overrides else f"{path} (with --set)"
+    preset = _build(Preset, raw, "", origin)
+    base = path.parent
+    if data_dir:
+        preset.data.dir = str(Path(data_dir).expanduser().resolve())
+    elif preset.data.dir:
+        preset.data.dir = str((base / Path(preset.data.dir).expanduser()).resolve())
+    elif os.environ.get(DATA_DIR_ENV):
+        preset.data.dir = str(Path(os.environ[DATA_DIR_ENV]).expanduser().resolve())
+    else:
+        raise PresetError(f"{path}: data.dir is not set: pass --data-dir DIR or set ${DATA_DIR_ENV}")
+    for section, key in (("data", "config_dir"), ("data", "setting"), ("prompt", "file")):
+        obj = getattr(preset, section)
+        value = getattr(obj, key)
+        if value and (key != "setting" or value.endswith((".json", ".toml"))):
+            setattr(obj, key, str((base / Path(value).expanduser()).resolve()))
+    return preset, path
+
+
+def preset_from_dict(raw: dict, origin: str = "config.json") -> Preset:
+    return _build(Preset, raw, "", origin)

@@ -1,0 +1,230 @@
+"""The one entry point that runs (or resumes) whatever a run directory describes.
+
+    python -m engine.worker <run-dir>
+
+The headless CLI calls `execute()` in-process with a progress reporter; the app
+and any queue start this module as a detached process. Either way the run's
+progress reaches readers only through its directory (status.json, metrics.jsonl),
+and a finished grid cell is never recomputed.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Protocol
+
+from engine.config import preset_from_dict
+from engine.protocol import Cell, Plan, grid_cells, select_and_aggregate
+from engine.runs import Run, read_json, write_json_atomic
+from engine.store import RunIndex
+
+HEARTBEAT_EVERY_S = 10.0
+STATUS_EVERY_S = 2.0
+
+
+class Reporter(Protocol):
+    def start(self, total_steps: int, done_steps: int) -> None: ...
+    def advance(self, done_steps: int, text: str) -> None: ...
+    def message(self, text: str) -> None: ...
+
+
+class _Silent:
+    def start(self, total_steps, done_steps): pass
+    def advance(self, done_steps, text): pass
+    def message(self, text): pass
+
+
+class StatusWriter:
+    """Owns status.json for the running process; a heartbeat thread keeps it fresh."""
+
+    def __init__(self, run: Run):
+        self.run = run
+        self._lock = threading.Lock()
+        self._last_write = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, daemon=True, name="heartbeat")
+
+    def set(self, force: bool = True, **fields) -> None:
+        with self._lock:
+            now = time.time()
+            if not force and now - self._last_write < STATUS_EVERY_S:
+                return
+            self._last_write = now
+            self.run.update_status(heartbeat=now, **fields)
+
+    def _beat(self) -> None:
+        while not self._stop.wait(HEARTBEAT_EVERY_S):
+            self.set()
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+def _logger(run: Run) -> logging.Logger:
+    logger = logging.getLogger(f"mpt.run.{run.id}")
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    if not logger.handlers:
+        handler = logging.FileHandler(run.log_path, encoding="utf-8")
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        logger.addHandler(handler)
+    return logger
+
+
+def _quiet_libraries() -> None:
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+
+
+def pick_device(requested: str) -> str:
+    import torch
+
+    if requested == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return requested
+
+
+def execute(run: Run, reporter: Reporter | None = None) -> dict:
+    """Run or resume the run; returns its results (per split, per task, mean)."""
+    reporter = reporter or _Silent()
+    config = run.config()
+    preset = preset_from_dict(config["preset"])
+    plan = Plan(**config["plan"])
+    log = _logger(run)
+    status = StatusWriter(run)
+    status.set(state="running", pid=os.getpid(), host=socket.gethostname(), started=time.time(),
+               stage="setup", error=None)
+    status.start()
+    index = RunIndex(run.path.parent)
+    try:
+        results = _execute(run, preset, plan, reporter, status, log)
+    except KeyboardInterrupt:
+        status.set(state="cancelled", finished=time.time())
+        log.info("cancelled")
+        index.record(run)
+        raise
+    except BaseException as exc:
+        status.set(state="failed", finished=time.time(), error=f"{type(exc).__name__}: {exc}")
+        log.exception("failed")
+        index.record(run)
+        raise
+    finally:
+        status.stop()
+    status.set(state="finished", finished=time.time(), stage="done", progress=1.0)
+    index.record(run)
+    log.info("finished")
+    return results
+
+
+def _execute(run: Run, preset, plan: Plan, reporter: Reporter, status: StatusWriter, log: logging.Logger) -> dict:
+    _quiet_libraries()
+    from engine.backbone import Backbone
+    from engine.data import TaskData
+    from engine.prompt import initial_prompt, save_prompt
+    from engine.tuning import TuningConfig, evaluate, prompt_tune
+
+    device = pick_device(preset.model.device)
+    log.info("loading %s on %s", preset.model.name, device)
+    reporter.message(f"loading model {preset.model.name} on {device}")
+    backbone = Backbone.load(preset.model.name, device=device, max_input_length=preset.model.max_input_length,
+                             max_output_length=preset.model.max_output_length, progress=reporter.message)
+    data = TaskData(plan.data_dir, plan.config_dir)
+    down = preset.downstream
+    cells = grid_cells(plan, down.learning_rates)
+    run.cells_dir.mkdir(exist_ok=True)
+    done = {c.id: read_json(run.cells_dir / f"{c.id}.json") for c in cells}
+    done = {k: v for k, v in done.items() if isinstance(v, dict)}
+    total_steps = len(cells) * down.steps
+    done_steps = len(done) * down.steps
+    reporter.start(total_steps, done_steps)
+    started = time.time()
+    session_steps = 0  # steps run by this process, for the ETA (resumed cells cost nothing)
+    status.set(stage="downstream", total_cells=len(cells), done_cells=len(done), progress=done_steps / total_steps)
+    for number, cell in enumerate(cells, 1):
+        if cell.id in done:
+            continue
+        split = data.load_split(cell.task, preset.data.k, cell.seed)
+        info = data.task_info(cell.task)
+        seed = down.train_seed + cell.seed
+        init = initial_prompt(backbone, length=preset.prompt.length, method=preset.prompt.init,
+                              task_name=cell.task, file=preset.prompt.file or None, seed=seed)
+        tcfg = TuningConfig(learning_rate=cell.lr, steps=down.steps, batch_size=down.batch_size,
+                            optimizer=down.optimizer, eval_every=down.eval_every,
+                            eval_batch_size=down.eval_batch_size, prediction=down.prediction,
+                            max_new_tokens=down.max_new_tokens, grad_clip=down.grad_clip,
+                            weight_decay=down.weight_decay, placement=preset.prompt.placement)
+        label = f"[{number}/{len(cells)}] {cell.task} seed {cell.seed} lr {cell.lr:g}"
+        log.info("cell %s: start", cell.id)
+        cell_start = time.time()
+
+        def on_step(step: int, loss: float, cell=cell, label=label, base=done_steps) -> None:
+            now_done = base + step
+            if step % down.log_every == 0:
+                run.append_event({"stage": "downstream", "cell": cell.id, "step": step, "loss": loss})
+            rate = (session_steps + step) / max(time.time() - started, 1e-9)
+            eta = (total_steps - now_done) / rate
+            status.set(force=False, progress=now_done / total_steps, eta_s=eta, cell=cell.id)
+            reporter.advance(now_done, f"{label} loss {loss:.3f}")
+
+        def on_eval(step: int, score: float, cell=cell) -> None:
+            run.append_event({"stage": "downstream", "cell": cell.id, "step": step, "dev": score})
+            log.info("cell %s step %d dev %.4f", cell.id, step, score)
+
+        result = prompt_tune(backbone, init, split.train, split.dev, info, tcfg, seed=seed,
+                             on_step=on_step, on_eval=on_eval)
+        test = split.test[: down.max_test_examples] if down.max_test_examples else split.test
+        evaluation = evaluate(backbone, result.best_prompt.to(backbone.device), test, info, tcfg)
+        prompt_file = save_prompt(run.prompts_dir / f"{cell.id}.safetensors", result.best_prompt,
+                                  model=preset.model.name, extra={"task": cell.task, "seed": str(cell.seed)})
+        record = {"method": cell.method, "task": cell.task, "seed": cell.seed, "lr": cell.lr,
+                  "metric": evaluation.metric, "dev": result.best_dev, "test": evaluation.score,
+                  "best_step": result.best_step, "dev_history": result.dev_history,
+                  "final_loss": result.final_loss, "stopped": result.stopped,
+                  "seconds": round(time.time() - cell_start, 2),
+                  "prompt": str(prompt_file.relative_to(run.path))}
+        write_json_atomic(run.cells_dir / f"{cell.id}.json", record)  # written last: the cell is done
+        done[cell.id] = record
+        done_steps += down.steps
+        session_steps += down.steps
+        run.append_event({"stage": "downstream", "cell": cell.id, "event": "cell_done",
+                          "dev": result.best_dev, "test": evaluation.score})
+        status.set(done_cells=len(done), progress=done_steps / total_steps)
+        log.info("cell %s: dev %.4f test %.4f (%s) in %.1fs", cell.id, result.best_dev, evaluation.score,
+                 evaluation.metric, time.time() - cell_start)
+    results = select_and_aggregate([done[c.id] for c in cells])
+    write_json_atomic(run.results_path, results)
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 1:
+        print("usage: python -m engine.worker RUN_DIR", file=sys.stderr)
+        return 2
+    run = Run(Path(argv[0]).resolve())
+    try:
+        execute(run)
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # already recorded in status.json and the log
+        print(f"run {run.id} failed: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,104 @@
+"""Shared fixtures: tiny randomly initialised models of real architectures.
+
+Each model is saved with `save_pretrained` to a temporary directory together with
+a tokenizer trained here on the real task texts, and loaded back through the
+project's own loading path, exactly as a hub model would be.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("MPT_TUI_SHARED_DATA", REPO.parent / "shared" / "data"))
+SHARED_TASKS = SHARED_DATA / "metaicl"
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+
+
+def require_shared_data() -> Path:
+    if not SHARED_TASKS.is_dir():
+        pytest.skip(f"shared task data not found at {SHARED_TASKS} (set MPT_TUI_SHARED_DATA)")
+    return SHARED_DATA
+
+
+def _corpus() -> list[str]:
+    texts = []
+    roots = [REPO / "presets" / "demo-data" / "metaicl"]
+    if SHARED_TASKS.is_dir():
+        roots.append(SHARED_TASKS)
+    for root in roots:
+        for path in sorted(root.glob("*/*_16_13_train.jsonl"))[:60]:
+            for line in path.read_text().splitlines():
+                ex = json.loads(line)
+                texts.append(ex["input"])
+                texts.append(ex["output"])
+                texts.extend(ex.get("options", []))
+    return texts or ["a small corpus for the tokenizer"]
+
+
+def _train_tokenizer(kind: str):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    if kind == "bpe":  # byte-level BPE like Llama/SmolLM2/GPT-2
+        tok = Tokenizer(models.BPE())
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tok.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(vocab_size=800, special_tokens=["<|endoftext|>", "<pad>"],
+                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+        tok.train_from_iterator(_corpus(), trainer)
+        return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", pad_token="<pad>")
+    # unigram with T5's special tokens (pad=0, eos=1, unk=2)
+    tok = Tokenizer(models.Unigram())
+    tok.pre_tokenizer = pre_tokenizers.Metaspace()
+    tok.decoder = decoders.Metaspace()
+    trainer = trainers.UnigramTrainer(vocab_size=800, special_tokens=["<pad>", "</s>", "<unk>"], unk_token="<unk>")
+    tok.train_from_iterator(_corpus(), trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="</s>", pad_token="<pad>", unk_token="<unk>")
+
+
+def build_tiny_model(kind: str, out: Path) -> Path:
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM, T5Config, T5ForConditionalGeneration
+
+    torch.manual_seed(0)
+    if kind == "llama":
+        tok = _train_tokenizer("bpe")
+        config = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                             num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
+                             tie_word_embeddings=True, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
+                             bos_token_id=tok.eos_token_id)
+        model = LlamaForCausalLM(config)
+    elif kind == "t5":
+        tok = _train_tokenizer("unigram")
+        config = T5Config(vocab_size=len(tok), d_model=32, d_kv=8, d_ff=64, num_layers=2, num_decoder_layers=2,
+                          num_heads=4, feed_forward_proj="gated-gelu", tie_word_embeddings=False,
+                          pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, decoder_start_token_id=tok.pad_token_id)
+        model = T5ForConditionalGeneration(config)
+    else:
+        raise ValueError(kind)
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tmp_path_factory) -> Path:
+    return build_tiny_model("llama", tmp_path_factory.mktemp("tiny-llama"))
+
+
+@pytest.fixture(scope="session")
+def tiny_t5(tmp_path_factory) -> Path:
+    return build_tiny_model("t5", tmp_path_factory.mktemp("tiny-t5"))
+
+
+@pytest.fixture(params=["llama", "t5"])
+def tiny_model(request, tiny_llama, tiny_t5) -> Path:
+    return {"llama": tiny_llama, "t5": tiny_t5}[request.param]
