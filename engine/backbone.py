@@ -153,22 +153,33 @@ class Backbone:
                 target_mask = labels >= 0
                 targets_t = labels
             else:
+                # Left padding lines every row's targets up at the end, so the LM head (a large
+                # matrix for big vocabularies) only runs on the last max_target+1 positions.
                 rows = [self._prompted_input(i, placement) + [o] for i, o in zip(in_ids, out_ids)]
-                embeds, mask, starts = self._embed_rows(prompt, owner, rows)
-                logits = self.model(inputs_embeds=embeds, attention_mask=mask).logits[:, :-1]
-                # position t predicts token t+1: mark the positions just before each target token
+                embeds, mask, _ = self._embed_rows(prompt, owner, rows, left_pad=True)
+                longest = max(len(o) for o in out_ids)
+                logits = self._causal_logits(embeds, mask, keep=longest + 1)[:, :-1]
+                # logits[:, j] predicts the token after kept position j: each row's targets are its last tokens
                 target_mask = torch.zeros(logits.shape[:2], dtype=torch.bool, device=self.device)
                 targets_t = torch.zeros(logits.shape[:2], dtype=torch.long, device=self.device)
                 for b, o in enumerate(out_ids):
-                    s = starts[b][-1]
-                    target_mask[b, s - 1: s - 1 + len(o)] = True
-                    targets_t[b, s - 1: s - 1 + len(o)] = torch.tensor(o, device=self.device)
+                    target_mask[b, longest - len(o):] = True
+                    targets_t[b, longest - len(o):] = torch.tensor(o, device=self.device)
             picked = logits[target_mask].float()
             token_nll = F.cross_entropy(picked, targets_t[target_mask], reduction="none")
         row_of_token = target_mask.nonzero()[:, 0]
         nll = torch.zeros(len(inputs), device=self.device, dtype=token_nll.dtype).index_add(0, row_of_token, token_nll)
         tokens = target_mask.sum(dim=1)
         return TokenTotals(nll=nll, tokens=tokens)
+
+    def _causal_logits(self, embeds, mask, keep: int) -> torch.Tensor:
+        """Logits of the last `keep` positions of left-padded rows (positions counted from each row's start)."""
+        position_ids = (mask.cumsum(dim=1) - 1).clamp(min=0)
+        try:
+            return self.model(inputs_embeds=embeds, attention_mask=mask, position_ids=position_ids,
+                              logits_to_keep=keep).logits
+        except TypeError:  # a model without logits_to_keep: compute them all
+            return self.model(inputs_embeds=embeds, attention_mask=mask, position_ids=position_ids).logits[:, -keep:]
 
     def loss(self, prompt, inputs, targets, placement="before") -> torch.Tensor:
         return self.token_totals(prompt, inputs, targets, placement).mean_loss()

@@ -9,6 +9,7 @@ index is moved aside and rebuilt from them.
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 
@@ -56,16 +57,19 @@ class RunIndex:
         self.lock = FileLock(str(self.path) + ".lock", timeout=timeout_s)
 
     def _open(self) -> TinyDB:
-        try:
-            db = TinyDB(self.path)
-            db.all()  # parse now, so damage is found under the lock
-            return db
-        except (ValueError, json.JSONDecodeError):
-            self.path.replace(self.path.with_name(f"{INDEX_FILE}.damaged-{int(time.time())}"))
-            db = TinyDB(self.path)
-            for run in list_runs(self.root):
-                db.insert(summarize(run))
-            return db
+        """Open under the lock; a missing, empty or damaged index is rebuilt from the run directories."""
+        if self.path.exists() and self.path.stat().st_size > 0:
+            try:
+                db = TinyDB(self.path)
+                db.all()  # parse now, so damage is found under the lock
+                return db
+            except (ValueError, json.JSONDecodeError):
+                damaged = self.path.with_name(f"{INDEX_FILE}.damaged-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}")
+                self.path.replace(damaged)
+        db = TinyDB(self.path)
+        for run in list_runs(self.root):
+            db.insert(summarize(run))
+        return db
 
     def upsert(self, summary: dict) -> None:
         with self.lock:
@@ -89,7 +93,7 @@ class RunIndex:
                 db.close()
 
     def all(self) -> list[dict]:
-        if not self.path.exists() and not list_runs(self.root):
+        if not self.root.is_dir():
             return []
         with self.lock:
             db = self._open()

@@ -123,7 +123,7 @@ def prompt_tune(backbone, init_prompt: torch.Tensor, train: list[Example], dev: 
         if cfg.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_([prompt], cfg.grad_clip)
         optimizer.step()
-        best.final_loss = float(loss)
+        best.final_loss = float(loss.detach())
         if on_step:
             on_step(step, best.final_loss)
         if step % cfg.eval_every == 0 or step == cfg.steps:

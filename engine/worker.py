@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 import socket
 import sys
 import threading
@@ -88,6 +89,14 @@ def _quiet_libraries() -> None:
 
     hf_logging.disable_progress_bar()
     hf_logging.set_verbosity_error()
+
+
+def subsample(examples: list, limit: int, seed: int = 0) -> list:
+    """At most `limit` examples (0: all), a seeded random subset in file order: test files may be sorted by label."""
+    if not limit or len(examples) <= limit:
+        return examples
+    keep = sorted(random.Random(seed).sample(range(len(examples)), limit))
+    return [examples[i] for i in keep]
 
 
 def pick_device(requested: str) -> str:
@@ -173,7 +182,7 @@ def _execute(run: Run, preset, plan: Plan, reporter: Reporter, status: StatusWri
 
         def on_step(step: int, loss: float, cell=cell, label=label, base=done_steps) -> None:
             now_done = base + step
-            if step % down.log_every == 0:
+            if step % down.log_every == 0 or step == down.steps:
                 run.append_event({"stage": "downstream", "cell": cell.id, "step": step, "loss": loss})
             rate = (session_steps + step) / max(time.time() - started, 1e-9)
             eta = (total_steps - now_done) / rate
@@ -186,7 +195,7 @@ def _execute(run: Run, preset, plan: Plan, reporter: Reporter, status: StatusWri
 
         result = prompt_tune(backbone, init, split.train, split.dev, info, tcfg, seed=seed,
                              on_step=on_step, on_eval=on_eval)
-        test = split.test[: down.max_test_examples] if down.max_test_examples else split.test
+        test = subsample(split.test, down.max_test_examples)
         evaluation = evaluate(backbone, result.best_prompt.to(backbone.device), test, info, tcfg)
         prompt_file = save_prompt(run.prompts_dir / f"{cell.id}.safetensors", result.best_prompt,
                                   model=preset.model.name, extra={"task": cell.task, "seed": str(cell.seed)})
@@ -210,12 +219,23 @@ def _execute(run: Run, preset, plan: Plan, reporter: Reporter, status: StatusWri
     return results
 
 
+def _redirect_output_to(log_path: Path) -> None:
+    """A detached worker must never write to a terminal: send fds 1 and 2 (C libraries too) to the log."""
+    log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.dup2(log_fd, 1)
+    os.dup2(log_fd, 2)
+    os.close(log_fd)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 1:
         print("usage: python -m engine.worker RUN_DIR", file=sys.stderr)
         return 2
     run = Run(Path(argv[0]).resolve())
+    _redirect_output_to(run.log_path)
     try:
         execute(run)
     except KeyboardInterrupt:
