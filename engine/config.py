@@ -76,6 +76,44 @@ class DownstreamConfig:
 
 
 @dataclass
+class InnerLoopConfig:
+    """MAML/FoMAML/Reptile inner loop (paper defaults: author's released settings)."""
+
+    inner_lr: float = _field(3e-5, minimum=0.0)
+    inner_steps: int = _field(1, minimum=1)
+    support_batch: int = _field(2, minimum=1)
+    query_batch: int = _field(2, minimum=1)
+    tasks_per_step: int = _field(2, minimum=1)
+    prompt_file: str = _field("", help="reuse this learned prompt instead of training it")
+
+
+@dataclass
+class MTLConfig:
+    batch_size: int = _field(4, minimum=1)
+    prompt_file: str = _field("", help="reuse this learned prompt instead of training it")
+
+
+def _inner(**overrides):
+    return field(default_factory=lambda: InnerLoopConfig(**overrides))
+
+
+@dataclass
+class UpstreamConfig:
+    methods: list[str] = _field([], choices=("mtl", "maml", "fomaml", "reptile"),
+                                help="initialisations to learn on the source tasks; PT always runs downstream")
+    steps: int = _field(5000, minimum=1, help="meta-updates (MTL: optimizer steps)")
+    outer_optimizer: str = _field("adafactor", choices=("adafactor", "adamw", "sgd"))
+    outer_lr: float = _field(0.5, minimum=0.0)
+    checkpoint_every: int = _field(500, minimum=1)
+    log_every: int = _field(10, minimum=1)
+    seed: int = _field(0)
+    maml: InnerLoopConfig = _inner()
+    fomaml: InnerLoopConfig = _inner(support_batch=4, query_batch=4)
+    reptile: InnerLoopConfig = _inner(inner_steps=10, support_batch=4)
+    mtl: MTLConfig = field(default_factory=MTLConfig)
+
+
+@dataclass
 class Preset:
     name: str = _field("unnamed")
     description: str = _field("")
@@ -83,6 +121,7 @@ class Preset:
     model: ModelConfig = field(default_factory=ModelConfig)
     prompt: PromptConfig = field(default_factory=PromptConfig)
     downstream: DownstreamConfig = field(default_factory=DownstreamConfig)
+    upstream: UpstreamConfig = field(default_factory=UpstreamConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -206,8 +245,9 @@ def load_preset(name_or_path: str, overrides: list[str] = (), data_dir: str | No
         preset.data.dir = str(Path(os.environ[DATA_DIR_ENV]).expanduser().resolve())
     else:
         raise PresetError(f"{path}: data.dir is not set: pass --data-dir DIR or set ${DATA_DIR_ENV}")
-    for section, key in (("data", "config_dir"), ("data", "setting"), ("prompt", "file")):
-        obj = getattr(preset, section)
+    relative = [(preset.data, "config_dir"), (preset.data, "setting"), (preset.prompt, "file")]
+    relative += [(getattr(preset.upstream, m), "prompt_file") for m in ("maml", "fomaml", "reptile", "mtl")]
+    for obj, key in relative:
         value = getattr(obj, key)
         if value and (key != "setting" or value.endswith((".json", ".toml"))):
             setattr(obj, key, str((base / Path(value).expanduser()).resolve()))

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import statistics
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 from engine.config import Preset, PresetError
 from engine.data import TaskData, TaskDataError
@@ -72,12 +73,23 @@ def make_plan(preset: Preset) -> Plan:
         if missing:
             raise PresetError(f"data.seeds: task '{task}' has no k={k} split for seed(s) {missing} "
                               f"(has {data.seeds(task, k)})")
+    methods = ["pt"] + list(preset.upstream.methods)
+    repeated = sorted({m for m in methods if methods.count(m) > 1})
+    if repeated:
+        raise PresetError(f"upstream.methods: {', '.join(repeated)} listed twice")
+    if preset.upstream.methods and not sources:
+        raise PresetError("data.sources: the source task list is empty, but upstream.methods "
+                          f"({', '.join(preset.upstream.methods)}) learn on source tasks")
+    for method in preset.upstream.methods:
+        reuse = getattr(preset.upstream, method).prompt_file
+        if reuse and not Path(reuse).is_file():
+            raise PresetError(f"upstream.{method}.prompt_file: {reuse} does not exist")
     warnings = []
     overlap = sorted(set(sources) & set(targets))
     if overlap:
         warnings.append(f"source and target tasks overlap: {', '.join(overlap)} (the paper keeps them disjoint)")
     return Plan(str(data.tasks_dir), str(data.config_dir) if data.config_dir else None, setting_name,
-                sources, targets, list(preset.data.seeds), warnings=warnings)
+                sources, targets, list(preset.data.seeds), methods=methods, warnings=warnings)
 
 
 @dataclass(frozen=True)

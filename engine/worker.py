@@ -139,84 +139,159 @@ def execute(run: Run, reporter: Reporter | None = None) -> dict:
     return results
 
 
+class Progress:
+    """Steps done out of all steps of the run (upstream and downstream), with an ETA."""
+
+    def __init__(self, total: int, done: int, status: StatusWriter, reporter: Reporter):
+        self.total, self.done, self.status, self.reporter = max(total, 1), done, status, reporter
+        self.started, self.session = time.time(), 0  # steps run by this process: resumed work costs nothing
+        reporter.start(self.total, done)
+
+    def step(self, text: str, **fields) -> None:
+        self.done += 1
+        self.session += 1
+        eta = (self.total - self.done) * (time.time() - self.started) / self.session
+        self.status.set(force=False, progress=self.done / self.total, eta_s=eta, **fields)
+        self.reporter.advance(self.done, text)
+
+    def skip_to(self, done: int) -> None:
+        """Account for a unit of work that ended early (a NaN cell) or was resumed mid-way."""
+        self.done = done
+
+
 def _execute(run: Run, preset, plan: Plan, reporter: Reporter, status: StatusWriter, log: logging.Logger) -> dict:
     _quiet_libraries()
     from engine.backbone import Backbone
     from engine.data import TaskData
-    from engine.prompt import initial_prompt, save_prompt
-    from engine.tuning import TuningConfig, evaluate, prompt_tune
+    from engine.upstream import check_second_order
 
     device = pick_device(preset.model.device)
     log.info("loading %s on %s", preset.model.name, device)
     reporter.message(f"loading model {preset.model.name} on {device}")
     backbone = Backbone.load(preset.model.name, device=device, max_input_length=preset.model.max_input_length,
                              max_output_length=preset.model.max_output_length, progress=reporter.message)
+    if "maml" in plan.methods:
+        check_second_order(backbone)  # before any training
     data = TaskData(plan.data_dir, plan.config_dir)
-    down = preset.downstream
+    down, up = preset.downstream, preset.upstream
     cells = grid_cells(plan, down.learning_rates)
     run.cells_dir.mkdir(exist_ok=True)
     done = {c.id: read_json(run.cells_dir / f"{c.id}.json") for c in cells}
     done = {k: v for k, v in done.items() if isinstance(v, dict)}
-    total_steps = len(cells) * down.steps
-    done_steps = len(done) * down.steps
-    reporter.start(total_steps, done_steps)
-    started = time.time()
-    session_steps = 0  # steps run by this process, for the ETA (resumed cells cost nothing)
-    status.set(stage="downstream", total_cells=len(cells), done_cells=len(done), progress=done_steps / total_steps)
+    to_learn = [m for m in plan.methods if m != "pt" and not getattr(up, m).prompt_file
+                and not (run.prompts_dir / f"upstream-{m}.safetensors").is_file()]
+    upstream_done = sum(_checkpoint_step(run, m) for m in to_learn)
+    progress = Progress(len(to_learn) * up.steps + len(cells) * down.steps,
+                        upstream_done + len(done) * down.steps, status, reporter)
+
+    inits = {m: _upstream_prompt(run, preset, plan, data, backbone, m, progress, log)
+             for m in plan.methods if m != "pt"}
+
+    status.set(stage="downstream", total_cells=len(cells), done_cells=len(done))
     for number, cell in enumerate(cells, 1):
-        if cell.id in done:
-            continue
-        split = data.load_split(cell.task, preset.data.k, cell.seed)
-        info = data.task_info(cell.task)
-        seed = down.train_seed + cell.seed
-        init = initial_prompt(backbone, length=preset.prompt.length, method=preset.prompt.init,
-                              task_name=cell.task, file=preset.prompt.file or None, seed=seed)
-        tcfg = TuningConfig(learning_rate=cell.lr, steps=down.steps, batch_size=down.batch_size,
-                            optimizer=down.optimizer, eval_every=down.eval_every,
-                            eval_batch_size=down.eval_batch_size, prediction=down.prediction,
-                            max_new_tokens=down.max_new_tokens, grad_clip=down.grad_clip,
-                            weight_decay=down.weight_decay, placement=preset.prompt.placement)
-        label = f"[{number}/{len(cells)}] {cell.task} seed {cell.seed} lr {cell.lr:g}"
-        log.info("cell %s: start", cell.id)
-        cell_start = time.time()
-
-        def on_step(step: int, loss: float, cell=cell, label=label, base=done_steps) -> None:
-            now_done = base + step
-            if step % down.log_every == 0 or step == down.steps:
-                run.append_event({"stage": "downstream", "cell": cell.id, "step": step, "loss": loss})
-            rate = (session_steps + step) / max(time.time() - started, 1e-9)
-            eta = (total_steps - now_done) / rate
-            status.set(force=False, progress=now_done / total_steps, eta_s=eta, cell=cell.id)
-            reporter.advance(now_done, f"{label} loss {loss:.3f}")
-
-        def on_eval(step: int, score: float, cell=cell) -> None:
-            run.append_event({"stage": "downstream", "cell": cell.id, "step": step, "dev": score})
-            log.info("cell %s step %d dev %.4f", cell.id, step, score)
-
-        result = prompt_tune(backbone, init, split.train, split.dev, info, tcfg, seed=seed,
-                             on_step=on_step, on_eval=on_eval)
-        test = subsample(split.test, down.max_test_examples)
-        evaluation = evaluate(backbone, result.best_prompt.to(backbone.device), test, info, tcfg)
-        prompt_file = save_prompt(run.prompts_dir / f"{cell.id}.safetensors", result.best_prompt,
-                                  model=preset.model.name, extra={"task": cell.task, "seed": str(cell.seed)})
-        record = {"method": cell.method, "task": cell.task, "seed": cell.seed, "lr": cell.lr,
-                  "metric": evaluation.metric, "dev": result.best_dev, "test": evaluation.score,
-                  "best_step": result.best_step, "dev_history": result.dev_history,
-                  "final_loss": result.final_loss, "stopped": result.stopped,
-                  "seconds": round(time.time() - cell_start, 2),
-                  "prompt": str(prompt_file.relative_to(run.path))}
-        write_json_atomic(run.cells_dir / f"{cell.id}.json", record)  # written last: the cell is done
-        done[cell.id] = record
-        done_steps += down.steps
-        session_steps += down.steps
-        run.append_event({"stage": "downstream", "cell": cell.id, "event": "cell_done",
-                          "dev": result.best_dev, "test": evaluation.score})
-        status.set(done_cells=len(done), progress=done_steps / total_steps)
-        log.info("cell %s: dev %.4f test %.4f (%s) in %.1fs", cell.id, result.best_dev, evaluation.score,
-                 evaluation.metric, time.time() - cell_start)
+        if cell.id not in done:
+            done[cell.id] = _run_cell(run, preset, data, backbone, cell, inits.get(cell.method), progress,
+                                      f"[{number}/{len(cells)}]", log)
+            status.set(done_cells=len(done))
     results = select_and_aggregate([done[c.id] for c in cells])
     write_json_atomic(run.results_path, results)
     return results
+
+
+def _checkpoint_step(run: Run, method: str) -> int:
+    path = run.path / "checkpoints" / f"upstream-{method}.pt"
+    if not path.is_file():
+        return 0
+    import torch
+
+    return int(torch.load(path, weights_only=False)["step"])
+
+
+def _upstream_prompt(run: Run, preset, plan: Plan, data, backbone, method: str, progress: Progress, log):
+    """The learned initialisation of `method`: reused from a file, from this run, or learned now."""
+    from engine.algorithms.base import MetaTask
+    from engine.prompt import initial_prompt, load_prompt, save_prompt
+    from engine.upstream import learn_initialisation
+
+    up = preset.upstream
+    reuse = getattr(up, method).prompt_file
+    if reuse:
+        log.info("upstream %s: reusing %s", method, reuse)
+        return load_prompt(Path(reuse), expected_dim=backbone.hidden_size, expected_length=preset.prompt.length)[0]
+    final = run.prompts_dir / f"upstream-{method}.safetensors"
+    if final.is_file():
+        return load_prompt(final, expected_dim=backbone.hidden_size)[0]
+    tasks = [MetaTask(t, s, split.train, split.dev)
+             for t in plan.sources for s in data.seeds(t, preset.data.k) if s in plan.seeds
+             for split in [data.load_split(t, preset.data.k, s, need_test=False)]]
+    # no single task name upstream: the task-name init falls back to sampled vocabulary
+    init_method = "vocab" if preset.prompt.init == "task_name" else preset.prompt.init
+    init = initial_prompt(backbone, length=preset.prompt.length, method=init_method,
+                          file=preset.prompt.file or None, seed=up.seed)
+    log.info("upstream %s: %d meta-tasks from %d source tasks", method, len(tasks), len(plan.sources))
+    progress.status.set(stage=f"upstream:{method}")
+
+    def on_step(step: int, loss: float) -> None:
+        if step % up.log_every == 0 or step == up.steps:
+            run.append_event({"stage": "upstream", "method": method, "step": step, "loss": loss})
+        progress.step(f"upstream {method} step {step}/{up.steps} loss {loss:.3f}", cell=f"upstream:{method}")
+
+    result = learn_initialisation(backbone, method, tasks, init, up, placement=preset.prompt.placement,
+                                  checkpoint=run.path / "checkpoints" / f"upstream-{method}.pt", on_step=on_step)
+    save_prompt(final, result.prompt, model=preset.model.name, extra={"method": method, "steps": str(result.steps)})
+    log.info("upstream %s: done, last loss %.4f", method, result.last_loss)
+    return result.prompt
+
+
+def _run_cell(run: Run, preset, data, backbone, cell: Cell, learned_init, progress: Progress, tag: str, log) -> dict:
+    """Prompt-tune one grid cell from its method's initialisation; store and return its record."""
+    from engine.prompt import initial_prompt, save_prompt
+    from engine.tuning import TuningConfig, evaluate, prompt_tune
+
+    down = preset.downstream
+    split = data.load_split(cell.task, preset.data.k, cell.seed)
+    info = data.task_info(cell.task)
+    seed = down.train_seed + cell.seed
+    if learned_init is None:  # PT: the plain initialisation
+        init = initial_prompt(backbone, length=preset.prompt.length, method=preset.prompt.init,
+                              task_name=cell.task, file=preset.prompt.file or None, seed=seed)
+    else:
+        init = learned_init
+    tcfg = TuningConfig(learning_rate=cell.lr, steps=down.steps, batch_size=down.batch_size,
+                        optimizer=down.optimizer, eval_every=down.eval_every,
+                        eval_batch_size=down.eval_batch_size, prediction=down.prediction,
+                        max_new_tokens=down.max_new_tokens, grad_clip=down.grad_clip,
+                        weight_decay=down.weight_decay, placement=preset.prompt.placement)
+    label = f"{tag} {cell.method} {cell.task} seed {cell.seed} lr {cell.lr:g}"
+    log.info("cell %s: start", cell.id)
+    cell_start, base = time.time(), progress.done
+
+    def on_step(step: int, loss: float) -> None:
+        if step % down.log_every == 0 or step == down.steps:
+            run.append_event({"stage": "downstream", "cell": cell.id, "step": step, "loss": loss})
+        progress.step(f"{label} loss {loss:.3f}", cell=cell.id)
+
+    def on_eval(step: int, score: float) -> None:
+        run.append_event({"stage": "downstream", "cell": cell.id, "step": step, "dev": score})
+        log.info("cell %s step %d dev %.4f", cell.id, step, score)
+
+    result = prompt_tune(backbone, init, split.train, split.dev, info, tcfg, seed=seed, on_step=on_step, on_eval=on_eval)
+    progress.skip_to(base + down.steps)
+    test = subsample(split.test, down.max_test_examples)
+    evaluation = evaluate(backbone, result.best_prompt.to(backbone.device), test, info, tcfg)
+    prompt_file = save_prompt(run.prompts_dir / f"{cell.id}.safetensors", result.best_prompt,
+                              model=preset.model.name, extra={"task": cell.task, "seed": str(cell.seed)})
+    record = {"method": cell.method, "task": cell.task, "seed": cell.seed, "lr": cell.lr,
+              "metric": evaluation.metric, "dev": result.best_dev, "test": evaluation.score,
+              "best_step": result.best_step, "dev_history": result.dev_history,
+              "final_loss": result.final_loss, "stopped": result.stopped,
+              "seconds": round(time.time() - cell_start, 2), "prompt": str(prompt_file.relative_to(run.path))}
+    write_json_atomic(run.cells_dir / f"{cell.id}.json", record)  # written last: the cell is done
+    run.append_event({"stage": "downstream", "cell": cell.id, "event": "cell_done",
+                      "dev": result.best_dev, "test": evaluation.score})
+    log.info("cell %s: dev %.4f test %.4f (%s) in %.1fs", cell.id, result.best_dev, evaluation.score,
+             evaluation.metric, time.time() - cell_start)
+    return record
 
 
 def _redirect_output_to(log_path: Path) -> None:

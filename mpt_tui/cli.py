@@ -75,6 +75,8 @@ def run_preset(args) -> int:
     from mpt_tui.headless import LineReporter, TerminalReporter, results_table
 
     console = Console()
+    if not console.is_terminal:
+        console = Console(width=160)  # logs and pipes: never wrap the results table
     config = {"preset": preset.to_dict(), "plan": plan.to_dict(), "preset_file": str(preset_path),
               "overrides": list(args.set or [])}
     run = create_run(root, config, preset.name)

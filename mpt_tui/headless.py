@@ -76,15 +76,20 @@ class LineReporter:
         pass
 
 
+METHOD_ORDER = ("pt", "mtl", "maml", "fomaml", "reptile")
+METHOD_LABELS = {"pt": "PT", "mtl": "MTL", "maml": "MAML", "fomaml": "FoMAML", "reptile": "Reptile"}
+
+
 def results_table(results: dict, title: str = "") -> Table:
     """Target tasks x methods, mean ± std over splits (x100), the mean row, and gains over PT."""
-    methods = list(results.get("tasks", {}))
+    found = results.get("tasks", {})
+    methods = [m for m in METHOD_ORDER if m in found] + sorted(m for m in found if m not in METHOD_ORDER)
     tasks = sorted({t for m in methods for t in results["tasks"][m]})
     table = Table(title=title or None)
-    table.add_column("target task")
+    table.add_column("target task", no_wrap=True)
     table.add_column("metric")
     for method in methods:
-        table.add_column(method.upper() if method in ("pt", "mtl") else method, justify="right")
+        table.add_column(METHOD_LABELS.get(method, method), justify="right", no_wrap=True)
     for task in tasks:
         metric = next(results["tasks"][m][task]["metric"] for m in methods if task in results["tasks"][m])
         cells = []

@@ -42,6 +42,12 @@ def _row_index(matrix: torch.Tensor, row: torch.Tensor) -> int | None:
     return int(hits[0]) if len(hits) else None
 
 
+def _row_ids(matrix: torch.Tensor, rows: torch.Tensor) -> list[int | None]:
+    """For many rows at once: the index of the bit-equal row of `matrix`, or None."""
+    index = {tuple(r): i for i, r in enumerate(matrix.tolist())}
+    return [index.get(tuple(r)) for r in rows.tolist()]
+
+
 # ---------------------------------------------------------------- save / load
 
 
@@ -107,7 +113,7 @@ def test_damaged_file_raises_prompt_file_error(tmp_path, damage):
     elif damage == "wrong_rank":
         save_file({"prompt": torch.zeros(2, 3, 4)}, str(path))
     with pytest.raises(PromptFileError) as info:
-        load_prompt(path, expected_dim=32)
+        load_prompt(path)
     assert str(path) in str(info.value)
 
 
@@ -132,6 +138,18 @@ def test_vocab_init_is_seeded_and_uses_embedding_rows(backbone):
     # a copy, not a view of the model's weights
     a.add_(1.0)
     assert torch.equal(backbone.embeddings.weight.detach().float(), weights)
+
+
+def test_vocab_init_never_samples_special_tokens(backbone):
+    weights = backbone.embeddings.weight.detach().float()
+    vocab = weights.shape[0]
+    # many more draws than the tiny vocabulary has tokens, so a special token would be hit
+    prompt = initial_prompt(backbone, length=6 * vocab, method="vocab", seed=0)
+    ids = _row_ids(weights, prompt)
+    assert None not in ids
+    special = set(backbone.tokenizer.all_special_ids)
+    assert special and not special & set(ids)
+    assert len(set(ids)) > vocab // 2  # and the draw spreads over the vocabulary
 
 
 @pytest.mark.parametrize("task, words", [("tweet_eval-hate", ["tweet", "eval", "hate"]),

@@ -1,0 +1,21 @@
+"""First-order MAML: MAML's loop without differentiating through the inner steps.
+
+With track_higher_grads=False, higher leaves the initial prompt out of the
+graph (its .grad stays empty), so the gradient used is the query gradient taken
+at the adapted prompt, applied to the initial prompt.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from engine.algorithms.maml import MAML
+
+
+class FoMAML(MAML):
+    name = "fomaml"
+    second_order = False
+
+    def _task_gradient(self, query_loss, holder, fmodel) -> torch.Tensor:
+        (g,) = torch.autograd.grad(query_loss, fmodel.prompt)  # at the adapted prompt
+        return g

@@ -1,0 +1,101 @@
+"""The upstream stage: learn a prompt initialisation on the source tasks with one algorithm.
+
+The outer loop is the same for every algorithm: sample, ask the algorithm for a
+(meta-)gradient, apply it with the outer optimizer, log, checkpoint. A
+checkpoint holds the prompt, the optimizer state and the sampler's generator
+state, so a resumed run continues exactly where it stopped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from engine.algorithms import ALGORITHMS
+from engine.algorithms.base import MetaSampler, MetaTask
+from engine.tuning import make_optimizer
+
+
+class UpstreamError(ValueError):
+    pass
+
+
+def make_outer_optimizer(name: str, params, lr: float):
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr)
+    return make_optimizer(name, params, lr, weight_decay=0.0)
+
+
+def second_order_context(backbone) -> contextlib.AbstractContextManager:
+    """Double backward needs a differentiable attention: eager, or SDPA's math backend.
+
+    PyTorch's fused SDPA kernels have no second derivative (CPU and CUDA), so
+    MAML forces the math backend for its meta-updates; everything else keeps the
+    fast kernels. Other implementations (flash-attention, ...) are refused.
+    """
+    impl = getattr(backbone.model.config, "_attn_implementation", "eager") or "eager"
+    if impl == "eager":
+        return contextlib.nullcontext()
+    if impl == "sdpa":
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        return sdpa_kernel([SDPBackend.MATH])
+    raise UpstreamError(f"second-order MAML needs eager or SDPA attention; model {backbone.name} uses "
+                        f"'{impl}', which has no second derivative (use fomaml, or load it with eager attention)")
+
+
+def check_second_order(backbone) -> None:
+    second_order_context(backbone)  # raises before any training when MAML cannot run
+
+
+@dataclass
+class UpstreamResult:
+    prompt: torch.Tensor
+    steps: int
+    last_loss: float
+
+
+OnStep = Callable[[int, float], None]
+
+
+def learn_initialisation(backbone, method: str, tasks: list[MetaTask], init_prompt: torch.Tensor, upstream_cfg,
+                         *, placement: str, checkpoint: Path | None = None, on_step: OnStep | None = None) -> UpstreamResult:
+    """Run `upstream_cfg.steps` outer updates of `method` from `init_prompt`, resuming from `checkpoint`."""
+    if method not in ALGORITHMS:
+        raise UpstreamError(f"unknown algorithm '{method}' (known: {', '.join(ALGORITHMS)})")
+    algorithm = ALGORITHMS[method](getattr(upstream_cfg, method), placement)
+    sampler = MetaSampler(tasks, upstream_cfg.seed)
+    prompt = init_prompt.detach().clone().float().to(backbone.device).requires_grad_(True)
+    optimizer = make_outer_optimizer(upstream_cfg.outer_optimizer, [prompt], upstream_cfg.outer_lr)
+    start, loss = 0, float("nan")
+    if checkpoint is not None and checkpoint.is_file():
+        state = torch.load(checkpoint, weights_only=False)
+        with torch.no_grad():
+            prompt.copy_(state["prompt"].to(prompt.device))
+        optimizer.load_state_dict(state["optimizer"])
+        sampler.generator.set_state(state["generator"])
+        start, loss = state["step"], state["loss"]
+    check_second_order(backbone) if algorithm.second_order else None
+    for step in range(start + 1, upstream_cfg.steps + 1):
+        with second_order_context(backbone) if algorithm.second_order else contextlib.nullcontext():
+            grad, loss = algorithm.meta_gradient(backbone, prompt, sampler)
+        optimizer.zero_grad(set_to_none=True)
+        prompt.grad = grad.to(prompt.dtype)
+        optimizer.step()
+        if on_step:
+            on_step(step, loss)
+        if checkpoint is not None and (step % upstream_cfg.checkpoint_every == 0 or step == upstream_cfg.steps):
+            save_checkpoint(checkpoint, prompt, optimizer, sampler, step, loss)
+    return UpstreamResult(prompt.detach().cpu().clone(), upstream_cfg.steps, loss)
+
+
+def save_checkpoint(path: Path, prompt, optimizer, sampler: MetaSampler, step: int, loss: float) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save({"prompt": prompt.detach().cpu(), "optimizer": optimizer.state_dict(),
+                "generator": sampler.generator.get_state(), "step": step, "loss": loss}, tmp)
+    tmp.replace(path)
