@@ -18,6 +18,7 @@ SHARED_DATA = Path(os.environ.get("MPT_TUI_SHARED_DATA", REPO.parent / "shared" 
 SHARED_TASKS = SHARED_DATA / "metaicl"
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # single-threaded training: the same tiny tokenizer each run
 os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 

@@ -9,6 +9,7 @@ Expected values are never hard-coded: they come from an independent computation
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 
 import pytest
@@ -19,7 +20,7 @@ from engine.data import TaskData
 from engine.tuning import TuningConfig, prompt_tune
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = Path("/work/shared/data")
+SHARED_DATA = Path(os.environ.get("MPT_TUI_SHARED_DATA", REPO.parent / "shared" / "data"))  # as conftest
 DEMO_DATA = REPO / "presets" / "demo-data"
 PROMPT_LEN = 4
 

@@ -1,0 +1,440 @@
+"""Tests for the upstream algorithms (MAML, FoMAML, Reptile, MTL) and their outer loop.
+
+Every expected value comes from an independent computation on the same batches:
+MAML's meta-gradient is rebuilt with plain `torch.autograd.grad(create_graph=True)`
+through a hand-written inner SGD loop, FoMAML's from the query gradient at a
+hand-adapted prompt, Reptile's outer step from hand-run inner steps, MTL's from
+the plain loss gradient. The batches an algorithm drew are recorded by a
+`MetaSampler` subclass and replayed in the reference, so both sides see exactly
+the same examples. Models are the tiny random Llama and T5 built by conftest,
+data the project's shipped demo tasks.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+import engine.upstream as upstream
+from engine.algorithms import ALGORITHMS
+from engine.algorithms.base import MetaSampler, MetaTask
+from engine.backbone import Backbone
+from engine.config import InnerLoopConfig, MTLConfig, UpstreamConfig
+from engine.data import TaskData
+from engine.upstream import UpstreamError, learn_initialisation, second_order_context
+
+REPO = Path(__file__).resolve().parents[1]
+DEMO_DATA = REPO / "presets" / "demo-data"
+META_TASKS = [("demo-movie_sentiment", 13), ("demo-news_topic", 13), ("demo-spam", 13),
+              ("demo-question_or_statement", 42)]
+PROMPT_LEN = 4
+PLACEMENT = "before"
+MAX_INPUT = 24  # short rows keep every forward cheap
+
+
+# ---------------------------------------------------------------- helpers
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models run fastest on one thread (a busy 2-core machine makes OpenMP spin)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def meta_tasks() -> list[MetaTask]:
+    data = TaskData(DEMO_DATA)
+    tasks = []
+    for task, seed in META_TASKS:
+        split = data.load_split(task, 16, seed)
+        tasks.append(MetaTask(task, seed, split.train, split.dev))
+    return tasks
+
+
+def _models(tiny_llama, tiny_t5) -> dict[str, Path]:
+    return {"llama": tiny_llama, "t5": tiny_t5}
+
+
+def _load(model_dir: Path, *, double: bool = False, attn: str | None = None) -> Backbone:
+    backbone = Backbone.load(str(model_dir), attn_implementation=attn, max_input_length=MAX_INPUT)
+    if double:
+        backbone.model.double()
+    return backbone
+
+
+def _prompt(backbone: Backbone, seed: int = 0) -> torch.Tensor:
+    """A prompt of the backbone's dtype, scaled like its embeddings."""
+    g = torch.Generator().manual_seed(seed)
+    weight = backbone.embeddings.weight
+    scale = float(weight.detach().float().std())
+    return (torch.randn(PROMPT_LEN, backbone.hidden_size, generator=g) * scale).to(weight.dtype)
+
+
+class RecordingSampler(MetaSampler):
+    """The project's sampler, unchanged, except that it remembers what it handed out."""
+
+    def __init__(self, tasks, seed):
+        super().__init__(tasks, seed)
+        self.meta_batches: list[list[MetaTask]] = []
+        self.batches: list[tuple[list, list]] = []  # (the list sampled from, the batch drawn)
+
+    def meta_batch(self, size):
+        out = super().meta_batch(size)
+        self.meta_batches.append(list(out))
+        return out
+
+    def batch(self, examples, size):
+        out = super().batch(examples, size)
+        self.batches.append((list(examples), list(out)))
+        return out
+
+
+def _loss(backbone: Backbone, prompt: torch.Tensor, examples) -> torch.Tensor:
+    return backbone.loss(prompt, [e.input for e in examples], [e.output for e in examples], PLACEMENT)
+
+
+def _task_batches(sampler: RecordingSampler, tasks: list[MetaTask], inner_steps: int, with_query: bool):
+    """Split the recorded batches per task: `inner_steps` support batches from train, then a query from dev."""
+    per_task = inner_steps + (1 if with_query else 0)
+    assert len(sampler.batches) == per_task * len(tasks), "unexpected number of batches drawn"
+    out = []
+    for t, task in enumerate(tasks):
+        chunk = sampler.batches[t * per_task:(t + 1) * per_task]
+        supports = []
+        for source, batch in chunk[:inner_steps]:
+            assert source == task.train, f"support batch of {task.name} not drawn from its train split"
+            supports.append(batch)
+        query = None
+        if with_query:
+            source, query = chunk[-1]
+            assert source == task.dev, f"query batch of {task.name} not drawn from its dev split"
+        out.append((supports, query))
+    return out
+
+
+def _adapt(backbone, theta, supports, inner_lr: float, create_graph: bool) -> torch.Tensor:
+    """theta' = theta - alpha * grad L_support(theta), once per support batch, by hand."""
+    p = theta
+    for support in supports:
+        (g,) = torch.autograd.grad(_loss(backbone, p, support), p, create_graph=create_graph)
+        p = p - inner_lr * g
+        if not create_graph:
+            p = p.detach().requires_grad_(True)
+    return p
+
+
+def reference_maml(backbone, prompt, tasks, batches, inner_lr, second_order: bool = True):
+    """Second order: d L_query(theta'(theta)) / d theta. First order: dL_query/dtheta' at theta'."""
+    grad = torch.zeros_like(prompt)
+    loss = 0.0
+    for supports, query in batches:
+        theta = prompt.detach().clone().requires_grad_(True)
+        adapted = _adapt(backbone, theta, supports, inner_lr, create_graph=second_order)
+        query_loss = _loss(backbone, adapted, query)
+        (g,) = torch.autograd.grad(query_loss, theta if second_order else adapted)
+        grad += g / len(batches)
+        loss += float(query_loss.detach()) / len(batches)
+    return grad, loss
+
+
+def _close(a: torch.Tensor, b: torch.Tensor, rtol: float) -> bool:
+    return bool(torch.allclose(a, b, rtol=rtol, atol=rtol * float(b.abs().max())))
+
+
+def _cfg(method: str, **kw) -> UpstreamConfig:
+    """A tiny upstream config: few steps, small batches, a visible inner loop."""
+    inner = InnerLoopConfig(inner_lr=0.5, inner_steps=2, support_batch=2, query_batch=2, tasks_per_step=2)
+    base = dict(methods=[method], steps=3, outer_optimizer="adamw", outer_lr=0.05, checkpoint_every=1, seed=0,
+                maml=inner, fomaml=dataclasses.replace(inner), reptile=dataclasses.replace(inner),
+                mtl=MTLConfig(batch_size=3))
+    base.update(kw)
+    return UpstreamConfig(**base)
+
+
+def _run(backbone, method, tasks, init, cfg, **kw):
+    return learn_initialisation(backbone, method, tasks, init, cfg, placement=PLACEMENT, **kw)
+
+
+# ---------------------------------------------------------------- 1. MAML == hand-written second-order MAML
+
+
+def _check_maml_against_reference(backbone, tasks, inner_steps, *, use_context: bool, rtol: float = 1e-6):
+    hp = InnerLoopConfig(inner_lr=2.0, inner_steps=inner_steps, support_batch=2, query_batch=2, tasks_per_step=2)
+    prompt = _prompt(backbone)
+    sampler = RecordingSampler(tasks, seed=3)
+    algorithm = ALGORITHMS["maml"](hp, PLACEMENT)
+    def ctx():
+        return second_order_context(backbone) if use_context else torch.enable_grad()
+
+    with ctx():
+        grad, loss = algorithm.meta_gradient(backbone, prompt, sampler)
+    assert len(sampler.meta_batches) == 1 and len(sampler.meta_batches[0]) == hp.tasks_per_step
+    batches = _task_batches(sampler, sampler.meta_batches[0], inner_steps, with_query=True)
+    with ctx():
+        ref, ref_loss = reference_maml(backbone, prompt, sampler.meta_batches[0], batches, hp.inner_lr)
+        first_order, _ = reference_maml(backbone, prompt, sampler.meta_batches[0], batches, hp.inner_lr,
+                                        second_order=False)
+
+    assert grad.shape == prompt.shape and grad.dtype == prompt.dtype
+    assert torch.isfinite(ref).all() and float(ref.abs().max()) > 0
+    # the test means something: the second-order term changes the gradient well beyond the tolerance
+    assert not _close(first_order, ref, rtol=1e-3), "inner loop too weak: second-order term is negligible"
+    torch.testing.assert_close(grad, ref, rtol=rtol, atol=rtol * float(ref.abs().max()))
+    assert math.isclose(loss, ref_loss, rel_tol=rtol)
+
+
+@pytest.mark.parametrize("inner_steps", [1, 3])
+@pytest.mark.parametrize("kind", ["llama", "t5"])
+def test_maml_meta_gradient_equals_hand_written_second_order(tiny_llama, tiny_t5, meta_tasks, kind, inner_steps):
+    backbone = _load(_models(tiny_llama, tiny_t5)[kind], double=True)
+    assert backbone.model.config._attn_implementation == "sdpa"  # so the context is what makes it work
+    _check_maml_against_reference(backbone, meta_tasks, inner_steps, use_context=True)
+
+
+@pytest.mark.parametrize("kind", ["llama", "t5"])
+def test_maml_with_eager_attention_needs_no_context(tiny_llama, tiny_t5, meta_tasks, kind):
+    # float32 here: Llama's eager attention turns padded rows into NaN in float64 (a transformers
+    # quirk of its float64 mask, unrelated to MAML), so the tolerance is float32's
+    backbone = _load(_models(tiny_llama, tiny_t5)[kind], attn="eager")
+    assert backbone.model.config._attn_implementation == "eager"
+    _check_maml_against_reference(backbone, meta_tasks, 2, use_context=False, rtol=1e-4)
+
+
+# ---------------------------------------------------------------- 2. FoMAML
+
+
+@pytest.mark.parametrize("kind", ["llama", "t5"])
+def test_fomaml_is_query_gradient_at_adapted_prompt_and_differs_from_maml(tiny_llama, tiny_t5, meta_tasks, kind):
+    backbone = _load(_models(tiny_llama, tiny_t5)[kind], double=True)
+    hp = InnerLoopConfig(inner_lr=2.0, inner_steps=2, support_batch=2, query_batch=2, tasks_per_step=2)
+    prompt = _prompt(backbone, seed=1)
+
+    fo_sampler = RecordingSampler(meta_tasks, seed=5)
+    fo_grad, fo_loss = ALGORITHMS["fomaml"](hp, PLACEMENT).meta_gradient(backbone, prompt, fo_sampler)
+    tasks = fo_sampler.meta_batches[0]
+    batches = _task_batches(fo_sampler, tasks, hp.inner_steps, with_query=True)
+
+    # by hand: adapt with plain SGD steps (no graph), take the query gradient there, average over tasks
+    expected = torch.zeros_like(prompt)
+    expected_loss = 0.0
+    for supports, query in batches:
+        adapted = _adapt(backbone, prompt.detach().clone().requires_grad_(True), supports, hp.inner_lr,
+                         create_graph=False)
+        assert not torch.allclose(adapted, prompt), "the inner loop did not move the prompt"
+        query_loss = _loss(backbone, adapted, query)
+        (g,) = torch.autograd.grad(query_loss, adapted)
+        expected += g / len(batches)
+        expected_loss += float(query_loss) / len(batches)
+    torch.testing.assert_close(fo_grad, expected, rtol=1e-6, atol=1e-6 * float(expected.abs().max()))
+    assert math.isclose(fo_loss, expected_loss, rel_tol=1e-6)
+    # the gradient at the adapted prompt is not the gradient at the initial one
+    at_theta = torch.zeros_like(prompt)
+    for supports, query in batches:
+        p = prompt.detach().clone().requires_grad_(True)
+        at_theta += torch.autograd.grad(_loss(backbone, p, query), p)[0] / len(batches)
+    assert not _close(fo_grad, at_theta, rtol=1e-3)
+
+    # MAML on the very same batches (same seed, same draw order) differs: the second-order term is missing
+    so_sampler = RecordingSampler(meta_tasks, seed=5)
+    with second_order_context(backbone):
+        maml_grad, maml_loss = ALGORITHMS["maml"](hp, PLACEMENT).meta_gradient(backbone, prompt, so_sampler)
+    assert so_sampler.meta_batches == fo_sampler.meta_batches and so_sampler.batches == fo_sampler.batches
+    assert math.isclose(maml_loss, fo_loss, rel_tol=1e-9)  # same query losses ...
+    assert not _close(maml_grad, fo_grad, rtol=1e-3)  # ... different gradients
+
+
+# ---------------------------------------------------------------- 3. Reptile outer step
+
+
+@pytest.mark.parametrize("kind", ["llama", "t5"])
+def test_reptile_sgd_step_moves_prompt_by_outer_lr_times_mean_displacement(tiny_llama, tiny_t5, meta_tasks,
+                                                                          monkeypatch, kind):
+    backbone = _load(_models(tiny_llama, tiny_t5)[kind])
+    samplers: list[RecordingSampler] = []
+
+    class Recorder(RecordingSampler):
+        def __init__(self, tasks, seed):
+            super().__init__(tasks, seed)
+            samplers.append(self)
+
+    monkeypatch.setattr(upstream, "MetaSampler", Recorder)
+    inner = InnerLoopConfig(inner_lr=0.8, inner_steps=3, support_batch=2, tasks_per_step=3)
+    outer_lr = 0.7
+    cfg = _cfg("reptile", steps=1, outer_optimizer="sgd", outer_lr=outer_lr, reptile=inner)
+    init = _prompt(backbone, seed=2)
+    losses = []
+    result = _run(backbone, "reptile", meta_tasks, init, cfg, on_step=lambda s, l: losses.append((s, l)))
+
+    (sampler,) = samplers
+    tasks = sampler.meta_batches[0]
+    assert len(tasks) == inner.tasks_per_step and len({t.name for t in tasks}) == len(tasks)
+    batches = _task_batches(sampler, tasks, inner.inner_steps, with_query=False)
+    displacement = torch.zeros_like(init)
+    support_loss = 0.0
+    for supports, _ in batches:
+        p = init.detach().clone().requires_grad_(True)
+        for support in supports:  # plain inner SGD, by hand
+            loss = _loss(backbone, p, support)
+            support_loss += float(loss) / (len(batches) * len(supports))
+            (g,) = torch.autograd.grad(loss, p)
+            p = (p - inner.inner_lr * g).detach().requires_grad_(True)
+        displacement += (p.detach() - init) / len(batches)
+    expected = init + outer_lr * displacement
+
+    assert float(displacement.abs().max()) > 1e-3, "the inner loop barely moved the prompt"
+    torch.testing.assert_close(result.prompt, expected, rtol=1e-5, atol=1e-5 * float(displacement.abs().max()))
+    assert [s for s, _ in losses] == [1]
+    assert math.isclose(losses[0][1], support_loss, rel_tol=1e-5)
+
+
+# ---------------------------------------------------------------- 4. MTL
+
+
+@pytest.mark.parametrize("kind", ["llama", "t5"])
+def test_mtl_gradient_is_plain_loss_gradient_on_drawn_batch(tiny_llama, tiny_t5, meta_tasks, monkeypatch, kind):
+    backbone = _load(_models(tiny_llama, tiny_t5)[kind])
+    prompt = _prompt(backbone, seed=4)
+    pool = [e for task in meta_tasks for e in task.train]
+
+    sampler = RecordingSampler(meta_tasks, seed=9)
+    algorithm = ALGORITHMS["mtl"](MTLConfig(batch_size=5), PLACEMENT)
+    grads = []
+    for _ in range(2):  # two draws: the pool is reused, each batch is fresh
+        grad, loss = algorithm.meta_gradient(backbone, prompt, sampler)
+        source, drawn = sampler.batches[-1]
+        assert source == pool, "MTL must draw from the pooled train examples of every meta-task"
+        assert len(drawn) == 5
+        p = prompt.detach().clone().requires_grad_(True)
+        ref_loss = _loss(backbone, p, drawn)
+        (ref,) = torch.autograd.grad(ref_loss, p)
+        torch.testing.assert_close(grad, ref, rtol=1e-5, atol=1e-6 * float(ref.abs().max()))
+        assert math.isclose(loss, float(ref_loss), rel_tol=1e-6)
+        grads.append(grad)
+    assert len(sampler.batches) == 2 and sampler.batches[0][1] != sampler.batches[1][1]
+    assert not torch.allclose(grads[0], grads[1])
+
+    # through the outer loop with SGD: one step is exactly prompt - lr * grad
+    samplers: list[RecordingSampler] = []
+
+    class Recorder(RecordingSampler):
+        def __init__(self, tasks, seed):
+            super().__init__(tasks, seed)
+            samplers.append(self)
+
+    monkeypatch.setattr(upstream, "MetaSampler", Recorder)
+    cfg = _cfg("mtl", steps=1, outer_optimizer="sgd", outer_lr=0.3, mtl=MTLConfig(batch_size=4))
+    result = _run(backbone, "mtl", meta_tasks, prompt, cfg)
+    (_, drawn), = samplers[0].batches
+    p = prompt.detach().clone().requires_grad_(True)
+    (ref,) = torch.autograd.grad(_loss(backbone, p, drawn), p)
+    torch.testing.assert_close(result.prompt, prompt - 0.3 * ref, rtol=1e-5, atol=1e-6)
+
+
+# ---------------------------------------------------------------- 5. the backbone stays frozen
+
+
+@pytest.mark.parametrize("method", ["mtl", "maml", "fomaml", "reptile"])
+@pytest.mark.parametrize("kind", ["llama", "t5"])
+def test_learn_initialisation_leaves_backbone_bit_identical(tiny_llama, tiny_t5, meta_tasks, method, kind):
+    backbone = _load(_models(tiny_llama, tiny_t5)[kind])  # SDPA: MAML must go through the context itself
+    params_before = {n: p.detach().clone() for n, p in backbone.model.named_parameters()}
+    buffers_before = {n: b.detach().clone() for n, b in backbone.model.named_buffers()}
+    init = _prompt(backbone, seed=6)
+    init_copy = init.clone()
+    steps = []
+    result = _run(backbone, method, meta_tasks, init, _cfg(method, steps=3),
+                  on_step=lambda s, l: steps.append((s, l)))
+
+    assert [s for s, _ in steps] == [1, 2, 3]
+    assert all(math.isfinite(l) for _, l in steps)
+    params_after = dict(backbone.model.named_parameters())
+    assert params_after.keys() == params_before.keys()
+    for name, p in params_after.items():
+        assert torch.equal(p, params_before[name]), f"backbone parameter {name} changed"
+        assert not p.requires_grad, f"backbone parameter {name} requires grad"
+        assert p.grad is None, f"backbone parameter {name} has a .grad"
+    for name, b in backbone.model.named_buffers():
+        assert torch.equal(b, buffers_before[name]), f"backbone buffer {name} changed"
+    # the caller's prompt is untouched; the learned one moved
+    assert torch.equal(init, init_copy)
+    assert result.prompt.shape == init.shape and result.prompt.dtype == torch.float32
+    assert not result.prompt.requires_grad
+    assert float((result.prompt - init).abs().max()) > 1e-4
+    assert result.steps == 3 and result.last_loss == steps[-1][1]
+
+
+# ---------------------------------------------------------------- 6. seeded
+
+
+@pytest.mark.parametrize("method", ["mtl", "maml", "fomaml", "reptile"])
+def test_same_seed_same_prompt_other_seed_other_prompt(tiny_llama, meta_tasks, method):
+    backbone = _load(tiny_llama)
+    init = _prompt(backbone, seed=7)
+    a = _run(backbone, method, meta_tasks, init, _cfg(method, steps=2, seed=11)).prompt
+    b = _run(backbone, method, meta_tasks, init, _cfg(method, steps=2, seed=11)).prompt
+    c = _run(backbone, method, meta_tasks, init, _cfg(method, steps=2, seed=12)).prompt
+    assert torch.equal(a, b)
+    assert not torch.allclose(a, c)
+
+
+# ---------------------------------------------------------------- 7. checkpoint and resume
+
+
+@pytest.mark.parametrize("method, optimizer", [("reptile", "adafactor"), ("reptile", "adamw"),
+                                               ("fomaml", "adafactor"), ("maml", "adamw"), ("mtl", "adafactor")])
+def test_resume_from_checkpoint_equals_straight_run(tiny_llama, meta_tasks, tmp_path, method, optimizer):
+    backbone = _load(tiny_llama)
+    init = _prompt(backbone, seed=8)
+    straight = _run(backbone, method, meta_tasks, init, _cfg(method, steps=4, outer_optimizer=optimizer))
+
+    ckpt = tmp_path / "upstream.pt"
+    first_steps, resumed_steps = [], []
+    half = _run(backbone, method, meta_tasks, init, _cfg(method, steps=2, outer_optimizer=optimizer),
+                checkpoint=ckpt, on_step=lambda s, l: first_steps.append(s))
+    assert ckpt.is_file()
+    assert not torch.allclose(half.prompt, straight.prompt)  # stopping half way really is half way
+    resumed = _run(backbone, method, meta_tasks, init, _cfg(method, steps=4, outer_optimizer=optimizer),
+                   checkpoint=ckpt, on_step=lambda s, l: resumed_steps.append(s))
+
+    assert first_steps == [1, 2] and resumed_steps == [3, 4]
+    assert torch.equal(resumed.prompt, straight.prompt)
+    assert resumed.last_loss == straight.last_loss
+    # the checkpoint now holds the finished run; running again to 4 steps does nothing more
+    again = _run(backbone, method, meta_tasks, torch.zeros_like(init),
+                 _cfg(method, steps=4, outer_optimizer=optimizer), checkpoint=ckpt)
+    assert torch.equal(again.prompt, straight.prompt)
+
+
+# ---------------------------------------------------------------- 8. refusals
+
+
+def test_second_order_context_refuses_other_attention(tiny_llama, meta_tasks):
+    backbone = _load(tiny_llama)
+    backbone.model.config._attn_implementation = "flash_attention_2"
+    with pytest.raises(UpstreamError, match="flash_attention_2"):
+        second_order_context(backbone)
+    init = _prompt(backbone)
+    with pytest.raises(UpstreamError, match="flash_attention_2"):  # before any training step
+        _run(backbone, "maml", meta_tasks, init, _cfg("maml", steps=1),
+             on_step=lambda s, l: pytest.fail("MAML trained on an attention with no second derivative"))
+
+
+@pytest.mark.parametrize("impl", ["eager", "sdpa"])
+def test_second_order_context_accepts_eager_and_sdpa(tiny_llama, impl):
+    backbone = _load(tiny_llama, attn=impl)
+    assert backbone.model.config._attn_implementation == impl
+    with second_order_context(backbone):
+        pass
+
+
+def test_unknown_algorithm_is_refused(tiny_llama, meta_tasks):
+    backbone = _load(tiny_llama)
+    with pytest.raises(UpstreamError, match="protomaml"):
+        _run(backbone, "protomaml", meta_tasks, _prompt(backbone), _cfg("maml", steps=1))
