@@ -96,8 +96,8 @@ class RecordingSampler(MetaSampler):
         return out
 
 
-def _loss(backbone: Backbone, prompt: torch.Tensor, examples) -> torch.Tensor:
-    return backbone.loss(prompt, [e.input for e in examples], [e.output for e in examples], PLACEMENT)
+def _loss(backbone: Backbone, prompt: torch.Tensor, examples, placement: str = PLACEMENT) -> torch.Tensor:
+    return backbone.loss(prompt, [e.input for e in examples], [e.output for e in examples], placement)
 
 
 def _task_batches(sampler: RecordingSampler, tasks: list[MetaTask], inner_steps: int, with_query: bool):
@@ -119,25 +119,26 @@ def _task_batches(sampler: RecordingSampler, tasks: list[MetaTask], inner_steps:
     return out
 
 
-def _adapt(backbone, theta, supports, inner_lr: float, create_graph: bool) -> torch.Tensor:
+def _adapt(backbone, theta, supports, inner_lr: float, create_graph: bool, placement: str = PLACEMENT) -> torch.Tensor:
     """theta' = theta - alpha * grad L_support(theta), once per support batch, by hand."""
     p = theta
     for support in supports:
-        (g,) = torch.autograd.grad(_loss(backbone, p, support), p, create_graph=create_graph)
+        (g,) = torch.autograd.grad(_loss(backbone, p, support, placement), p, create_graph=create_graph)
         p = p - inner_lr * g
         if not create_graph:
             p = p.detach().requires_grad_(True)
     return p
 
 
-def reference_maml(backbone, prompt, tasks, batches, inner_lr, second_order: bool = True):
+def reference_maml(backbone, prompt, batches, inner_lr, second_order: bool = True,
+                   placement: str = PLACEMENT):
     """Second order: d L_query(theta'(theta)) / d theta. First order: dL_query/dtheta' at theta'."""
     grad = torch.zeros_like(prompt)
     loss = 0.0
     for supports, query in batches:
         theta = prompt.detach().clone().requires_grad_(True)
-        adapted = _adapt(backbone, theta, supports, inner_lr, create_graph=second_order)
-        query_loss = _loss(backbone, adapted, query)
+        adapted = _adapt(backbone, theta, supports, inner_lr, create_graph=second_order, placement=placement)
+        query_loss = _loss(backbone, adapted, query, placement)
         (g,) = torch.autograd.grad(query_loss, theta if second_order else adapted)
         grad += g / len(batches)
         loss += float(query_loss.detach()) / len(batches)
@@ -158,18 +159,20 @@ def _cfg(method: str, **kw) -> UpstreamConfig:
     return UpstreamConfig(**base)
 
 
-def _run(backbone, method, tasks, init, cfg, **kw):
-    return learn_initialisation(backbone, method, tasks, init, cfg, placement=PLACEMENT, **kw)
+def _run(backbone, method, tasks, init, cfg, placement: str = PLACEMENT, **kw):
+    return learn_initialisation(backbone, method, tasks, init, cfg, placement=placement, **kw)
 
 
 # ---------------------------------------------------------------- 1. MAML == hand-written second-order MAML
 
 
-def _check_maml_against_reference(backbone, tasks, inner_steps, *, use_context: bool, rtol: float = 1e-6):
+def _check_maml_against_reference(backbone, tasks, inner_steps, *, use_context: bool, rtol: float = 1e-6,
+                                  placement: str = PLACEMENT):
     hp = InnerLoopConfig(inner_lr=2.0, inner_steps=inner_steps, support_batch=2, query_batch=2, tasks_per_step=2)
     prompt = _prompt(backbone)
     sampler = RecordingSampler(tasks, seed=3)
-    algorithm = ALGORITHMS["maml"](hp, PLACEMENT)
+    algorithm = ALGORITHMS["maml"](hp, placement)
+
     def ctx():
         return second_order_context(backbone) if use_context else torch.enable_grad()
 
@@ -178,9 +181,10 @@ def _check_maml_against_reference(backbone, tasks, inner_steps, *, use_context: 
     assert len(sampler.meta_batches) == 1 and len(sampler.meta_batches[0]) == hp.tasks_per_step
     batches = _task_batches(sampler, sampler.meta_batches[0], inner_steps, with_query=True)
     with ctx():
-        ref, ref_loss = reference_maml(backbone, prompt, sampler.meta_batches[0], batches, hp.inner_lr)
-        first_order, _ = reference_maml(backbone, prompt, sampler.meta_batches[0], batches, hp.inner_lr,
-                                        second_order=False)
+        ref, ref_loss = reference_maml(backbone, prompt, batches, hp.inner_lr,
+                                       placement=placement)
+        first_order, _ = reference_maml(backbone, prompt, batches, hp.inner_lr,
+                                        second_order=False, placement=placement)
 
     assert grad.shape == prompt.shape and grad.dtype == prompt.dtype
     assert torch.isfinite(ref).all() and float(ref.abs().max()) > 0
@@ -190,12 +194,13 @@ def _check_maml_against_reference(backbone, tasks, inner_steps, *, use_context: 
     assert math.isclose(loss, ref_loss, rel_tol=rtol)
 
 
-@pytest.mark.parametrize("inner_steps", [1, 3])
+@pytest.mark.parametrize("inner_steps, placement", [(1, "before"), (3, "before"), (2, "after")])
 @pytest.mark.parametrize("kind", ["llama", "t5"])
-def test_maml_meta_gradient_equals_hand_written_second_order(tiny_llama, tiny_t5, meta_tasks, kind, inner_steps):
+def test_maml_meta_gradient_equals_hand_written_second_order(tiny_llama, tiny_t5, meta_tasks, kind, inner_steps,
+                                                             placement):
     backbone = _load(_models(tiny_llama, tiny_t5)[kind], double=True)
     assert backbone.model.config._attn_implementation == "sdpa"  # so the context is what makes it work
-    _check_maml_against_reference(backbone, meta_tasks, inner_steps, use_context=True)
+    _check_maml_against_reference(backbone, meta_tasks, inner_steps, use_context=True, placement=placement)
 
 
 @pytest.mark.parametrize("kind", ["llama", "t5"])
@@ -231,7 +236,7 @@ def test_fomaml_is_query_gradient_at_adapted_prompt_and_differs_from_maml(tiny_l
         query_loss = _loss(backbone, adapted, query)
         (g,) = torch.autograd.grad(query_loss, adapted)
         expected += g / len(batches)
-        expected_loss += float(query_loss) / len(batches)
+        expected_loss += float(query_loss.detach()) / len(batches)
     torch.testing.assert_close(fo_grad, expected, rtol=1e-6, atol=1e-6 * float(expected.abs().max()))
     assert math.isclose(fo_loss, expected_loss, rel_tol=1e-6)
     # the gradient at the adapted prompt is not the gradient at the initial one
@@ -253,9 +258,10 @@ def test_fomaml_is_query_gradient_at_adapted_prompt_and_differs_from_maml(tiny_l
 # ---------------------------------------------------------------- 3. Reptile outer step
 
 
+@pytest.mark.parametrize("placement", ["before", "after"])
 @pytest.mark.parametrize("kind", ["llama", "t5"])
 def test_reptile_sgd_step_moves_prompt_by_outer_lr_times_mean_displacement(tiny_llama, tiny_t5, meta_tasks,
-                                                                          monkeypatch, kind):
+                                                                          monkeypatch, kind, placement):
     backbone = _load(_models(tiny_llama, tiny_t5)[kind])
     samplers: list[RecordingSampler] = []
 
@@ -270,7 +276,8 @@ def test_reptile_sgd_step_moves_prompt_by_outer_lr_times_mean_displacement(tiny_
     cfg = _cfg("reptile", steps=1, outer_optimizer="sgd", outer_lr=outer_lr, reptile=inner)
     init = _prompt(backbone, seed=2)
     losses = []
-    result = _run(backbone, "reptile", meta_tasks, init, cfg, on_step=lambda s, l: losses.append((s, l)))
+    result = _run(backbone, "reptile", meta_tasks, init, cfg, placement=placement,
+                  on_step=lambda s, l: losses.append((s, l)))
 
     (sampler,) = samplers
     tasks = sampler.meta_batches[0]
@@ -281,8 +288,8 @@ def test_reptile_sgd_step_moves_prompt_by_outer_lr_times_mean_displacement(tiny_
     for supports, _ in batches:
         p = init.detach().clone().requires_grad_(True)
         for support in supports:  # plain inner SGD, by hand
-            loss = _loss(backbone, p, support)
-            support_loss += float(loss) / (len(batches) * len(supports))
+            loss = _loss(backbone, p, support, placement)
+            support_loss += float(loss.detach()) / (len(batches) * len(supports))
             (g,) = torch.autograd.grad(loss, p)
             p = (p - inner.inner_lr * g).detach().requires_grad_(True)
         displacement += (p.detach() - init) / len(batches)
@@ -315,7 +322,7 @@ def test_mtl_gradient_is_plain_loss_gradient_on_drawn_batch(tiny_llama, tiny_t5,
         ref_loss = _loss(backbone, p, drawn)
         (ref,) = torch.autograd.grad(ref_loss, p)
         torch.testing.assert_close(grad, ref, rtol=1e-5, atol=1e-6 * float(ref.abs().max()))
-        assert math.isclose(loss, float(ref_loss), rel_tol=1e-6)
+        assert math.isclose(loss, float(ref_loss.detach()), rel_tol=1e-6)
         grads.append(grad)
     assert len(sampler.batches) == 2 and sampler.batches[0][1] != sampler.batches[1][1]
     assert not torch.allclose(grads[0], grads[1])
@@ -438,3 +445,45 @@ def test_unknown_algorithm_is_refused(tiny_llama, meta_tasks):
     backbone = _load(tiny_llama)
     with pytest.raises(UpstreamError, match="protomaml"):
         _run(backbone, "protomaml", meta_tasks, _prompt(backbone), _cfg("maml", steps=1))
+
+
+@pytest.fixture
+def first_order_only_attention():
+    """An attention implementation that works (SDPA underneath) but that `second_order_context` does not
+    know, registered with transformers under a name of its own; yields (name, calls)."""
+    try:
+        from transformers import AttentionInterface
+        from transformers.integrations.sdpa_attention import sdpa_attention_forward
+        from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+    except ImportError as exc:  # pragma: no cover - older transformers
+        pytest.skip(f"this transformers has no attention registry ({exc})")
+    name = "mpt_test_first_order_only"
+    calls = []
+
+    def forward(*args, **kwargs):
+        calls.append(1)
+        return sdpa_attention_forward(*args, **kwargs)
+
+    AttentionInterface.register(name, forward)
+    AttentionMaskInterface.register(name, sdpa_mask)
+    yield name, calls
+    for registry in (AttentionInterface, AttentionMaskInterface):
+        getattr(registry, "_global_mapping", {}).pop(name, None)
+
+
+@pytest.mark.parametrize("method", ["mtl", "maml", "fomaml", "reptile"])
+def test_only_second_order_maml_is_refused_an_unknown_attention(tiny_llama, meta_tasks, first_order_only_attention,
+                                                                method):
+    name, calls = first_order_only_attention
+    backbone = _load(tiny_llama)
+    backbone.model.config._attn_implementation = name
+    init = _prompt(backbone, seed=9)
+    if method == "maml":
+        with pytest.raises(UpstreamError, match=name):
+            _run(backbone, method, meta_tasks, init, _cfg(method, steps=1))
+        assert not calls, "MAML ran a forward pass before refusing the attention"
+        return
+    # first-order methods never differentiate through a backward pass: any attention will do
+    result = _run(backbone, method, meta_tasks, init, _cfg(method, steps=1))
+    assert calls, "the registered attention was not used"
+    assert float((result.prompt - init).abs().max()) > 1e-4

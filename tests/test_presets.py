@@ -54,11 +54,14 @@ def test_every_builtin_preset_parses(path):
     assert preset.name == raw.get("name", path.stem)
     assert Path(preset.data.dir).is_absolute() and Path(preset.data.dir).is_dir()
     # the preset's own values survive (spot-check every scalar the file sets)
-    for section, values in raw.items():
-        if isinstance(values, dict):
-            for key, value in values.items():
-                if key not in ("dir", "config_dir", "setting", "file") and not isinstance(value, list):
-                    assert getattr(getattr(preset, section), key) == value, f"{section}.{key}"
+    def check(obj, table, where):
+        for key, value in table.items():
+            if isinstance(value, dict):
+                check(getattr(obj, key), value, f"{where}{key}.")
+            elif key not in ("dir", "config_dir", "setting", "file", "prompt_file") and not isinstance(value, list):
+                assert getattr(obj, key) == value, f"{where}{key}"
+
+    check(preset, {k: v for k, v in raw.items() if isinstance(v, dict)}, "")
     plan = make_plan(preset)  # and it runs against its data
     assert plan.targets
 
@@ -67,8 +70,10 @@ def test_demo_preset_values():
     preset, path = load_preset("demo")
     assert path == builtin_presets_dir() / "demo.toml"
     assert preset.data.dir == str(DEMO_DATA.resolve())
-    assert preset.data.seeds == [13, 42, 100]
-    assert preset.downstream.learning_rates == [0.3, 0.1]
+    raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    assert preset.data.seeds == raw["data"]["seeds"]
+    assert preset.downstream.learning_rates == raw["downstream"]["learning_rates"]
+    assert preset.upstream.methods == ["mtl", "maml", "fomaml", "reptile"]
     assert all(isinstance(lr, float) for lr in preset.downstream.learning_rates)
     plan = make_plan(preset)
     assert plan.setting == "demo"
@@ -139,7 +144,8 @@ def test_set_numeric_override():
     assert preset.prompt.length == 7
     assert preset.downstream.grad_clip == 2.0 and isinstance(preset.downstream.grad_clip, float)
     # other values untouched
-    assert preset.downstream.batch_size == 8
+    assert preset.downstream.batch_size == load_preset("demo")[0].downstream.batch_size
+    assert preset.downstream.batch_size != DownstreamConfig().batch_size  # the preset's own value, not a default
 
 
 def test_set_non_numeric_for_numeric_key():
