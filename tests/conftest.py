@@ -90,6 +90,37 @@ def build_tiny_model(kind: str, out: Path) -> Path:
     return out
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _one_thread():
+    """Tiny models run fastest on one thread (a busy 2-core machine makes OpenMP threads spin)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def snapshot_weights(backbone) -> dict:
+    model = backbone.model
+    return {"params": {n: p.detach().clone() for n, p in model.named_parameters()},
+            "buffers": {n: b.detach().clone() for n, b in model.named_buffers()}}
+
+
+def assert_weights_unchanged(backbone, before: dict) -> None:
+    """The frozen backbone: bit-identical weights, no gradient anywhere."""
+    import torch
+
+    params = dict(backbone.model.named_parameters())
+    assert params.keys() == before["params"].keys()
+    for name, p in params.items():
+        assert torch.equal(p, before["params"][name]), f"backbone parameter {name} changed"
+        assert not p.requires_grad, f"backbone parameter {name} requires grad"
+        assert p.grad is None, f"backbone parameter {name} has a .grad"
+    for name, b in backbone.model.named_buffers():
+        assert torch.equal(b, before["buffers"][name]), f"backbone buffer {name} changed"
+
+
 @pytest.fixture(scope="session")
 def tiny_llama(tmp_path_factory) -> Path:
     return build_tiny_model("llama", tmp_path_factory.mktemp("tiny-llama"))

@@ -19,6 +19,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import assert_weights_unchanged, snapshot_weights
+
 import engine.upstream as upstream
 from engine.algorithms import ALGORITHMS
 from engine.algorithms.base import MetaSampler, MetaTask
@@ -37,15 +39,6 @@ MAX_INPUT = 24  # short rows keep every forward cheap
 
 
 # ---------------------------------------------------------------- helpers
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run fastest on one thread (a busy 2-core machine makes OpenMP spin)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
@@ -351,8 +344,7 @@ def test_mtl_gradient_is_plain_loss_gradient_on_drawn_batch(tiny_llama, tiny_t5,
 @pytest.mark.parametrize("kind", ["llama", "t5"])
 def test_learn_initialisation_leaves_backbone_bit_identical(tiny_llama, tiny_t5, meta_tasks, method, kind):
     backbone = _load(_models(tiny_llama, tiny_t5)[kind])  # SDPA: MAML must go through the context itself
-    params_before = {n: p.detach().clone() for n, p in backbone.model.named_parameters()}
-    buffers_before = {n: b.detach().clone() for n, b in backbone.model.named_buffers()}
+    weights_before = snapshot_weights(backbone)
     init = _prompt(backbone, seed=6)
     init_copy = init.clone()
     steps = []
@@ -361,14 +353,7 @@ def test_learn_initialisation_leaves_backbone_bit_identical(tiny_llama, tiny_t5,
 
     assert [s for s, _ in steps] == [1, 2, 3]
     assert all(math.isfinite(l) for _, l in steps)
-    params_after = dict(backbone.model.named_parameters())
-    assert params_after.keys() == params_before.keys()
-    for name, p in params_after.items():
-        assert torch.equal(p, params_before[name]), f"backbone parameter {name} changed"
-        assert not p.requires_grad, f"backbone parameter {name} requires grad"
-        assert p.grad is None, f"backbone parameter {name} has a .grad"
-    for name, b in backbone.model.named_buffers():
-        assert torch.equal(b, buffers_before[name]), f"backbone buffer {name} changed"
+    assert_weights_unchanged(backbone, weights_before)
     # the caller's prompt is untouched; the learned one moved
     assert torch.equal(init, init_copy)
     assert result.prompt.shape == init.shape and result.prompt.dtype == torch.float32

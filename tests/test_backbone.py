@@ -15,6 +15,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import assert_weights_unchanged, snapshot_weights
+
 from engine.backbone import Backbone, TokenTotals
 from engine.data import TaskData
 from engine.tuning import TuningConfig, prompt_tune
@@ -26,16 +28,6 @@ PROMPT_LEN = 4
 
 
 # ---------------------------------------------------------------- helpers
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run fastest on one thread; on a busy 2-core machine OpenMP's spinning
-    threads make each small matmul hundreds of times slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _load(model_dir: Path) -> Backbone:
@@ -77,8 +69,7 @@ def _ios(examples):
 def test_prompt_tune_leaves_backbone_bit_identical(tiny_model, optimizer, lr):
     backbone = _load(tiny_model)
     split, info = _split()
-    params_before = {n: p.detach().clone() for n, p in backbone.model.named_parameters()}
-    buffers_before = {n: b.detach().clone() for n, b in backbone.model.named_buffers()}
+    weights_before = snapshot_weights(backbone)
     init = _prompt(backbone)
     init_copy = init.clone()
     steps = []
@@ -89,14 +80,7 @@ def test_prompt_tune_leaves_backbone_bit_identical(tiny_model, optimizer, lr):
 
     assert [s for s, _ in steps] == [1, 2, 3, 4, 5], result.stopped
     assert all(math.isfinite(loss) for _, loss in steps)
-    params_after = dict(backbone.model.named_parameters())
-    assert params_after.keys() == params_before.keys()
-    for name, p in params_after.items():
-        assert torch.equal(p, params_before[name]), f"backbone parameter {name} changed"
-        assert not p.requires_grad, f"backbone parameter {name} requires grad"
-        assert p.grad is None, f"backbone parameter {name} has a .grad"
-    for name, b in backbone.model.named_buffers():
-        assert torch.equal(b, buffers_before[name]), f"backbone buffer {name} changed"
+    assert_weights_unchanged(backbone, weights_before)
     # the caller's initial prompt is untouched, and the trained prompt moved
     assert torch.equal(init, init_copy)
     assert result.best_prompt.shape == init.shape

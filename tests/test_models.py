@@ -13,14 +13,6 @@ from engine.models import ModelNotFoundError, is_pulled, load_pretrained, resolv
 EMBEDDED = "smollm2-135m"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture
 def empty_cache(tmp_path, monkeypatch):
     cache = tmp_path / "cache"

@@ -19,14 +19,6 @@ from engine.prompt import (
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture
 def backbone(tiny_model) -> Backbone:
     return Backbone.load(str(tiny_model))
