@@ -54,6 +54,33 @@ def check_model_exists(name: str) -> None:
         raise CliError(f"model.name: {exc}") from None
 
 
+def check_prompt_files(preset) -> None:
+    """Prompt files (init = file, reused upstream prompts) must fit the model before a run starts."""
+    from engine.models import EMBEDDED_MODELS, embedded_model_dir, is_pulled
+    from engine.prompt import PromptFileError, load_prompt
+
+    files = [("prompt.file", preset.prompt.file)] if preset.prompt.init == "file" else []
+    files += [(f"upstream.{m}.prompt_file", getattr(preset.upstream, m).prompt_file)
+              for m in preset.upstream.methods if getattr(preset.upstream, m).prompt_file]
+    if preset.prompt.init == "file" and not preset.prompt.file:
+        raise CliError("prompt.file: prompt.init is 'file' but no prompt.file is given")
+    if not files:
+        return
+    name = preset.model.name
+    config_dir = embedded_model_dir(name) if name in EMBEDDED_MODELS and is_pulled(name) else Path(name).expanduser()
+    dim = None
+    if (config_dir / "config.json").is_file():
+        from transformers import AutoConfig
+
+        config = AutoConfig.from_pretrained(str(config_dir))
+        dim = getattr(config, "hidden_size", None) or getattr(config, "d_model", None)
+    for key, path in files:
+        try:
+            load_prompt(Path(path), expected_dim=dim, expected_length=preset.prompt.length)
+        except PromptFileError as exc:
+            raise CliError(f"{key}: {exc}") from None
+
+
 def run_preset(args) -> int:
     from rich.console import Console
 
@@ -68,6 +95,7 @@ def run_preset(args) -> int:
     except (PresetError, RunsDirError) as exc:
         raise CliError(str(exc)) from None
     check_model_exists(preset.model.name)
+    check_prompt_files(preset)
     for warning in plan.warnings:
         print(f"warning: {warning}", file=sys.stderr)
 
