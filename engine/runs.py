@@ -126,7 +126,7 @@ class Run:
         if not isinstance(raw, dict) or raw.get("state") not in STATES:
             return {"state": "damaged", "run_id": self.id}
         status = dict(raw)
-        if status["state"] == "running":
+        if status["state"] in ("running", "queued") and status.get("pid"):
             stale = time.time() - float(status.get("heartbeat", 0)) > HEARTBEAT_STALE_S
             if not pid_alive(status.get("pid"), status.get("host")) or stale:
                 status["state"] = "crashed"

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
 
 import torch
 
 from engine.data import Example, TaskInfo
 from engine.metrics import compute_metric, metric_for_task
+from engine.stopping import RunCancelled
 
 
 @dataclass
@@ -106,13 +108,21 @@ OnEval = Callable[[int, float], None]
 
 def prompt_tune(backbone, init_prompt: torch.Tensor, train: list[Example], dev: list[Example], task: TaskInfo,
                 cfg: TuningConfig, *, seed: int, on_step: OnStep | None = None,
-                on_eval: OnEval | None = None) -> TuningResult:
-    """Train one prompt; return the prompt with the best dev score (ties keep the earlier one)."""
+                on_eval: OnEval | None = None, checkpoint: Path | None = None,
+                should_stop: Callable[[], bool] | None = None) -> TuningResult:
+    """Train one prompt; return the prompt with the best dev score (ties keep the earlier one).
+
+    With `checkpoint`, training resumes from it when it exists, and when `should_stop()`
+    turns true the state is saved there and `RunCancelled` raised.
+    """
     prompt = init_prompt.detach().clone().float().to(backbone.device).requires_grad_(True)
     optimizer = make_optimizer(cfg.optimizer, [prompt], cfg.learning_rate, cfg.weight_decay)
     sampler = BatchSampler(len(train), cfg.batch_size, torch.Generator().manual_seed(seed))
     best = TuningResult(best_prompt=prompt.detach().cpu().clone(), best_step=0, best_dev=-math.inf)
-    for step in range(1, cfg.steps + 1):
+    start = 0
+    if checkpoint is not None and checkpoint.is_file():
+        start = _load_tuning_state(checkpoint, prompt, optimizer, sampler, best)
+    for step in range(start + 1, cfg.steps + 1):
         batch = [train[i] for i in sampler.next()]
         loss = backbone.loss(prompt, [e.input for e in batch], [e.output for e in batch], cfg.placement)
         if not torch.isfinite(loss):
@@ -134,4 +144,31 @@ def prompt_tune(backbone, init_prompt: torch.Tensor, train: list[Example], dev: 
             if dev_score > best.best_dev:  # NaN never wins
                 best.best_dev, best.best_step = dev_score, step
                 best.best_prompt = prompt.detach().cpu().clone()
+        if should_stop is not None and should_stop() and step < cfg.steps:
+            if checkpoint is not None:
+                _save_tuning_state(checkpoint, prompt, optimizer, sampler, best, step)
+            raise RunCancelled(f"stopped after step {step}")
     return best
+
+
+def _save_tuning_state(path: Path, prompt, optimizer, sampler: BatchSampler, best: TuningResult, step: int) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save({"step": step, "prompt": prompt.detach().cpu(), "optimizer": optimizer.state_dict(),
+                "generator": sampler.generator.get_state(), "queue": sampler.state(),
+                "best": {"prompt": best.best_prompt, "step": best.best_step, "dev": best.best_dev,
+                         "history": best.dev_history, "final_loss": best.final_loss}}, tmp)
+    tmp.replace(path)
+
+
+def _load_tuning_state(path: Path, prompt, optimizer, sampler: BatchSampler, best: TuningResult) -> int:
+    state = torch.load(path, weights_only=False)
+    with torch.no_grad():
+        prompt.copy_(state["prompt"].to(prompt.device))
+    optimizer.load_state_dict(state["optimizer"])
+    sampler.generator.set_state(state["generator"])
+    sampler._queue = list(state["queue"])
+    b = state["best"]
+    best.best_prompt, best.best_step, best.best_dev = b["prompt"], b["step"], b["dev"]
+    best.dev_history, best.final_loss = [tuple(h) for h in b["history"]], b["final_loss"]
+    return int(state["step"])

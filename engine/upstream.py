@@ -17,6 +17,7 @@ import torch
 
 from engine.algorithms import ALGORITHMS
 from engine.algorithms.base import MetaSampler, MetaTask
+from engine.stopping import RunCancelled
 from engine.tuning import make_optimizer
 
 
@@ -63,7 +64,8 @@ OnStep = Callable[[int, float], None]
 
 
 def learn_initialisation(backbone, method: str, tasks: list[MetaTask], init_prompt: torch.Tensor, upstream_cfg,
-                         *, placement: str, checkpoint: Path | None = None, on_step: OnStep | None = None) -> UpstreamResult:
+                         *, placement: str, checkpoint: Path | None = None, on_step: OnStep | None = None,
+                         should_stop: Callable[[], bool] | None = None) -> UpstreamResult:
     """Run `upstream_cfg.steps` outer updates of `method` from `init_prompt`, resuming from `checkpoint`."""
     if method not in ALGORITHMS:
         raise UpstreamError(f"unknown algorithm '{method}' (known: {', '.join(ALGORITHMS)})")
@@ -88,8 +90,11 @@ def learn_initialisation(backbone, method: str, tasks: list[MetaTask], init_prom
         optimizer.step()
         if on_step:
             on_step(step, loss)
-        if checkpoint is not None and (step % upstream_cfg.checkpoint_every == 0 or step == upstream_cfg.steps):
+        stop = should_stop is not None and should_stop() and step < upstream_cfg.steps
+        if checkpoint is not None and (step % upstream_cfg.checkpoint_every == 0 or step == upstream_cfg.steps or stop):
             save_checkpoint(checkpoint, prompt, optimizer, sampler, step, loss)
+        if stop:
+            raise RunCancelled(f"stopped after meta-update {step}")
     return UpstreamResult(prompt.detach().cpu().clone(), upstream_cfg.steps, loss)
 
 

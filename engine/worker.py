@@ -21,8 +21,10 @@ from pathlib import Path
 from typing import Protocol
 
 from engine.config import preset_from_dict
+from engine.devices import acquire_device, candidate_devices
 from engine.protocol import Cell, Plan, grid_cells, select_and_aggregate
 from engine.runs import Run, read_json, write_json_atomic
+from engine.stopping import RunCancelled, StopFlag
 from engine.store import RunIndex
 
 HEARTBEAT_EVERY_S = 10.0
@@ -99,31 +101,32 @@ def subsample(examples: list, limit: int, seed: int = 0) -> list:
     return [examples[i] for i in keep]
 
 
-def pick_device(requested: str) -> str:
-    import torch
+def execute(run: Run, reporter: Reporter | None = None, stop: StopFlag | None = None) -> dict:
+    """Run or resume the run; returns its results (per split, per task, mean).
 
-    if requested == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return requested
-
-
-def execute(run: Run, reporter: Reporter | None = None) -> dict:
-    """Run or resume the run; returns its results (per split, per task, mean)."""
+    SIGTERM or a first Ctrl-C checkpoints the work in progress and raises RunCancelled.
+    """
     reporter = reporter or _Silent()
+    stop = stop or StopFlag()
+    stop.install_signal_handlers()
     config = run.config()
     preset = preset_from_dict(config["preset"])
     plan = Plan(**config["plan"])
     log = _logger(run)
     status = StatusWriter(run)
-    status.set(state="running", pid=os.getpid(), host=socket.gethostname(), started=time.time(),
-               stage="setup", error=None)
+    status.set(state="queued", pid=os.getpid(), host=socket.gethostname(), stage="waiting for a device", error=None)
     status.start()
     index = RunIndex(run.path.parent)
+    device_lock = None
     try:
-        results = _execute(run, preset, plan, reporter, status, log)
-    except KeyboardInterrupt:
+        candidates = candidate_devices(preset.model.device)
+        device, device_lock = acquire_device(run.path.parent, candidates, on_wait=lambda: _check_stop(stop))
+        status.set(state="running", started=time.time(), stage="setup", device=device)
+        log.info("running on %s (pid %d)", device, os.getpid())
+        results = _execute(run, preset, plan, device, reporter, status, log, stop)
+    except (RunCancelled, KeyboardInterrupt) as exc:
         status.set(state="cancelled", finished=time.time())
-        log.info("cancelled")
+        log.info("cancelled: %s", exc or "interrupted")
         index.record(run)
         raise
     except BaseException as exc:
@@ -133,6 +136,8 @@ def execute(run: Run, reporter: Reporter | None = None) -> dict:
         raise
     finally:
         status.stop()
+        if device_lock is not None:
+            device_lock.release()
     status.set(state="finished", finished=time.time(), stage="done", progress=1.0)
     index.record(run)
     log.info("finished")
@@ -155,17 +160,22 @@ class Progress:
         self.reporter.advance(self.done, text)
 
     def skip_to(self, done: int) -> None:
-        """Account for a unit of work that ended early (a NaN cell) or was resumed mid-way."""
+        """Account for a unit of work that ended early (a NaN cell)."""
         self.done = done
 
 
-def _execute(run: Run, preset, plan: Plan, reporter: Reporter, status: StatusWriter, log: logging.Logger) -> dict:
+def _check_stop(stop: StopFlag) -> None:
+    if stop():
+        raise RunCancelled("cancelled while waiting for a device")
+
+
+def _execute(run: Run, preset, plan: Plan, device: str, reporter: Reporter, status: StatusWriter,
+             log: logging.Logger, stop: StopFlag) -> dict:
     _quiet_libraries()
     from engine.backbone import Backbone
     from engine.data import TaskData
     from engine.upstream import check_second_order
 
-    device = pick_device(preset.model.device)
     log.info("loading %s on %s", preset.model.name, device)
     reporter.message(f"loading model {preset.model.name} on {device}")
     backbone = Backbone.load(preset.model.name, device=device, max_input_length=preset.model.max_input_length,
@@ -180,26 +190,28 @@ def _execute(run: Run, preset, plan: Plan, reporter: Reporter, status: StatusWri
     done = {k: v for k, v in done.items() if isinstance(v, dict)}
     to_learn = [m for m in plan.methods if m != "pt" and not getattr(up, m).prompt_file
                 and not (run.prompts_dir / f"upstream-{m}.safetensors").is_file()]
-    upstream_done = sum(_checkpoint_step(run, m) for m in to_learn)
+    checkpoints = run.path / "checkpoints"
+    partial = sum(_checkpoint_step(checkpoints / f"upstream-{m}.pt") for m in to_learn)
+    partial += sum(_checkpoint_step(checkpoints / f"{c.id}.pt") for c in cells if c.id not in done)
     progress = Progress(len(to_learn) * up.steps + len(cells) * down.steps,
-                        upstream_done + len(done) * down.steps, status, reporter)
+                        partial + len(done) * down.steps, status, reporter)
 
-    inits = {m: _upstream_prompt(run, preset, plan, data, backbone, m, progress, log)
+    inits = {m: _upstream_prompt(run, preset, plan, data, backbone, m, progress, log, stop)
              for m in plan.methods if m != "pt"}
 
     status.set(stage="downstream", total_cells=len(cells), done_cells=len(done))
     for number, cell in enumerate(cells, 1):
         if cell.id not in done:
             done[cell.id] = _run_cell(run, preset, data, backbone, cell, inits.get(cell.method), progress,
-                                      f"[{number}/{len(cells)}]", log)
+                                      f"[{number}/{len(cells)}]", log, stop)
             status.set(done_cells=len(done))
     results = select_and_aggregate([done[c.id] for c in cells])
     write_json_atomic(run.results_path, results)
     return results
 
 
-def _checkpoint_step(run: Run, method: str) -> int:
-    path = run.path / "checkpoints" / f"upstream-{method}.pt"
+def _checkpoint_step(path: Path) -> int:
+    """The step a checkpoint (upstream or grid cell) was saved after; 0 without one."""
     if not path.is_file():
         return 0
     import torch
@@ -207,7 +219,8 @@ def _checkpoint_step(run: Run, method: str) -> int:
     return int(torch.load(path, weights_only=False)["step"])
 
 
-def _upstream_prompt(run: Run, preset, plan: Plan, data, backbone, method: str, progress: Progress, log):
+def _upstream_prompt(run: Run, preset, plan: Plan, data, backbone, method: str, progress: Progress, log,
+                     stop: StopFlag):
     """The learned initialisation of `method`: reused from a file, from this run, or learned now."""
     from engine.algorithms.base import MetaTask
     from engine.prompt import initial_prompt, load_prompt, save_prompt
@@ -237,13 +250,15 @@ def _upstream_prompt(run: Run, preset, plan: Plan, data, backbone, method: str, 
         progress.step(f"upstream {method} step {step}/{up.steps} loss {loss:.3f}", cell=f"upstream:{method}")
 
     result = learn_initialisation(backbone, method, tasks, init, up, placement=preset.prompt.placement,
-                                  checkpoint=run.path / "checkpoints" / f"upstream-{method}.pt", on_step=on_step)
+                                  checkpoint=run.path / "checkpoints" / f"upstream-{method}.pt", on_step=on_step,
+                                  should_stop=stop)
     save_prompt(final, result.prompt, model=preset.model.name, extra={"method": method, "steps": str(result.steps)})
     log.info("upstream %s: done, last loss %.4f", method, result.last_loss)
     return result.prompt
 
 
-def _run_cell(run: Run, preset, data, backbone, cell: Cell, learned_init, progress: Progress, tag: str, log) -> dict:
+def _run_cell(run: Run, preset, data, backbone, cell: Cell, learned_init, progress: Progress, tag: str, log,
+              stop: StopFlag) -> dict:
     """Prompt-tune one grid cell from its method's initialisation; store and return its record."""
     from engine.prompt import initial_prompt, save_prompt
     from engine.tuning import TuningConfig, evaluate, prompt_tune
@@ -263,8 +278,10 @@ def _run_cell(run: Run, preset, data, backbone, cell: Cell, learned_init, progre
                         max_new_tokens=down.max_new_tokens, grad_clip=down.grad_clip,
                         weight_decay=down.weight_decay, placement=preset.prompt.placement)
     label = f"{tag} {cell.method} {cell.task} seed {cell.seed} lr {cell.lr:g}"
-    log.info("cell %s: start", cell.id)
-    cell_start, base = time.time(), progress.done
+    checkpoint = run.path / "checkpoints" / f"{cell.id}.pt"
+    resumed_at = _checkpoint_step(checkpoint)
+    log.info("cell %s: %s", cell.id, f"resuming after step {resumed_at}" if resumed_at else "start")
+    cell_start, base = time.time(), progress.done - resumed_at
 
     def on_step(step: int, loss: float) -> None:
         if step % down.log_every == 0 or step == down.steps:
@@ -275,7 +292,8 @@ def _run_cell(run: Run, preset, data, backbone, cell: Cell, learned_init, progre
         run.append_event({"stage": "downstream", "cell": cell.id, "step": step, "dev": score})
         log.info("cell %s step %d dev %.4f", cell.id, step, score)
 
-    result = prompt_tune(backbone, init, split.train, split.dev, info, tcfg, seed=seed, on_step=on_step, on_eval=on_eval)
+    result = prompt_tune(backbone, init, split.train, split.dev, info, tcfg, seed=seed, on_step=on_step,
+                         on_eval=on_eval, checkpoint=checkpoint, should_stop=stop)
     progress.skip_to(base + down.steps)
     test = subsample(split.test, down.max_test_examples)
     evaluation = evaluate(backbone, result.best_prompt.to(backbone.device), test, info, tcfg)
@@ -287,6 +305,7 @@ def _run_cell(run: Run, preset, data, backbone, cell: Cell, learned_init, progre
               "final_loss": result.final_loss, "stopped": result.stopped,
               "seconds": round(time.time() - cell_start, 2), "prompt": str(prompt_file.relative_to(run.path))}
     write_json_atomic(run.cells_dir / f"{cell.id}.json", record)  # written last: the cell is done
+    checkpoint.unlink(missing_ok=True)
     run.append_event({"stage": "downstream", "cell": cell.id, "event": "cell_done",
                       "dev": result.best_dev, "test": evaluation.score})
     log.info("cell %s: dev %.4f test %.4f (%s) in %.1fs", cell.id, result.best_dev, evaluation.score,
@@ -313,7 +332,7 @@ def main(argv: list[str] | None = None) -> int:
     _redirect_output_to(run.log_path)
     try:
         execute(run)
-    except KeyboardInterrupt:
+    except (RunCancelled, KeyboardInterrupt):
         return 130
     except Exception as exc:  # already recorded in status.json and the log
         print(f"run {run.id} failed: {exc}", file=sys.stderr)

@@ -110,9 +110,11 @@ def run_preset(args) -> int:
     run = create_run(root, config, preset.name)
     print(f"run {run.id} in {run.path}", flush=True)
     reporter = TerminalReporter(console) if console.is_terminal else LineReporter()
+    from engine.stopping import RunCancelled
+
     try:
         results = execute(run, reporter)
-    except KeyboardInterrupt:
+    except (RunCancelled, KeyboardInterrupt):
         reporter.close()
         print(f"run {run.id} cancelled; resume with: python -m engine.worker {run.path}", file=sys.stderr)
         return 130

@@ -1,0 +1,45 @@
+"""The run queue: one run per device at a time, by file locks in the runs root.
+
+Each device (`cpu`, `cuda:0`, `cuda:1`, ...) has a lock file under
+`<runs>/.devices/`. A worker takes the first free device among those it may use
+and holds the lock until it exits; the operating system releases the lock of a
+process that dies, so a crashed run never blocks the queue. Runs waiting for a
+device stay `queued`, with a heartbeat, in the order the locks are granted.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Callable
+
+from filelock import FileLock, Timeout
+
+
+def candidate_devices(requested: str) -> list[str]:
+    """`auto`: every visible GPU, else the CPU; anything else names one device (or a comma-separated list)."""
+    if requested != "auto":
+        return [d.strip() for d in requested.split(",") if d.strip()]
+    import torch
+
+    if torch.cuda.is_available():
+        return [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    return ["cpu"]
+
+
+def acquire_device(runs_root: Path, candidates: list[str], on_wait: Callable[[], None] | None = None,
+                   poll_s: float = 2.0) -> tuple[str, FileLock]:
+    """Block until one of `candidates` is free; return it with its held lock."""
+    lock_dir = Path(runs_root) / ".devices"
+    lock_dir.mkdir(exist_ok=True)
+    locks = [(device, FileLock(str(lock_dir / f"{device.replace(':', '-')}.lock"))) for device in candidates]
+    while True:
+        for device, lock in locks:
+            try:
+                lock.acquire(timeout=0)
+                return device, lock
+            except Timeout:
+                continue
+        if on_wait:
+            on_wait()
+        time.sleep(poll_s)
