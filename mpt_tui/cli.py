@@ -314,9 +314,15 @@ def main(argv: list[str] | None = None) -> int:
     except CliError as exc:
         print(f"mpt-tui: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    parser.print_help()
-    print("\nThe interactive Textual app is not built yet; run a preset with --preset.", file=sys.stderr)
-    return EXIT_BAD_INPUT
+    from mpt_tui.app import run_app
+    from engine.runs import RunsDirError, ensure_writable_root
+
+    try:
+        root = ensure_writable_root(_runs_root(args))
+    except RunsDirError as exc:
+        print(f"mpt-tui: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    return run_app(root, args.data_dir)
 
 
 if __name__ == "__main__":
