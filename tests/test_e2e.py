@@ -130,7 +130,7 @@ def test_resume_recomputes_only_missing_cells_with_the_same_scores(grid_run):
 
 
 def test_pip_install_ships_the_presets(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+    proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q",
                            "-w", str(tmp_path), str(REPO)], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     (wheel,) = tmp_path.glob("mpt_tui-*.whl")
@@ -140,3 +140,4 @@ def test_pip_install_ships_the_presets(tmp_path):
     assert "mpt_tui/presets/demo-data/metaicl-config/demo.json" in names
     assert any(n.startswith("mpt_tui/presets/demo-data/metaicl/demo-emotion/") for n in names)
     assert "engine/worker.py" in names and "mpt_tui/cli.py" in names
+    assert "mpt_tui/app.tcss" in names and "mpt_tui/screens/runs.py" in names
