@@ -204,3 +204,26 @@ def test_the_app_never_imports_torch():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO,
                           env={**os.environ}, timeout=120)
     assert proc.returncode == 0, proc.stderr
+
+
+async def test_launch_form_builds_task_lists_with_type_to_filter(tmp_path):
+    data = require_shared_data()
+    root = tmp_path / "runs"
+    root.mkdir()
+    app = MptApp(root, data_dir=str(data))
+    async with app.run_test(size=(120, 40)) as pilot:
+        await pilot.press("3")
+        await pilot.pause()
+        screen = app.screen
+        screen.query_one("#targets").value = ""
+        screen.query_one("#task-filter").value = "tweet_eval-stance"
+        await pilot.pause()
+        listing = screen.query_one("#task-list")
+        shown = [listing.get_option_at_index(i).value for i in range(listing.option_count)]
+        assert shown and all("tweet_eval-stance" in t for t in shown)
+        listing.toggle(shown[0])
+        await pilot.pause()
+        assert screen.query_one("#targets").value == shown[0]
+        listing.toggle(shown[1])
+        await pilot.pause()
+        assert screen.query_one("#targets").value == f"{shown[0]}, {shown[1]}"

@@ -69,6 +69,12 @@ class LaunchScreen(Screen):
             for field_id, _, label, _ in FIELDS:
                 yield Label(label)
                 yield Input(id=field_id)
+            yield Label("build the task lists: pick which list to edit, type to filter, space toggles a task")
+            with Horizontal(id="task-picker-bar"):
+                yield Select([("targets", "targets"), ("sources", "sources")], value="targets",
+                             allow_blank=False, id="pick-role")
+                yield Input(placeholder="filter tasks", id="task-filter")
+            yield SelectionList(id="task-list")
             yield Label("upstream algorithms (PT always runs)")
             yield SelectionList(*[(METHOD_LABELS[m], m) for m in UPSTREAM_METHODS], id="methods")
             yield Label("save as (preset file path)")
@@ -86,6 +92,52 @@ class LaunchScreen(Screen):
     def on_select_changed(self, event: Select.Changed) -> None:
         if event.select.id == "preset" and event.value is not Select.BLANK:
             self.fill_from_preset(str(event.value))
+        elif event.select.id == "pick-role":
+            self.show_tasks()
+
+    # ---- the task picker ---------------------------------------------------------------
+
+    def available_tasks(self) -> list[str]:
+        """Tasks of the form's data directory (or the preset's), [] when there is none."""
+        from engine.data import TaskData, TaskDataError
+
+        data_dir = self.query_one("#data_dir", Input).value.strip()
+        if not data_dir:
+            relative = self.base_raw.get("data", {}).get("dir")
+            if not relative:
+                return []
+            data_dir = str(find_preset(str(self.query_one("#preset", Select).value)).parent / relative)
+        if getattr(self, "_tasks_for", None) != data_dir:
+            try:
+                self._tasks = TaskData(Path(data_dir).expanduser()).tasks()
+            except TaskDataError:
+                self._tasks = []
+            self._tasks_for = data_dir
+        return self._tasks
+
+    def role_tasks(self) -> list[str]:
+        field_id = str(self.query_one("#pick-role", Select).value)
+        return [t.strip() for t in self.query_one(f"#{field_id}", Input).value.split(",") if t.strip()]
+
+    def show_tasks(self) -> None:
+        needle = self.query_one("#task-filter", Input).value.strip().lower()
+        chosen = set(self.role_tasks())
+        listing = self.query_one("#task-list", SelectionList)
+        listing.clear_options()
+        listing.add_options([(t, t, t in chosen) for t in self.available_tasks() if needle in t.lower()])
+
+    def on_input_changed(self, event: Input.Changed) -> None:
+        if event.input.id in ("task-filter", "data_dir"):
+            self.show_tasks()
+
+    def on_selection_list_selection_toggled(self, event: SelectionList.SelectionToggled) -> None:
+        if event.selection_list.id != "task-list":
+            return
+        task = event.selection.value
+        tasks = self.role_tasks()
+        tasks = [t for t in tasks if t != task] if task in tasks else tasks + [task]
+        field_id = str(self.query_one("#pick-role", Select).value)
+        self.query_one(f"#{field_id}", Input).value = ", ".join(tasks)
 
     def fill_from_preset(self, name: str) -> None:
         raw = tomllib.loads(find_preset(name).read_text(encoding="utf-8"))
@@ -103,6 +155,7 @@ class LaunchScreen(Screen):
         for m in raw.get("upstream", {}).get("methods", []):
             methods.select(m)
         self.query_one("#form-error", Label).update("")
+        self.show_tasks()
 
     # ---- the form as --set overrides ---------------------------------------------------
 
