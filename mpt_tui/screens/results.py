@@ -111,13 +111,15 @@ class ResultsScreen(Screen):
         table.clear(columns=True)
         columns, rows = comparison(self.chosen)
         several = len(self.chosen) > 1
-        table.add_column("target task", key="task")
-        for run_id, method in columns:
-            label = METHOD_LABELS.get(method, method) + (f" ({run_id[-12:]})" if several else "")
-            table.add_column(label, key=f"{run_id}/{method}")
         body = []
         for task in sorted(rows):
             body.append((task, *[score_text(rows[task].get(col)) for col in columns]))
+        # explicit widths: the table is rebuilt on every change and must never cut a score
+        labels = [METHOD_LABELS.get(m, m) + (f" ({r[-12:]})" if several else "") for r, m in columns]
+        width = lambda i, label: max([len(label), 12] + [len(str(row[i])) for row in body])  # noqa: E731
+        table.add_column("target task", key="task", width=width(0, "target task"))
+        for i, ((run_id, method), label) in enumerate(zip(columns, labels), 1):
+            table.add_column(label, key=f"{run_id}/{method}", width=width(i, label))
         if 0 <= self.sort_column < len(columns):
             col = columns[self.sort_column]
             body.sort(key=lambda r: -(rows[r[0]].get(col) or {"mean": -1})["mean"])

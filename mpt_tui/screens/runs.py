@@ -45,12 +45,13 @@ class RunsScreen(Screen):
 
     def compose(self) -> ComposeResult:
         yield Header()
-        with Horizontal(id="runs-body"):
+        with Vertical(id="runs-body"):
             yield DataTable(id="runs-table", cursor_type="row", zebra_stripes=True)
-            with Vertical(id="run-detail"):
+            with Horizontal(id="run-detail"):
                 yield PlotextPlot(id="run-plot")
-                yield Static("", id="run-scores")
-                yield Static("", id="run-log")
+                with Vertical(id="run-side"):
+                    yield Static("", id="run-scores")
+                    yield Static("", id="run-log")
         yield Footer()
 
     def on_mount(self) -> None:
