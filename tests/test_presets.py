@@ -209,7 +209,7 @@ def test_make_plan_with_setting(tmp_path):
     assert plan.setting == "class_to_class"
     assert plan.sources == raw["train"] and plan.targets == raw["test"]
     assert plan.seeds == [100, 13, 21, 42, 87]
-    assert plan.data_dir == str(require_shared_data() / "metaicl")
+    assert Path(plan.data_dir) == (require_shared_data() / "metaicl").resolve()
     assert plan.warnings == []
 
 
