@@ -21,6 +21,7 @@ from mpt_tui.headless import METHOD_LABELS
 # (field id, preset key, label, kind): kind "list" fields are comma-separated in the form
 FIELDS = [
     ("model", "model.name", "model (directory, hub name, or smollm2-135m)", "str"),
+    ("device", "model.device", "device: auto (any free GPU, else CPU), cpu, cuda:0, or a list: cuda:0,cuda:1", "str"),
     ("setting", "data.setting", "setting (name or file)", "str"),
     ("sources", "data.sources", "source tasks (comma-separated; empty: the setting's)", "list-str"),
     ("targets", "data.targets", "target tasks (comma-separated; empty: the setting's)", "list-str"),
