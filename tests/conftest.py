@@ -90,6 +90,42 @@ def build_tiny_model(kind: str, out: Path) -> Path:
     return out
 
 
+def small_run(root: Path, model: Path, *, name: str = "small", downstream: str = "", upstream: str = ""):
+    """A run directory for a small two-target run on the shared data (the CLI's own path: load,
+    plan, create), with `downstream`/`upstream` TOML lines added to those tables."""
+    from engine.config import load_preset
+    from engine.protocol import make_plan
+    from engine.runs import create_run
+
+    data = require_shared_data()
+    preset_file = Path(root).parent / f"{name}.toml"
+    preset_file.parent.mkdir(parents=True, exist_ok=True)
+    preset_file.write_text(f"""
+name = "{name}"
+[data]
+dir = "{data}"
+sources = ["glue-sst2", "trec"]
+targets = ["poem_sentiment", "tweet_eval-stance_atheism"]
+seeds = [13, 42]
+[model]
+name = "{model}"
+device = "cpu"
+max_input_length = 40
+[prompt]
+length = 4
+[downstream]
+learning_rates = [0.3]
+batch_size = 4
+max_test_examples = 20
+log_every = 1
+{downstream}
+[upstream]
+{upstream}
+""")
+    preset, _ = load_preset(str(preset_file))
+    return create_run(root, {"preset": preset.to_dict(), "plan": make_plan(preset).to_dict()}, name)
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _one_thread():
     """Tiny models run fastest on one thread (a busy 2-core machine makes OpenMP threads spin)."""

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import json
 import os
 import subprocess
 import sys
@@ -11,10 +10,8 @@ import time
 
 import pytest
 
-from conftest import REPO, require_shared_data
-from engine.config import load_preset
-from engine.protocol import make_plan
-from engine.runs import create_run, list_runs, read_json
+from conftest import REPO, require_shared_data, small_run
+from engine.runs import list_runs, read_json
 from engine.store import RunIndex
 from engine.worker import execute
 from mpt_tui.app import MptApp
@@ -24,45 +21,14 @@ from mpt_tui.screens.runs import RunsScreen
 TARGETS = ["poem_sentiment", "tweet_eval-stance_atheism"]
 
 
-def _preset_file(tmp_path, tiny_llama, steps=4, methods='["mtl"]'):
-    data = require_shared_data()
-    path = tmp_path / "app.toml"
-    path.write_text(f"""
-name = "app-test"
-[data]
-dir = "{data}"
-sources = ["glue-sst2", "trec"]
-targets = {json.dumps(TARGETS)}
-seeds = [13, 42]
-[model]
-name = "{tiny_llama}"
-device = "cpu"
-max_input_length = 40
-[prompt]
-length = 4
-[downstream]
-learning_rates = [0.3]
-steps = {steps}
-batch_size = 4
-eval_every = 2
-max_test_examples = 20
-log_every = 1
-[upstream]
-methods = {methods}
-steps = 3
-""")
-    return path
-
-
 @pytest.fixture(scope="module")
 def store(tmp_path_factory, tiny_llama):
     """A runs root with two finished runs, as the worker leaves them."""
     tmp = tmp_path_factory.mktemp("app-store")
     root = tmp / "runs"
     for _ in range(2):
-        preset, _ = load_preset(str(_preset_file(tmp, tiny_llama)))
-        run = create_run(root, {"preset": preset.to_dict(), "plan": make_plan(preset).to_dict()}, preset.name)
-        execute(run)
+        execute(small_run(root, tiny_llama, name="app-test", downstream="steps = 4\neval_every = 2",
+                          upstream='methods = ["mtl"]\nsteps = 3'))
     return root
 
 

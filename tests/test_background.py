@@ -9,46 +9,15 @@ import time
 
 import pytest
 
-from conftest import require_shared_data
-from engine.config import load_preset
+from conftest import small_run
 from engine.launch import cancel, launch
-from engine.protocol import make_plan
-from engine.runs import Run, create_run, read_json
+from engine.runs import Run, read_json
 from engine.worker import execute
 
 
 def _make_run(root, tiny_llama, tmp_path) -> Run:
-    data = require_shared_data()
-    preset_file = tmp_path / "bg.toml"
-    preset_file.write_text(f"""
-name = "bg"
-[data]
-dir = "{data}"
-sources = ["glue-sst2", "trec"]
-targets = ["poem_sentiment", "tweet_eval-stance_atheism"]
-seeds = [13, 42]
-[model]
-name = "{tiny_llama}"
-device = "cpu"
-max_input_length = 40
-[prompt]
-length = 4
-[downstream]
-learning_rates = [0.3]
-steps = 60
-batch_size = 4
-eval_every = 20
-max_test_examples = 20
-log_every = 1
-[upstream]
-methods = ["fomaml"]
-steps = 40
-checkpoint_every = 10
-log_every = 1
-""")
-    preset, _ = load_preset(str(preset_file))
-    plan = make_plan(preset)
-    return create_run(root, {"preset": preset.to_dict(), "plan": plan.to_dict()}, "bg")
+    return small_run(root, tiny_llama, name="bg", downstream="steps = 60\neval_every = 20",
+                     upstream='methods = ["fomaml"]\nsteps = 40\ncheckpoint_every = 10\nlog_every = 1')
 
 
 def _wait(predicate, timeout=240.0, what=""):

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.export import SPLIT_COLUMNS, TABLE_COLUMNS, split_rows, table_rows, to_csv
+from engine.export import SPLIT_COLUMNS, split_rows, table_rows, to_csv
 from engine.protocol import select_and_aggregate
 from engine.runs import Run, create_run, list_runs, write_json_atomic
 from engine.store import INDEX_FILE, RunIndex, summarize
