@@ -6,7 +6,7 @@
     <config>/<setting>.json                                    {"train": [...], "test": [...]}
 
 A data directory may be the folder of task folders itself, or a root holding
-`metaicl/` (tasks) and `metaicl-config/` (configs), like ../shared/data.
+`metaicl/` (tasks) and `metaicl-config/` (configs), like ../shared/data, or `tasks/` and `config/`.
 """
 
 from __future__ import annotations
@@ -134,9 +134,11 @@ class TaskData:
         root = Path(root).expanduser()
         if not root.is_dir():
             raise TaskDataError(f"data directory {root} does not exist")
-        if (root / "metaicl").is_dir():
-            self.tasks_dir = root / "metaicl"
-            default_config = root / "metaicl-config"
+        # a root holding the tasks and their configs: ../shared/data's layout, or the demo's
+        layouts = [(root / t, root / c) for t, c in (("metaicl", "metaicl-config"), ("tasks", "config"))]
+        found = next(((t, c) for t, c in layouts if t.is_dir()), None)
+        if found:
+            self.tasks_dir, default_config = found
         else:
             self.tasks_dir = root
             default_config = root.parent / "metaicl-config"

@@ -31,11 +31,11 @@ def require_shared_data() -> Path:
 
 def _corpus() -> list[str]:
     texts = []
-    roots = [REPO / "presets" / "demo-data" / "metaicl"]
+    roots = [REPO / "presets" / "demo-data" / "tasks"]
     if SHARED_TASKS.is_dir():
         roots.append(SHARED_TASKS)
     for root in roots:
-        for path in sorted(root.glob("*/*_16_13_train.jsonl"))[:60]:
+        for path in sorted(root.glob("*/*_16_*_train.jsonl"))[:60]:
             for line in path.read_text().splitlines():
                 ex = json.loads(line)
                 texts.append(ex["input"])

@@ -31,8 +31,8 @@ from engine.upstream import UpstreamError, learn_initialisation, second_order_co
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO_DATA = REPO / "presets" / "demo-data"
-META_TASKS = [("demo-movie_sentiment", 13), ("demo-news_topic", 13), ("demo-spam", 13),
-              ("demo-question_or_statement", 42)]
+META_TASKS = [("demo-movie_sentiment", 1), ("demo-news_topic", 1), ("demo-spam", 1),
+              ("demo-question_or_statement", 2)]
 PROMPT_LEN = 4
 PLACEMENT = "before"
 MAX_INPUT = 24  # short rows keep every forward cheap

@@ -112,6 +112,7 @@ async def test_launch_watch_cancel_and_resume_from_the_app(tmp_path, tiny_llama)
         screen.query_one("#setting").value = ""
         screen.query_one("#sources").value = "glue-sst2, trec"
         screen.query_one("#targets").value = ", ".join(TARGETS)
+        screen.query_one("#seeds").value = "13, 42"
         screen.query_one("#length").value = "4"
         screen.query_one("#steps").value = "300"
         screen.query_one("#up_steps").value = "3"

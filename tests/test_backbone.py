@@ -39,7 +39,8 @@ def _split():
     if (SHARED_DATA / "metaicl" / "glue-sst2").is_dir():
         data, task = TaskData(SHARED_DATA), "glue-sst2"
     else:
-        data, task = TaskData(DEMO_DATA), "demo-movie_sentiment"
+        data, task, seed = TaskData(DEMO_DATA), "demo-movie_sentiment", 1
+        return data.load_split(task, 16, seed), data.task_info(task)
     return data.load_split(task, 16, 13), data.task_info(task)
 
 

@@ -136,7 +136,7 @@ def test_pip_install_ships_the_presets(tmp_path):
     names = set(zipfile.ZipFile(wheel).namelist())
     assert "mpt_tui/presets/demo.toml" in names
     assert "mpt_tui/presets/class_to_class.toml" in names
-    assert "mpt_tui/presets/demo-data/metaicl-config/demo.json" in names
-    assert any(n.startswith("mpt_tui/presets/demo-data/metaicl/demo-emotion/") for n in names)
+    assert "mpt_tui/presets/demo-data/config/demo.json" in names
+    assert any(n.startswith("mpt_tui/presets/demo-data/tasks/demo-emotion/") for n in names)
     assert "engine/worker.py" in names and "mpt_tui/cli.py" in names
     assert "mpt_tui/app.tcss" in names and "mpt_tui/screens/runs.py" in names

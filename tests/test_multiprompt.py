@@ -18,8 +18,8 @@ DEMO = TaskData(REPO / "presets" / "demo-data")
 
 
 def _jobs(backbone) -> list[Job]:
-    specs = [("demo-emotion", 13, 0.3, "adafactor", 6), ("demo-formality", 42, 0.1, "adamw", 4),
-             ("demo-product_sentiment", 13, 0.5, "adafactor", 5)]
+    specs = [("demo-emotion", 1, 0.3, "adafactor", 6), ("demo-formality", 2, 0.1, "adamw", 4),
+             ("demo-product_sentiment", 1, 0.5, "adafactor", 5)]
     jobs = []
     for task, seed, lr, optimizer, steps in specs:
         split = DEMO.load_split(task, 16, seed)

@@ -4,9 +4,9 @@
     python presets/demo-data/make_splits.py
 
 Reads   pools/<task>.tsv                       (`input<TAB>label`, 96 lines)
-Writes  metaicl/<task>/<task>_16_<seed>_{train,dev,test}.jsonl   seeds 13 42 100
-        metaicl-config/tasks/<task>.json
-        metaicl-config/demo.json
+Writes  tasks/<task>/<task>_16_<seed>_{train,dev,test}.jsonl   seeds 1 2 3
+        config/tasks/<task>.json
+        config/demo.json
 
 Rules (see README.md):
   * lines 1-48 of a pool are the train/dev pool, lines 49-96 are the test set;
@@ -30,11 +30,11 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 POOLS = HERE / "pools"
-OUT_DATA = HERE / "metaicl"
-OUT_CONFIG = HERE / "metaicl-config"
+OUT_DATA = HERE / "tasks"
+OUT_CONFIG = HERE / "config"
 
 K = 16
-SEEDS = (13, 42, 100)
+SEEDS = (1, 2, 3)
 POOL_SIZE = 96
 HALF = POOL_SIZE // 2
 TEST_ORDER_SEED = 0
