@@ -90,8 +90,7 @@ class Backbone:
                     left_pad: bool = False):
         """Embed rows made of token-id lists and a "P" marker where the prompt goes.
 
-        Returns inputs_embeds [B, L, d], attention_mask [B, L] and, per row, the
-        offset of each segment so callers can find their target positions.
+        Returns inputs_embeds [B, L, d] and attention_mask [B, L].
         """
         n = prompt.shape[-2]
         lengths = [sum(n if seg == "P" else len(seg) for seg in row) for row in segments]
@@ -100,12 +99,9 @@ class Backbone:
         ids = torch.full((B, width), self.pad_id, dtype=torch.long)
         slot = torch.full((B, width), -1, dtype=torch.long)  # prompt vector index, -1 elsewhere
         mask = torch.zeros((B, width), dtype=torch.long)
-        starts = []
         for b, row in enumerate(segments):
             pos = width - lengths[b] if left_pad else 0
-            row_starts = []
             for seg in row:
-                row_starts.append(pos)
                 if seg == "P":
                     slot[b, pos:pos + n] = torch.arange(n)
                     pos += n
@@ -116,7 +112,6 @@ class Backbone:
                 mask[b, width - lengths[b]:] = 1
             else:
                 mask[b, : lengths[b]] = 1
-            starts.append(row_starts)
         ids, slot, mask = ids.to(self.device), slot.to(self.device), mask.to(self.device)
         token_embeds = self.embeddings(ids)
         is_prompt = slot >= 0
@@ -126,7 +121,7 @@ class Backbone:
             rows = owner.to(self.device)[:, None].expand_as(slot)
             prompt_embeds = prompt[rows, slot.clamp(min=0)]
         embeds = torch.where(is_prompt[..., None], prompt_embeds.to(token_embeds.dtype), token_embeds)
-        return embeds, mask, starts
+        return embeds, mask
 
     def _prompted_input(self, input_ids: list[int], placement: str) -> list:
         tail = [self.eos_id] if self.is_encoder_decoder else []
@@ -143,7 +138,7 @@ class Backbone:
         out_ids = [self._ids(t, "target") for t in targets]
         with self.autocast():
             if self.is_encoder_decoder:
-                embeds, mask, _ = self._embed_rows(prompt, owner, [self._prompted_input(i, placement) for i in in_ids])
+                embeds, mask = self._embed_rows(prompt, owner, [self._prompted_input(i, placement) for i in in_ids])
                 width = max(len(o) for o in out_ids)
                 labels = torch.full((len(out_ids), width), -100, dtype=torch.long)
                 for b, o in enumerate(out_ids):
@@ -156,7 +151,7 @@ class Backbone:
                 # Left padding lines every row's targets up at the end, so the LM head (a large
                 # matrix for big vocabularies) only runs on the last max_target+1 positions.
                 rows = [self._prompted_input(i, placement) + [o] for i, o in zip(in_ids, out_ids)]
-                embeds, mask, _ = self._embed_rows(prompt, owner, rows, left_pad=True)
+                embeds, mask = self._embed_rows(prompt, owner, rows, left_pad=True)
                 longest = max(len(o) for o in out_ids)
                 logits = self._causal_logits(embeds, mask, keep=longest + 1)[:, :-1]
                 # logits[:, j] predicts the token after kept position j: each row's targets are its last tokens
@@ -220,7 +215,7 @@ class Backbone:
         for s in range(0, len(inputs), batch_rows):
             chunk = [self._prompted_input(self._ids(t, "input"), placement) for t in inputs[s:s + batch_rows]]
             # decoder-only models continue the row, so pad on the left; the encoder pads on the right
-            embeds, mask, _ = self._embed_rows(prompt, None, chunk, left_pad=not self.is_encoder_decoder)
+            embeds, mask = self._embed_rows(prompt, None, chunk, left_pad=not self.is_encoder_decoder)
             with self.autocast():
                 out = self.model.generate(inputs_embeds=embeds, attention_mask=mask, max_new_tokens=max_new_tokens,
                                           do_sample=False, num_beams=1, pad_token_id=self.pad_id,

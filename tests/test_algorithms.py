@@ -51,6 +51,19 @@ def meta_tasks() -> list[MetaTask]:
     return tasks
 
 
+def record_samplers(monkeypatch) -> list:
+    """Make learn_initialisation build RecordingSamplers; returns the list they are added to."""
+    samplers: list[RecordingSampler] = []
+
+    class Recorder(RecordingSampler):
+        def __init__(self, tasks, seed):
+            super().__init__(tasks, seed)
+            samplers.append(self)
+
+    monkeypatch.setattr(upstream, "MetaSampler", Recorder)
+    return samplers
+
+
 def _models(tiny_llama, tiny_t5) -> dict[str, Path]:
     return {"llama": tiny_llama, "t5": tiny_t5}
 
@@ -256,14 +269,7 @@ def test_fomaml_is_query_gradient_at_adapted_prompt_and_differs_from_maml(tiny_l
 def test_reptile_sgd_step_moves_prompt_by_outer_lr_times_mean_displacement(tiny_llama, tiny_t5, meta_tasks,
                                                                           monkeypatch, kind, placement):
     backbone = _load(_models(tiny_llama, tiny_t5)[kind])
-    samplers: list[RecordingSampler] = []
-
-    class Recorder(RecordingSampler):
-        def __init__(self, tasks, seed):
-            super().__init__(tasks, seed)
-            samplers.append(self)
-
-    monkeypatch.setattr(upstream, "MetaSampler", Recorder)
+    samplers = record_samplers(monkeypatch)
     inner = InnerLoopConfig(inner_lr=0.8, inner_steps=3, support_batch=2, tasks_per_step=3)
     outer_lr = 0.7
     cfg = _cfg("reptile", steps=1, outer_optimizer="sgd", outer_lr=outer_lr, reptile=inner)
@@ -321,14 +327,7 @@ def test_mtl_gradient_is_plain_loss_gradient_on_drawn_batch(tiny_llama, tiny_t5,
     assert not torch.allclose(grads[0], grads[1])
 
     # through the outer loop with SGD: one step is exactly prompt - lr * grad
-    samplers: list[RecordingSampler] = []
-
-    class Recorder(RecordingSampler):
-        def __init__(self, tasks, seed):
-            super().__init__(tasks, seed)
-            samplers.append(self)
-
-    monkeypatch.setattr(upstream, "MetaSampler", Recorder)
+    samplers = record_samplers(monkeypatch)
     cfg = _cfg("mtl", steps=1, outer_optimizer="sgd", outer_lr=0.3, mtl=MTLConfig(batch_size=4))
     result = _run(backbone, "mtl", meta_tasks, prompt, cfg)
     (_, drawn), = samplers[0].batches
