@@ -69,7 +69,7 @@ def learn_initialisation(backbone, method: str, tasks: list[MetaTask], init_prom
     """Run `upstream_cfg.steps` outer updates of `method` from `init_prompt`, resuming from `checkpoint`."""
     if method not in ALGORITHMS:
         raise UpstreamError(f"unknown algorithm '{method}' (known: {', '.join(ALGORITHMS)})")
-    algorithm = ALGORITHMS[method](getattr(upstream_cfg, method), placement)
+    algorithm = ALGORITHMS[method](getattr(upstream_cfg, method), placement, batch_tasks=upstream_cfg.batch_tasks)
     sampler = MetaSampler(tasks, upstream_cfg.seed)
     prompt = init_prompt.detach().clone().float().to(backbone.device).requires_grad_(True)
     optimizer = make_outer_optimizer(upstream_cfg.outer_optimizer, [prompt], upstream_cfg.outer_lr)

@@ -6,12 +6,16 @@ through a hand-written inner SGD loop, FoMAML's from the query gradient at a
 hand-adapted prompt, Reptile's outer step from hand-run inner steps, MTL's from
 the plain loss gradient. The batches an algorithm drew are recorded by a
 `MetaSampler` subclass and replayed in the reference, so both sides see exactly
-the same examples. Models are the tiny random Llama and T5 built by conftest,
-data the project's shipped demo tasks.
+the same examples. The inner-loop methods run a meta-batch's tasks as one
+batched pass on a prompt bank; they are checked against the references in that
+mode and against their own per-task loop (`batch_tasks=False`) on the same
+sample. Models are the tiny random Llama and T5 built by conftest, data the
+project's shipped demo tasks.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 from pathlib import Path
@@ -23,7 +27,7 @@ from conftest import assert_weights_unchanged, snapshot_weights
 
 import engine.upstream as upstream
 from engine.algorithms import ALGORITHMS
-from engine.algorithms.base import MetaSampler, MetaTask
+from engine.algorithms.base import Algorithm, MetaSampler, MetaTask
 from engine.backbone import Backbone
 from engine.config import InnerLoopConfig, MTLConfig, UpstreamConfig
 from engine.data import TaskData
@@ -173,11 +177,11 @@ def _run(backbone, method, tasks, init, cfg, placement: str = PLACEMENT, **kw):
 
 
 def _check_maml_against_reference(backbone, tasks, inner_steps, *, use_context: bool, rtol: float = 1e-6,
-                                  placement: str = PLACEMENT):
-    hp = InnerLoopConfig(inner_lr=2.0, inner_steps=inner_steps, support_batch=2, query_batch=2, tasks_per_step=2)
+                                  placement: str = PLACEMENT, batch_tasks: bool = True):
+    hp = InnerLoopConfig(inner_lr=2.0, inner_steps=inner_steps, support_batch=2, query_batch=2, tasks_per_step=3)
     prompt = _prompt(backbone)
     sampler = RecordingSampler(tasks, seed=3)
-    algorithm = ALGORITHMS["maml"](hp, placement)
+    algorithm = ALGORITHMS["maml"](hp, placement, batch_tasks=batch_tasks)
 
     def ctx():
         return second_order_context(backbone) if use_context else torch.enable_grad()
@@ -191,22 +195,30 @@ def _check_maml_against_reference(backbone, tasks, inner_steps, *, use_context: 
                                        placement=placement)
         first_order, _ = reference_maml(backbone, prompt, batches, hp.inner_lr,
                                         second_order=False, placement=placement)
+        # what a batched inner step on the MEAN of the task losses would give: each row moving by inner_lr / T
+        mean_step, _ = reference_maml(backbone, prompt, batches, hp.inner_lr / hp.tasks_per_step,
+                                      placement=placement)
 
     assert grad.shape == prompt.shape and grad.dtype == prompt.dtype
     assert torch.isfinite(ref).all() and float(ref.abs().max()) > 0
     # the test means something: the second-order term changes the gradient well beyond the tolerance
     assert not _close(first_order, ref, rtol=1e-3), "inner loop too weak: second-order term is negligible"
+    assert not _close(mean_step, ref, rtol=1e-3), "inner loop too weak: a mean over tasks would pass"
     torch.testing.assert_close(grad, ref, rtol=rtol, atol=rtol * float(ref.abs().max()))
     assert math.isclose(loss, ref_loss, rel_tol=rtol)
 
 
+@pytest.mark.parametrize("batch_tasks", [True, False])
 @pytest.mark.parametrize("inner_steps, placement", [(1, "before"), (3, "before"), (2, "after")])
 @pytest.mark.parametrize("kind", ["llama", "t5"])
 def test_maml_meta_gradient_equals_hand_written_second_order(tiny_llama, tiny_t5, meta_tasks, kind, inner_steps,
-                                                             placement):
+                                                             placement, batch_tasks):
+    """The batched meta-gradient (one pass over a prompt bank, with `higher`) and the per-task loop both equal
+    plain autograd through a hand-written inner loop, task by task, without `higher`."""
     backbone = _load(_models(tiny_llama, tiny_t5)[kind], double=True)
     assert backbone.model.config._attn_implementation == "sdpa"  # so the context is what makes it work
-    _check_maml_against_reference(backbone, meta_tasks, inner_steps, use_context=True, placement=placement)
+    _check_maml_against_reference(backbone, meta_tasks, inner_steps, use_context=True, placement=placement,
+                                  batch_tasks=batch_tasks)
 
 
 @pytest.mark.parametrize("kind", ["llama", "t5"])
@@ -298,6 +310,58 @@ def test_reptile_sgd_step_moves_prompt_by_outer_lr_times_mean_displacement(tiny_
     torch.testing.assert_close(result.prompt, expected, rtol=1e-5, atol=1e-5 * float(displacement.abs().max()))
     assert [s for s, _ in losses] == [1]
     assert math.isclose(losses[0][1], support_loss, rel_tol=1e-5)
+
+
+# ---------------------------------------------------------------- 3b. batched tasks == the per-task loop
+
+
+def _meta_gradient(backbone, method: str, hp, prompt, tasks, *, batch_tasks: bool, seed: int = 13):
+    sampler = RecordingSampler(tasks, seed)
+    algorithm = ALGORITHMS[method](hp, PLACEMENT, batch_tasks=batch_tasks)
+    with second_order_context(backbone) if algorithm.second_order else contextlib.nullcontext():
+        grad, loss = algorithm.meta_gradient(backbone, prompt, sampler)
+    return grad, loss, sampler
+
+
+@pytest.mark.parametrize("method", ["maml", "fomaml", "reptile"])
+@pytest.mark.parametrize("kind", ["llama", "t5"])
+def test_batched_tasks_equal_per_task_loop(tiny_llama, tiny_t5, meta_tasks, kind, method):
+    backbone = _load(_models(tiny_llama, tiny_t5)[kind], double=True)
+    hp = InnerLoopConfig(inner_lr=2.0, inner_steps=2, support_batch=2, query_batch=3, tasks_per_step=3)
+    prompt = _prompt(backbone, seed=10)
+    grad, loss, sampler = _meta_gradient(backbone, method, hp, prompt, meta_tasks, batch_tasks=True)
+    loop_grad, loop_loss, loop_sampler = _meta_gradient(backbone, method, hp, prompt, meta_tasks, batch_tasks=False)
+
+    # the very same sample: meta-batch, then every batch in the per-task loop's order
+    assert sampler.meta_batches == loop_sampler.meta_batches and sampler.batches == loop_sampler.batches
+    tasks = sampler.meta_batches[0]
+    assert len({t.task for t in tasks}) == hp.tasks_per_step  # different data in every row of the bank
+    _task_batches(sampler, tasks, hp.inner_steps, with_query=method != "reptile")
+    assert float(loop_grad.abs().max()) > 0
+    torch.testing.assert_close(grad, loop_grad, rtol=1e-7, atol=1e-7 * float(loop_grad.abs().max()))
+    assert math.isclose(loss, loop_loss, rel_tol=1e-7)
+    # sharp enough to catch a mean over tasks in the batched inner step (each row moving by inner_lr / T)
+    weak = dataclasses.replace(hp, inner_lr=hp.inner_lr / hp.tasks_per_step)
+    weak_grad, _, _ = _meta_gradient(backbone, method, weak, prompt, meta_tasks, batch_tasks=False)
+    assert not _close(weak_grad, loop_grad, rtol=1e-3)
+
+
+def test_upstream_hands_batch_tasks_to_the_algorithm(tiny_llama, meta_tasks, monkeypatch):
+    backbone = _load(tiny_llama)
+    chunk_sizes = []
+    chunks = Algorithm.chunks
+
+    def recording_chunks(self, batches):
+        out = chunks(self, batches)
+        chunk_sizes.append([len(c) for c in out])
+        return out
+
+    monkeypatch.setattr(Algorithm, "chunks", recording_chunks)
+    init = _prompt(backbone, seed=11)
+    batched = _run(backbone, "reptile", meta_tasks, init, _cfg("reptile", steps=1, batch_tasks=True)).prompt
+    looped = _run(backbone, "reptile", meta_tasks, init, _cfg("reptile", steps=1, batch_tasks=False)).prompt
+    assert chunk_sizes == [[2], [1, 1]]
+    torch.testing.assert_close(batched, looped, rtol=1e-5, atol=1e-6)
 
 
 # ---------------------------------------------------------------- 4. MTL

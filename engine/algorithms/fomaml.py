@@ -2,7 +2,8 @@
 
 With track_higher_grads=False, higher leaves the initial prompt out of the
 graph (its .grad stays empty), so the gradient used is the query gradient taken
-at the adapted prompt, applied to the initial prompt.
+at each task's adapted prompt (its row of the adapted bank), applied to the
+initial prompt.
 """
 
 from __future__ import annotations
@@ -16,6 +17,6 @@ class FoMAML(MAML):
     name = "fomaml"
     second_order = False
 
-    def _task_gradient(self, query_loss, holder, fmodel) -> torch.Tensor:
-        (g,) = torch.autograd.grad(query_loss, fmodel.prompt)  # at the adapted prompt
+    def _bank_gradient(self, query_loss, holder, fmodel) -> torch.Tensor:
+        (g,) = torch.autograd.grad(query_loss, fmodel.prompt)  # at the adapted bank
         return g

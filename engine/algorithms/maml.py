@@ -3,15 +3,16 @@
 Per task of the meta-batch: `inner_steps` SGD steps on support batches of its
 train split, then the query loss on a dev batch at the adapted prompt; the
 meta-gradient flows back through the inner loop into the initial prompt and is
-averaged over the meta-batch.
+averaged over the meta-batch. The tasks run together on a prompt bank (one row
+per task, see `engine.algorithms.base`); since the initial bank is the prompt
+repeated, the meta-gradient is the sum of its rows' gradients.
 """
 
 from __future__ import annotations
 
-import higher
 import torch
 
-from engine.algorithms.base import Algorithm, MetaSampler, PromptHolder, batch_loss
+from engine.algorithms.base import Algorithm, MetaSampler, draw_batches, task_losses
 
 
 class MAML(Algorithm):
@@ -19,26 +20,19 @@ class MAML(Algorithm):
     second_order = True
 
     def meta_gradient(self, backbone, prompt, sampler: MetaSampler):
-        hp = self.hp
-        tasks = sampler.meta_batch(hp.tasks_per_step)
-        holder = PromptHolder(prompt.detach().clone())
-        total_loss = 0.0
+        tasks = sampler.meta_batch(self.hp.tasks_per_step)
+        batches = draw_batches(sampler, tasks, self.hp, with_query=True)
         grad = torch.zeros_like(prompt)
-        for task in tasks:
-            inner_opt = torch.optim.SGD(holder.parameters(), lr=hp.inner_lr)
-            # copy_initial_weights=False: the patched module starts from holder.prompt itself,
-            # so gradients reach it; track_higher_grads=False makes the loop first order.
-            with higher.innerloop_ctx(holder, inner_opt, copy_initial_weights=False,
-                                      track_higher_grads=self.second_order) as (fmodel, diffopt):
-                for _ in range(hp.inner_steps):
-                    support = sampler.batch(task.train, hp.support_batch)
-                    diffopt.step(batch_loss(backbone, fmodel.prompt, support, self.placement))
-                query = sampler.batch(task.dev, hp.query_batch)
-                query_loss = batch_loss(backbone, fmodel.prompt, query, self.placement)
-                grad += self._task_gradient(query_loss, holder, fmodel) / len(tasks)
-                total_loss += float(query_loss.detach()) / len(tasks)
+        total_loss = 0.0
+        for chunk in self.chunks(batches):
+            with self.adapted(backbone, prompt, chunk, track_higher_grads=self.second_order) as (holder, fmodel, _):
+                query_losses = task_losses(backbone, fmodel.prompt, [b.query for b in chunk], self.placement)
+                # the sum: each row's gradient is its own task's; summing rows gives the prompt's
+                grad += self._bank_gradient(query_losses.sum(), holder, fmodel).sum(dim=0) / len(tasks)
+            for loss in query_losses.detach().tolist():
+                total_loss += loss / len(tasks)
         return grad, total_loss
 
-    def _task_gradient(self, query_loss, holder, fmodel) -> torch.Tensor:
-        (g,) = torch.autograd.grad(query_loss, holder.prompt)
+    def _bank_gradient(self, query_loss, holder, fmodel) -> torch.Tensor:
+        (g,) = torch.autograd.grad(query_loss, holder.prompt)  # through the inner loop to the initial bank
         return g

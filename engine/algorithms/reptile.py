@@ -3,36 +3,30 @@
 Per task: `inner_steps` SGD steps, each on a fresh support batch of its train
 split; the pseudo-gradient theta - theta' (averaged over the meta-batch) is
 handed to the outer optimizer, so plain SGD moves the prompt by
-lr_outer * (theta' - theta).
+lr_outer * (theta' - theta). The tasks adapt together, one row of a prompt bank
+each (see `engine.algorithms.base`); the loss logged is the mean support loss.
 """
 
 from __future__ import annotations
 
-import higher
 import torch
 
-from engine.algorithms.base import Algorithm, MetaSampler, PromptHolder, batch_loss
+from engine.algorithms.base import Algorithm, MetaSampler, draw_batches
 
 
 class Reptile(Algorithm):
     name = "reptile"
 
     def meta_gradient(self, backbone, prompt, sampler: MetaSampler):
-        hp = self.hp
-        tasks = sampler.meta_batch(hp.tasks_per_step)
+        tasks = sampler.meta_batch(self.hp.tasks_per_step)
+        batches = draw_batches(sampler, tasks, self.hp, with_query=False)
         theta = prompt.detach()
-        holder = PromptHolder(theta.clone())
         pseudo_grad = torch.zeros_like(theta)
         total_loss = 0.0
-        for task in tasks:
-            inner_opt = torch.optim.SGD(holder.parameters(), lr=hp.inner_lr)
-            with higher.innerloop_ctx(holder, inner_opt, copy_initial_weights=False,
-                                      track_higher_grads=False) as (fmodel, diffopt):
-                for _ in range(hp.inner_steps):
-                    support = sampler.batch(task.train, hp.support_batch)
-                    loss = batch_loss(backbone, fmodel.prompt, support, self.placement)
-                    diffopt.step(loss)
-                    total_loss += float(loss.detach()) / (len(tasks) * hp.inner_steps)
+        for chunk in self.chunks(batches):
+            with self.adapted(backbone, theta, chunk, track_higher_grads=False) as (_, fmodel, losses):
                 adapted = fmodel.prompt.detach()
-            pseudo_grad += (theta - adapted) / len(tasks)
+            pseudo_grad += (theta - adapted).sum(dim=0) / len(tasks)
+            for loss in losses.t().flatten().tolist():  # task by task, as the per-task loop summed them
+                total_loss += loss / (len(tasks) * self.hp.inner_steps)
         return pseudo_grad, total_loss
