@@ -26,7 +26,7 @@ def main() -> None:
 
     from engine.backbone import Backbone
     from engine.data import TaskData
-    from engine.multiprompt import Job, prompt_tune_group
+    from engine.tuning import Job, prompt_tune_group
     from engine.prompt import initial_prompt
     from engine.tuning import TuningConfig, prompt_tune
 

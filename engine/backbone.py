@@ -182,21 +182,24 @@ class Backbone:
     @torch.no_grad()
     def rank_options(self, prompt: torch.Tensor, inputs: list[str], options: list[list[str]],
                      placement: str = "before", batch_rows: int = 64,
-                     length_normalise: bool = True) -> list[int]:
+                     length_normalise: bool = True, owner: torch.Tensor | None = None) -> list[int]:
         """Rank classification: index of the most likely option for each input.
 
         All (input, option) pairs are scored by likelihood in batched passes;
-        no text is generated and no string is matched.
+        no text is generated and no string is matched. With a prompt bank, `owner[i]`
+        names input i's row, so the examples of many jobs share each pass.
         """
-        flat_in, flat_out, owner_of = [], [], []
+        flat_in, flat_out, flat_owner = [], [], []
         for i, (text, opts) in enumerate(zip(inputs, options)):
             for opt in opts:
                 flat_in.append(text)
                 flat_out.append(opt)
-                owner_of.append(i)
+                flat_owner.append(int(owner[i]) if owner is not None else 0)
         scores = []
         for s in range(0, len(flat_in), batch_rows):
-            totals = self.token_totals(prompt, flat_in[s:s + batch_rows], flat_out[s:s + batch_rows], placement)
+            rows = torch.tensor(flat_owner[s:s + batch_rows]) if owner is not None else None
+            totals = self.token_totals(prompt, flat_in[s:s + batch_rows], flat_out[s:s + batch_rows], placement,
+                                       owner=rows)
             per = totals.per_example_mean() if length_normalise else totals.nll
             scores.extend((-per).tolist())
         best: list[int] = []
@@ -209,13 +212,14 @@ class Backbone:
 
     @torch.no_grad()
     def generate(self, prompt: torch.Tensor, inputs: list[str], placement: str = "before",
-                 max_new_tokens: int = 32, batch_rows: int = 32) -> list[str]:
-        """Greedy generation for free-form tasks, batched, capped at max_new_tokens."""
+                 max_new_tokens: int = 32, batch_rows: int = 32, owner: torch.Tensor | None = None) -> list[str]:
+        """Greedy generation for free-form tasks, batched (a bank with `owner` too), capped at max_new_tokens."""
         results: list[str] = []
         for s in range(0, len(inputs), batch_rows):
             chunk = [self._prompted_input(self._ids(t, "input"), placement) for t in inputs[s:s + batch_rows]]
+            rows = owner[s:s + batch_rows] if owner is not None else None
             # decoder-only models continue the row, so pad on the left; the encoder pads on the right
-            embeds, mask = self._embed_rows(prompt, None, chunk, left_pad=not self.is_encoder_decoder)
+            embeds, mask = self._embed_rows(prompt, rows, chunk, left_pad=not self.is_encoder_decoder)
             with self.autocast():
                 out = self.model.generate(inputs_embeds=embeds, attention_mask=mask, max_new_tokens=max_new_tokens,
                                           do_sample=False, num_beams=1, pad_token_id=self.pad_id,

@@ -47,6 +47,7 @@ class ModelConfig:
     device: str = _field("auto", help="auto, cpu, cuda, cuda:N")
     max_input_length: int = _field(256, minimum=1)
     max_output_length: int = _field(64, minimum=2)
+    compile: bool = _field(False, help="torch.compile the frozen model (GPU; the first steps pay the compile time)")
 
 
 @dataclass
@@ -73,6 +74,9 @@ class DownstreamConfig:
     grad_clip: float = _field(1.0, minimum=0.0)
     weight_decay: float = _field(1e-5, minimum=0.0)
     train_seed: int = _field(0, help="seed of the data order and prompt sampling (added to each split's seed)")
+    group_size: int = _field(0, minimum=0, help="grid cells trained together over the shared backbone; "
+                             "0: as many as the memory budget allows (GPU), 8 on CPU")
+    group_memory_fraction: float = _field(0.8, minimum=0.05, help="share of free GPU memory a group may use")
 
 
 @dataclass
@@ -107,6 +111,8 @@ class UpstreamConfig:
     checkpoint_every: int = _field(500, minimum=1)
     log_every: int = _field(10, minimum=1)
     seed: int = _field(0)
+    batch_tasks: bool = _field(True, help="the tasks of a meta-batch in one batched pass with per-task prompts "
+                               "(false: a loop over tasks; same result, less memory)")
     maml: InnerLoopConfig = _inner()
     fomaml: InnerLoopConfig = _inner(support_batch=4, query_batch=4)
     reptile: InnerLoopConfig = _inner(inner_steps=10, support_batch=4)

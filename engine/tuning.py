@@ -1,8 +1,15 @@
-"""Prompt tuning of one soft prompt on one task split, and its evaluation.
+"""Prompt tuning: many independent jobs in one loop over the shared frozen backbone.
 
-The frozen backbone never sees an optimizer: the only trainable tensor is the
-prompt. Dev evaluation runs every `eval_every` steps; the best dev prompt is
-kept and scored on the test split.
+The frozen backbone never sees an optimizer: the only trainable tensors are the
+prompts. A group of jobs (grid cells: task x split x learning rate x method)
+trains as one bank [R, n, d]; each forward/backward pass carries the batches of
+all active jobs, every example reading its own job's prompt. Each job keeps
+everything of its own: data order (its seeded sampler), optimizer state (one
+row of a vectorised optimizer), learning rate, dev evaluations, best-dev
+checkpoint, and its end (a non-finite loss stops that job alone). The loss is
+the sum of the jobs' own token-averaged losses, so each prompt gets exactly its
+job's gradient: R jobs together end where the same jobs run one by one end.
+`prompt_tune` is the group of one.
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ from typing import Callable
 
 import torch
 
+from engine.bank_optim import BankOptimizer
 from engine.data import Example, TaskInfo
 from engine.metrics import compute_metric, metric_for_task
 from engine.stopping import RunCancelled
@@ -80,95 +88,213 @@ class BatchSampler:
         return list(self._queue)
 
 
-def predict(backbone, prompt: torch.Tensor, examples: list[Example], *, mode: str = "auto",
-            placement: str = "before", batch_rows: int = 64, max_new_tokens: int = 32) -> list[str]:
-    """Rank classification over the options where examples have them, generation otherwise."""
-    use_rank = mode == "rank" or (mode == "auto" and all(e.options for e in examples))
-    if use_rank:
+OnStep = Callable[[int, float], None]
+OnEval = Callable[[int, float], None]
+
+
+@dataclass
+class EvalItem:
+    """One prompt to score on one list of examples (a dev or test split)."""
+
+    prompt: torch.Tensor
+    examples: list[Example]
+    task: TaskInfo
+    cfg: TuningConfig
+
+
+def _prediction_mode(examples: list[Example], mode: str) -> str:
+    if mode == "rank" or (mode == "auto" and all(e.options for e in examples)):
         if not all(e.options for e in examples):
             raise ValueError("rank classification asked for, but some examples have no options")
-        picks = backbone.rank_options(prompt, [e.input for e in examples], [list(e.options) for e in examples],
-                                      placement=placement, batch_rows=batch_rows)
-        return [e.options[i] for e, i in zip(examples, picks)]
-    return backbone.generate(prompt, [e.input for e in examples], placement=placement,
-                             max_new_tokens=max_new_tokens, batch_rows=batch_rows)
+        return "rank"
+    return "generate"
+
+
+def evaluate_many(backbone, items: list[EvalItem]) -> list[Evaluation]:
+    """Score many (prompt, examples) pairs; all items of one prediction mode share batched passes.
+
+    Rank classification scores every option of every example of every item in
+    passes of `eval_batch_size` rows over a bank of the items' prompts; free-form
+    tasks generate the same way, capped at `max_new_tokens`.
+    """
+    predictions: list[list[str]] = [[] for _ in items]
+    by_mode: dict[str, list[int]] = {}
+    for i, item in enumerate(items):
+        by_mode.setdefault(_prediction_mode(item.examples, item.cfg.prediction), []).append(i)
+    for mode, chosen in by_mode.items():
+        cfg = items[chosen[0]].cfg
+        if len({items[i].cfg.placement for i in chosen}) != 1:
+            raise ValueError("items evaluated together must place the prompt the same way")
+        bank = torch.stack([items[i].prompt.detach().float().to(backbone.device) for i in chosen])
+        examples = [(row, e) for row, i in enumerate(chosen) for e in items[i].examples]
+        owner = torch.tensor([row for row, _ in examples], dtype=torch.long)
+        inputs = [e.input for _, e in examples]
+        if mode == "rank":
+            picks = backbone.rank_options(bank, inputs, [list(e.options) for _, e in examples],
+                                          placement=cfg.placement, batch_rows=cfg.eval_batch_size, owner=owner)
+            flat = [e.options[p] for (_, e), p in zip(examples, picks)]
+        else:
+            flat = backbone.generate(bank, inputs, placement=cfg.placement, max_new_tokens=cfg.max_new_tokens,
+                                     batch_rows=cfg.eval_batch_size, owner=owner)
+        for (row, _), text in zip(examples, flat):
+            predictions[chosen[row]].append(text)
+    results = []
+    for item, preds in zip(items, predictions):
+        metric = metric_for_task(item.task.name, item.task.task_type)
+        score = compute_metric(metric, preds, [e.references for e in item.examples])
+        results.append(Evaluation(metric, score, preds))
+    return results
 
 
 def evaluate(backbone, prompt: torch.Tensor, examples: list[Example], task: TaskInfo, cfg: TuningConfig) -> Evaluation:
-    metric = metric_for_task(task.name, task.task_type)
-    predictions = predict(backbone, prompt, examples, mode=cfg.prediction, placement=cfg.placement,
-                          batch_rows=cfg.eval_batch_size, max_new_tokens=cfg.max_new_tokens)
-    score = compute_metric(metric, predictions, [e.references for e in examples])
-    return Evaluation(metric, score, predictions)
+    return evaluate_many(backbone, [EvalItem(prompt, examples, task, cfg)])[0]
 
 
-OnStep = Callable[[int, float], None]
-OnEval = Callable[[int, float], None]
+@dataclass
+class Job:
+    """One prompt-tuning job; with `checkpoint`, it resumes from there and is saved there when stopped."""
+
+    init_prompt: torch.Tensor
+    train: list[Example]
+    dev: list[Example]
+    task: TaskInfo
+    cfg: TuningConfig
+    seed: int
+    checkpoint: Path | None = None
+
+
+OnJobStep = Callable[[int, int, float], None]  # (job index, step, loss)
+OnJobEval = Callable[[int, int, float], None]  # (job index, step, dev score)
+
+
+def prompt_tune_group(backbone, jobs: list[Job], *, on_step: OnJobStep | None = None,
+                      on_eval: OnJobEval | None = None,
+                      should_stop: Callable[[], bool] | None = None) -> list[TuningResult]:
+    """Train all jobs; return each one's prompt with the best dev score (ties keep the earlier one).
+
+    Jobs with a checkpoint resume from it, each at its own step. When `should_stop()`
+    turns true, every job with a checkpoint path saves its state there (finished
+    ones too: trained but not yet tested) and `RunCancelled` is raised.
+    """
+    if len({job.cfg.placement for job in jobs}) != 1:
+        raise ValueError("all jobs of a group must place the prompt the same way")
+    if len({tuple(job.init_prompt.shape) for job in jobs}) != 1:
+        raise ValueError("all jobs of a group must have prompts of the same shape")
+    placement = jobs[0].cfg.placement
+    bank = torch.stack([job.init_prompt.detach().float() for job in jobs]).to(backbone.device).requires_grad_(True)
+    # one vectorised optimizer per kind in use; each steps only its own jobs' rows
+    optimizers = {name: BankOptimizer(name, bank, [job.cfg.learning_rate for job in jobs],
+                                      [job.cfg.weight_decay for job in jobs], [job.cfg.grad_clip for job in jobs])
+                  for name in dict.fromkeys(job.cfg.optimizer for job in jobs)}
+    samplers = [BatchSampler(len(job.train), job.cfg.batch_size, torch.Generator().manual_seed(job.seed))
+                for job in jobs]
+    results = [TuningResult(best_prompt=bank[j].detach().cpu().clone(), best_step=0, best_dev=-math.inf)
+               for j in range(len(jobs))]
+    steps = [0] * len(jobs)
+    for j, job in enumerate(jobs):
+        if job.checkpoint is not None and job.checkpoint.is_file():
+            steps[j] = _load_job_state(job.checkpoint, j, bank, optimizers[job.cfg.optimizer], samplers[j],
+                                       results[j])
+    active = [j for j, job in enumerate(jobs) if steps[j] < job.cfg.steps and not results[j].stopped]
+    while active:
+        inputs, targets, owner_rows = [], [], []
+        for j in active:
+            batch = [jobs[j].train[i] for i in samplers[j].next()]
+            inputs += [e.input for e in batch]
+            targets += [e.output for e in batch]
+            owner_rows += [j] * len(batch)
+        owner = torch.tensor(owner_rows, device=backbone.device)
+        totals = backbone.token_totals(bank, inputs, targets, placement, owner=owner)
+        zeros = torch.zeros(len(jobs), device=backbone.device, dtype=totals.nll.dtype)
+        nll = zeros.index_add(0, owner, totals.nll)
+        tokens = zeros.index_add(0, owner, totals.tokens.to(totals.nll.dtype))
+        losses = nll / tokens.clamp(min=1)  # each job's token-averaged loss, as in a one-job loop
+        finite = torch.isfinite(losses.detach()).tolist()
+        stepping = [j for j in active if finite[j]]
+        for j in active:
+            if not finite[j]:
+                results[j].stopped = f"non-finite loss at step {steps[j] + 1}"  # this job stops alone
+        bank.grad = None
+        if stepping:
+            losses[stepping].sum().backward()
+        for name, optimizer in optimizers.items():
+            optimizer.step(bank, [j for j in stepping if jobs[j].cfg.optimizer == name])
+        step_losses = losses.detach()[stepping].tolist() if stepping else []
+        due = []
+        for j, loss in zip(stepping, step_losses):
+            steps[j] += 1
+            results[j].final_loss = loss
+            if on_step:
+                on_step(j, steps[j], loss)
+            if steps[j] % jobs[j].cfg.eval_every == 0 or steps[j] == jobs[j].cfg.steps:
+                due.append(j)
+        if due:  # the dev sets of all jobs due now, in shared passes
+            scores = evaluate_many(backbone, [EvalItem(bank[j].detach(), jobs[j].dev, jobs[j].task, jobs[j].cfg)
+                                              for j in due])
+            for j, evaluation in zip(due, scores):
+                result, score = results[j], evaluation.score
+                result.dev_history.append((steps[j], score))
+                if on_eval:
+                    on_eval(j, steps[j], score)
+                if score > result.best_dev:  # NaN never wins
+                    result.best_dev, result.best_step = score, steps[j]
+                    result.best_prompt = bank[j].detach().cpu().clone()
+        active = [j for j in stepping if steps[j] < jobs[j].cfg.steps]
+        if active and should_stop is not None and should_stop():
+            for j, job in enumerate(jobs):
+                if job.checkpoint is not None:
+                    _save_job_state(job.checkpoint, j, bank, optimizers[job.cfg.optimizer], samplers[j],
+                                    results[j], steps[j])
+            raise RunCancelled(f"stopped with {len(active)} of {len(jobs)} jobs in progress")
+    return results
+
+
+def measure_job_memory(backbone, job: Job) -> int:
+    """GPU bytes one more job adds to a training pass: a batch of its longest examples, forward and backward."""
+    device = backbone.device
+    longest = sorted(job.train, key=lambda e: len(e.input) + len(e.output), reverse=True)[: job.cfg.batch_size]
+    prompt = job.init_prompt.detach().float().to(device).requires_grad_(True)
+    torch.cuda.synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    before = torch.cuda.memory_allocated(device)
+    backbone.loss(prompt, [e.input for e in longest], [e.output for e in longest], job.cfg.placement).backward()
+    torch.cuda.synchronize(device)
+    return max(torch.cuda.max_memory_allocated(device) - before, 1)
 
 
 def prompt_tune(backbone, init_prompt: torch.Tensor, train: list[Example], dev: list[Example], task: TaskInfo,
                 cfg: TuningConfig, *, seed: int, on_step: OnStep | None = None,
                 on_eval: OnEval | None = None, checkpoint: Path | None = None,
                 should_stop: Callable[[], bool] | None = None) -> TuningResult:
-    """Train one prompt; return the prompt with the best dev score (ties keep the earlier one).
-
-    With `checkpoint`, training resumes from it when it exists, and when `should_stop()`
-    turns true the state is saved there and `RunCancelled` raised.
-    """
-    prompt = init_prompt.detach().clone().float().to(backbone.device).requires_grad_(True)
-    optimizer = make_optimizer(cfg.optimizer, [prompt], cfg.learning_rate, cfg.weight_decay)
-    sampler = BatchSampler(len(train), cfg.batch_size, torch.Generator().manual_seed(seed))
-    best = TuningResult(best_prompt=prompt.detach().cpu().clone(), best_step=0, best_dev=-math.inf)
-    start = 0
-    if checkpoint is not None and checkpoint.is_file():
-        start = _load_tuning_state(checkpoint, prompt, optimizer, sampler, best)
-    for step in range(start + 1, cfg.steps + 1):
-        batch = [train[i] for i in sampler.next()]
-        loss = backbone.loss(prompt, [e.input for e in batch], [e.output for e in batch], cfg.placement)
-        if not torch.isfinite(loss):
-            best.stopped = f"non-finite loss at step {step}"
-            break
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if cfg.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_([prompt], cfg.grad_clip)
-        optimizer.step()
-        best.final_loss = float(loss.detach())
-        if on_step:
-            on_step(step, best.final_loss)
-        if step % cfg.eval_every == 0 or step == cfg.steps:
-            dev_score = evaluate(backbone, prompt.detach(), dev, task, cfg).score
-            best.dev_history.append((step, dev_score))
-            if on_eval:
-                on_eval(step, dev_score)
-            if dev_score > best.best_dev:  # NaN never wins
-                best.best_dev, best.best_step = dev_score, step
-                best.best_prompt = prompt.detach().cpu().clone()
-        if should_stop is not None and should_stop() and step < cfg.steps:
-            if checkpoint is not None:
-                _save_tuning_state(checkpoint, prompt, optimizer, sampler, best, step)
-            raise RunCancelled(f"stopped after step {step}")
-    return best
+    """Train one prompt (a group of one); see `prompt_tune_group`."""
+    job = Job(init_prompt, train, dev, task, cfg, seed, checkpoint)
+    return prompt_tune_group(backbone, [job], on_step=on_step and (lambda _, step, loss: on_step(step, loss)),
+                             on_eval=on_eval and (lambda _, step, score: on_eval(step, score)),
+                             should_stop=should_stop)[0]
 
 
-def _save_tuning_state(path: Path, prompt, optimizer, sampler: BatchSampler, best: TuningResult, step: int) -> None:
+def _save_job_state(path: Path, row: int, bank, optimizer: BankOptimizer, sampler: BatchSampler,
+                    result: TuningResult, step: int) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    torch.save({"step": step, "prompt": prompt.detach().cpu(), "optimizer": optimizer.state_dict(),
+    torch.save({"step": step, "prompt": bank[row].detach().cpu(), "optimizer": optimizer.row_state(row),
                 "generator": sampler.generator.get_state(), "queue": sampler.state(),
-                "best": {"prompt": best.best_prompt, "step": best.best_step, "dev": best.best_dev,
-                         "history": best.dev_history, "final_loss": best.final_loss}}, tmp)
+                "best": {"prompt": result.best_prompt, "step": result.best_step, "dev": result.best_dev,
+                         "history": result.dev_history, "final_loss": result.final_loss,
+                         "stopped": result.stopped}}, tmp)
     tmp.replace(path)
 
 
-def _load_tuning_state(path: Path, prompt, optimizer, sampler: BatchSampler, best: TuningResult) -> int:
+def _load_job_state(path: Path, row: int, bank, optimizer: BankOptimizer, sampler: BatchSampler,
+                    result: TuningResult) -> int:
     state = torch.load(path, weights_only=False)
     with torch.no_grad():
-        prompt.copy_(state["prompt"].to(prompt.device))
-    optimizer.load_state_dict(state["optimizer"])
+        bank[row] = state["prompt"].to(bank.device)
+    optimizer.load_row_state(row, state["optimizer"])
     sampler.generator.set_state(state["generator"])
     sampler._queue = list(state["queue"])
     b = state["best"]
-    best.best_prompt, best.best_step, best.best_dev = b["prompt"], b["step"], b["dev"]
-    best.dev_history, best.final_loss = [tuple(h) for h in b["history"]], b["final_loss"]
+    result.best_prompt, result.best_step, result.best_dev = b["prompt"], b["step"], b["dev"]
+    result.dev_history, result.final_loss = [tuple(h) for h in b["history"]], b["final_loss"]
+    result.stopped = b.get("stopped", "")
     return int(state["step"])

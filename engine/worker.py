@@ -200,11 +200,16 @@ def _execute(run: Run, preset, plan: Plan, device: str, reporter: Reporter, stat
              for m in plan.methods if m != "pt"}
 
     status.set(stage="downstream", total_cells=len(cells), done_cells=len(done))
-    for number, cell in enumerate(cells, 1):
-        if cell.id not in done:
-            done[cell.id] = _run_cell(run, preset, data, backbone, cell, inits.get(cell.method), progress,
-                                      f"[{number}/{len(cells)}]", log, stop)
-            status.set(done_cells=len(done))
+    pending = [c for c in cells if c.id not in done]
+    size = 0
+    while pending:  # consecutive pending cells train together, in groups of `size`
+        work = [_cell_job(run, preset, data, backbone, pending[0], inits.get(pending[0].method))]
+        size = size or _group_size(preset.downstream, backbone, work[0][0], len(pending), log)
+        group, pending = pending[:size], pending[size:]
+        work += [_cell_job(run, preset, data, backbone, cell, inits.get(cell.method)) for cell in group[1:]]
+        for cell, record in zip(group, _run_group(run, preset, backbone, group, work, progress, log, stop)):
+            done[cell.id] = record
+        status.set(done_cells=len(done))
     results = select_and_aggregate([done[c.id] for c in cells])
     write_json_atomic(run.results_path, results)
     return results
@@ -257,15 +262,13 @@ def _upstream_prompt(run: Run, preset, plan: Plan, data, backbone, method: str, 
     return result.prompt
 
 
-def _run_cell(run: Run, preset, data, backbone, cell: Cell, learned_init, progress: Progress, tag: str, log,
-              stop: StopFlag) -> dict:
-    """Prompt-tune one grid cell from its method's initialisation; store and return its record."""
-    from engine.prompt import initial_prompt, save_prompt
-    from engine.tuning import TuningConfig, evaluate, prompt_tune
+def _cell_job(run: Run, preset, data, backbone, cell: Cell, learned_init) -> tuple:
+    """The prompt-tuning job of one grid cell, from its method's initialisation, and its test examples."""
+    from engine.prompt import initial_prompt
+    from engine.tuning import Job, TuningConfig
 
     down = preset.downstream
     split = data.load_split(cell.task, preset.data.k, cell.seed)
-    info = data.task_info(cell.task)
     seed = down.train_seed + cell.seed
     if learned_init is None:  # PT: the plain initialisation
         init = initial_prompt(backbone, length=preset.prompt.length, method=preset.prompt.init,
@@ -277,40 +280,78 @@ def _run_cell(run: Run, preset, data, backbone, cell: Cell, learned_init, progre
                         eval_batch_size=down.eval_batch_size, prediction=down.prediction,
                         max_new_tokens=down.max_new_tokens, grad_clip=down.grad_clip,
                         weight_decay=down.weight_decay, placement=preset.prompt.placement)
-    label = f"{tag} {cell.method} {cell.task} seed {cell.seed} lr {cell.lr:g}"
-    checkpoint = run.path / "checkpoints" / f"{cell.id}.pt"
-    resumed_at = _checkpoint_step(checkpoint)
-    log.info("cell %s: %s", cell.id, f"resuming after step {resumed_at}" if resumed_at else "start")
-    cell_start, base = time.time(), progress.done - resumed_at
+    job = Job(init, split.train, split.dev, data.task_info(cell.task), tcfg, seed,
+              checkpoint=run.path / "checkpoints" / f"{cell.id}.pt")
+    return job, subsample(split.test, down.max_test_examples)
 
-    def on_step(step: int, loss: float) -> None:
+
+CPU_GROUP_SIZE = 8  # on CPU a bigger pass gains little (bench/speed.py) and delays each cell's result
+
+
+def _group_size(down, backbone, job, pending: int, log) -> int:
+    """How many grid cells train together: `downstream.group_size`, or what the memory budget allows."""
+    if down.group_size:
+        return min(down.group_size, pending)
+    if backbone.device.type != "cuda":
+        return min(CPU_GROUP_SIZE, pending)
+    from engine.tuning import measure_job_memory
+
+    import torch
+
+    per_job = measure_job_memory(backbone, job)
+    free, _ = torch.cuda.mem_get_info(backbone.device)
+    size = max(1, min(pending, int(free * min(down.group_memory_fraction, 0.95) // per_job)))
+    log.info("group size %d: %.0f MiB per job, %.0f MiB free", size, per_job / 2**20, free / 2**20)
+    return size
+
+
+def _run_group(run: Run, preset, backbone, cells: list[Cell], work: list[tuple], progress: Progress, log,
+               stop: StopFlag) -> list[dict]:
+    """Prompt-tune a group of grid cells together, test each one's best prompt, store their records."""
+    from engine.prompt import save_prompt
+    from engine.tuning import EvalItem, evaluate_many, prompt_tune_group
+
+    down = preset.downstream
+    jobs, tests = [job for job, _ in work], [test for _, test in work]
+    started = time.time()
+    resumed = [_checkpoint_step(job.checkpoint) for job in jobs]
+    base = progress.done - sum(resumed)
+    log.info("group of %d cells: %s", len(cells), ", ".join(
+        f"{c.id}" + (f" (resuming after step {r})" if r else "") for c, r in zip(cells, resumed)))
+    labels = [f"{c.method} {c.task} seed {c.seed} lr {c.lr:g}" for c in cells]
+
+    def on_step(j: int, step: int, loss: float) -> None:
         if step % down.log_every == 0 or step == down.steps:
-            run.append_event({"stage": "downstream", "cell": cell.id, "step": step, "loss": loss})
-        progress.step(f"{label} loss {loss:.3f}", cell=cell.id)
+            run.append_event({"stage": "downstream", "cell": cells[j].id, "step": step, "loss": loss})
+        progress.step(f"[{len(cells)} cells] {labels[j]} loss {loss:.3f}", cell=cells[j].id)
 
-    def on_eval(step: int, score: float) -> None:
-        run.append_event({"stage": "downstream", "cell": cell.id, "step": step, "dev": score})
-        log.info("cell %s step %d dev %.4f", cell.id, step, score)
+    def on_eval(j: int, step: int, score: float) -> None:
+        run.append_event({"stage": "downstream", "cell": cells[j].id, "step": step, "dev": score})
+        log.info("cell %s step %d dev %.4f", cells[j].id, step, score)
 
-    result = prompt_tune(backbone, init, split.train, split.dev, info, tcfg, seed=seed, on_step=on_step,
-                         on_eval=on_eval, checkpoint=checkpoint, should_stop=stop)
-    progress.skip_to(base + down.steps)
-    test = subsample(split.test, down.max_test_examples)
-    evaluation = evaluate(backbone, result.best_prompt.to(backbone.device), test, info, tcfg)
-    prompt_file = save_prompt(run.prompts_dir / f"{cell.id}.safetensors", result.best_prompt,
-                              model=preset.model.name, extra={"task": cell.task, "seed": str(cell.seed)})
-    record = {"method": cell.method, "task": cell.task, "seed": cell.seed, "lr": cell.lr,
-              "metric": evaluation.metric, "dev": result.best_dev, "test": evaluation.score,
-              "best_step": result.best_step, "dev_history": result.dev_history,
-              "final_loss": result.final_loss, "stopped": result.stopped,
-              "seconds": round(time.time() - cell_start, 2), "prompt": str(prompt_file.relative_to(run.path))}
-    write_json_atomic(run.cells_dir / f"{cell.id}.json", record)  # written last: the cell is done
-    checkpoint.unlink(missing_ok=True)
-    run.append_event({"stage": "downstream", "cell": cell.id, "event": "cell_done",
-                      "dev": result.best_dev, "test": evaluation.score})
-    log.info("cell %s: dev %.4f test %.4f (%s) in %.1fs", cell.id, result.best_dev, evaluation.score,
-             evaluation.metric, time.time() - cell_start)
-    return record
+    results = prompt_tune_group(backbone, jobs, on_step=on_step, on_eval=on_eval, should_stop=stop)
+    progress.skip_to(base + len(jobs) * down.steps)  # jobs that stopped early (NaN) count as done
+    evaluations = evaluate_many(backbone, [EvalItem(r.best_prompt, test, job.task, job.cfg)
+                                           for r, job, test in zip(results, jobs, tests)])
+    seconds = round(time.time() - started, 2)
+    records = []
+    for cell, job, result, evaluation in zip(cells, jobs, results, evaluations):
+        prompt_file = save_prompt(run.prompts_dir / f"{cell.id}.safetensors", result.best_prompt,
+                                  model=preset.model.name, extra={"task": cell.task, "seed": str(cell.seed)})
+        record = {"method": cell.method, "task": cell.task, "seed": cell.seed, "lr": cell.lr,
+                  "metric": evaluation.metric, "dev": result.best_dev, "test": evaluation.score,
+                  "best_step": result.best_step, "dev_history": result.dev_history,
+                  "final_loss": result.final_loss, "stopped": result.stopped,
+                  "seconds": seconds, "group_size": len(cells),
+                  "prompt": str(prompt_file.relative_to(run.path))}
+        write_json_atomic(run.cells_dir / f"{cell.id}.json", record)  # written last: the cell is done
+        job.checkpoint.unlink(missing_ok=True)
+        run.append_event({"stage": "downstream", "cell": cell.id, "event": "cell_done",
+                          "dev": result.best_dev, "test": evaluation.score})
+        log.info("cell %s: dev %.4f test %.4f (%s)", cell.id, result.best_dev, evaluation.score, evaluation.metric)
+        records.append(record)
+    log.info("group of %d cells done in %.1fs", len(cells), seconds)
+    return records
 
 
 def _redirect_output_to(log_path: Path) -> None:
