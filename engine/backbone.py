@@ -36,7 +36,7 @@ class TokenTotals:
 class Backbone:
     def __init__(self, model, tokenizer, name: str, *, device: str = "cpu",
                  max_input_length: int = 256, max_output_length: int = 64,
-                 bf16_autocast: bool = False):
+                 bf16_autocast: bool = False, compile: bool = False):
         model.requires_grad_(False)  # frozen: no gradient, so no optimizer state either
         model.eval()  # no dropout: the same prompt always gives the same loss
         self.model = model.to(device)
@@ -52,17 +52,20 @@ class Backbone:
         self.eos_id = tokenizer.eos_token_id
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_id
         self._token_cache: dict[tuple[str, str], list[int]] = {}
+        if compile:  # dynamic: batch widths change from pass to pass
+            self.model.forward = torch.compile(self.model.forward, dynamic=True)
 
     @classmethod
     def load(cls, name: str, *, device: str = "cpu", attn_implementation: str | None = None,
-             max_input_length: int = 256, max_output_length: int = 64, progress=None) -> "Backbone":
+             max_input_length: int = 256, max_output_length: int = 64, progress=None,
+             compile: bool = False) -> "Backbone":
         from engine.models import load_pretrained
 
         kwargs = {"progress": progress} if progress else {}
         model, tokenizer, _ = load_pretrained(name, attn_implementation=attn_implementation, **kwargs)
         bf16 = device.startswith("cuda") and torch.cuda.is_available() and torch.cuda.is_bf16_supported()
         return cls(model, tokenizer, name, device=device, max_input_length=max_input_length,
-                   max_output_length=max_output_length, bf16_autocast=bf16)
+                   max_output_length=max_output_length, bf16_autocast=bf16, compile=compile)
 
     # ---- tokens -------------------------------------------------------------------
 

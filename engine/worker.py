@@ -179,7 +179,8 @@ def _execute(run: Run, preset, plan: Plan, device: str, reporter: Reporter, stat
     log.info("loading %s on %s", preset.model.name, device)
     reporter.message(f"loading model {preset.model.name} on {device}")
     backbone = Backbone.load(preset.model.name, device=device, max_input_length=preset.model.max_input_length,
-                             max_output_length=preset.model.max_output_length, progress=reporter.message)
+                             max_output_length=preset.model.max_output_length, progress=reporter.message,
+                             compile=preset.model.compile)
     if "maml" in plan.methods:
         check_second_order(backbone)  # before any training
     data = TaskData(plan.data_dir, plan.config_dir)

@@ -1,0 +1,466 @@
+"""Speed benchmark of issue 5: multi-prompt grids, the PT step vs PEFT, batched meta-updates.
+
+    python bench/speed.py --mode cpu   # SmolLM2-135M architecture (real weights if pulled), 2-core budget
+    python bench/speed.py --mode gpu   # T5-Large (LM-adapted) architecture, random weights, bf16 autocast
+    python bench/speed.py --mode tiny  # a tiny Llama in seconds: CI proves the script still works
+
+Everything is measured in this one process, side by side:
+  1. grid: R prompt-tuning jobs one after another vs. as one multi-prompt group (wall time,
+     training sequences/s, TFLOP/s by the issue's count 4 x params x tokens / time);
+  2. pt_step: the project's single-job PT step vs. PEFT's prompt tuning (PromptTuningConfig)
+     on the same model, batch and optimizer (skipped with a note where peft is not installed);
+  3. meta: MAML, FoMAML and Reptile meta-update time and peak memory, the meta-batch's tasks
+     batched in one pass vs. a loop over tasks.
+It prints one JSON report (also written to --json) and a human table. Inputs are random
+token sequences of fixed length: speed does not depend on what the tokens say.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import torch  # noqa: E402
+
+from engine.backbone import Backbone  # noqa: E402
+from engine.data import Example, TaskInfo  # noqa: E402
+
+
+@dataclass
+class Mode:
+    arch: str
+    device: str
+    input_tokens: int
+    prompt_tokens: int
+    target_tokens: int  # the answer's tokens, end-of-sequence included
+    batch: int
+    jobs: int  # grid jobs, trained one by one and as one group
+    grid_steps: int
+    pt_steps: int
+    meta_steps: int
+    dev_examples: int
+    eval_batch: int = 64  # rows per evaluation pass
+
+
+MODES = {
+    "tiny": Mode("llama-tiny", "cpu", 24, 8, 3, 4, jobs=4, grid_steps=3, pt_steps=3, meta_steps=2, dev_examples=4),
+    "cpu": Mode("smollm2-135m", "cpu", 64, 20, 4, 8, jobs=4, grid_steps=3, pt_steps=4, meta_steps=2, dev_examples=8),
+    "gpu": Mode("t5-large", "cuda", 128, 100, 8, 8, jobs=32, grid_steps=6, pt_steps=12, meta_steps=3,
+                dev_examples=16, eval_batch=256),
+}
+
+# bf16 dense tensor peak (no sparsity), for the share-of-peak column
+BF16_PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}
+
+
+# ---- model and data -------------------------------------------------------------------
+
+def word_tokenizer(vocab_size: int):
+    """A word-level tokenizer over w0..wN: one token per word, so sequence lengths are exact."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<pad>": 0, "</s>": 1, "<unk>": 2, **{f"w{i}": i + 3 for i in range(vocab_size - 3)}}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
+
+
+def build_model(arch: str, device: str):
+    """The model and tokenizer; weights random except a pulled SmolLM2 (speed does not depend on them)."""
+    from transformers import LlamaConfig, LlamaForCausalLM, T5Config, T5ForConditionalGeneration
+
+    if arch == "smollm2-135m":
+        from engine.models import is_pulled, load_pretrained
+
+        if is_pulled(arch):
+            model, tokenizer, _ = load_pretrained(arch)
+            return model, tokenizer, "real weights"
+        config = LlamaConfig(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
+                             num_attention_heads=9, num_key_value_heads=3, max_position_embeddings=8192,
+                             rope_theta=100000.0, tie_word_embeddings=True, pad_token_id=0, eos_token_id=1)
+        cls = LlamaForCausalLM
+    elif arch == "llama-tiny":
+        config = LlamaConfig(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                             num_attention_heads=4, num_key_value_heads=2, pad_token_id=0, eos_token_id=1)
+        cls = LlamaForCausalLM
+    elif arch == "t5-tiny":
+        config = T5Config(vocab_size=512, d_model=64, d_kv=16, d_ff=128, num_layers=2, num_heads=4,
+                          feed_forward_proj="gated-gelu", tie_word_embeddings=False, pad_token_id=0,
+                          eos_token_id=1, decoder_start_token_id=0)
+        cls = T5ForConditionalGeneration
+    elif arch == "t5-large":  # google/t5-large-lm-adapt's configuration
+        config = T5Config(vocab_size=32128, d_model=1024, d_kv=64, d_ff=2816, num_layers=24, num_heads=16,
+                          feed_forward_proj="gated-gelu", tie_word_embeddings=False, pad_token_id=0,
+                          eos_token_id=1, decoder_start_token_id=0)
+        cls = T5ForConditionalGeneration
+    else:
+        raise SystemExit(f"unknown architecture {arch}")
+    torch.manual_seed(0)
+    with torch.device(device):  # initialise where it runs: T5-Large's init on CPU alone takes a while
+        model = cls(config)
+    return model, word_tokenizer(config.vocab_size), "random weights"
+
+
+class TextMaker:
+    def __init__(self, tokenizer, seed: int = 0):
+        self.tokenizer = tokenizer
+        self.generator = torch.Generator().manual_seed(seed)
+        self.low = 3 if "w0" in tokenizer.get_vocab() else 1000  # skip special tokens
+
+    def text(self, tokens: int) -> str:
+        ids = torch.randint(self.low, len(self.tokenizer) - 1, (tokens,), generator=self.generator).tolist()
+        return self.tokenizer.decode(ids)
+
+
+def make_task(maker: TextMaker, mode: Mode, n_train: int, name: str):
+    """A two-option classification task of random token sequences (train, dev, info)."""
+    options = (maker.text(mode.target_tokens - 1), maker.text(mode.target_tokens - 1))
+
+    def example(i):
+        return Example(maker.text(mode.input_tokens), options[i % 2], options)
+
+    info = TaskInfo(name=name, task_type="classification", options=options, layout="metaicl")
+    return [example(i) for i in range(n_train)], [example(i) for i in range(mode.dev_examples)], info
+
+
+def sync(device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@contextlib.contextmanager
+def peak_memory(device):
+    """Peak bytes allocated above the level at entry (CUDA: the allocator's count; CPU: process RSS growth)."""
+    box = {}
+    if device.type == "cuda":
+        sync(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+        yield box
+        sync(device)
+        box["bytes"] = torch.cuda.max_memory_allocated(device) - before
+    else:  # ru_maxrss only rises: meaningful in a fresh process that measures one thing
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        yield box
+        box["bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before
+
+
+# ---- 1. the grid ----------------------------------------------------------------------------
+
+def bench_grid(backbone, mode: Mode, maker: TextMaker, flops_per_seq: float) -> dict:
+    from engine.prompt import initial_prompt
+    from engine.tuning import Job, TuningConfig, prompt_tune_group
+
+    jobs = []
+    for r in range(mode.jobs):
+        train, dev, info = make_task(maker, mode, 16, f"task{r % 4}")
+        cfg = TuningConfig(learning_rate=0.3, steps=mode.grid_steps, batch_size=mode.batch,
+                           eval_every=mode.grid_steps, eval_batch_size=mode.eval_batch)
+        jobs.append(Job(initial_prompt(backbone, length=mode.prompt_tokens, method="vocab", seed=r),
+                        train, dev, info, cfg, seed=r))
+    warm = [Job(j.init_prompt, j.train, j.dev, j.task, TuningConfig(learning_rate=0.3, steps=1,
+                                                                      batch_size=mode.batch), j.seed) for j in jobs]
+    prompt_tune_group(backbone, warm[:1])  # warm-up: kernels, allocator, caches
+    prompt_tune_group(backbone, warm)
+    sync(backbone.device)
+    t = time.perf_counter()
+    for job in jobs:
+        prompt_tune_group(backbone, [job])
+    sync(backbone.device)
+    sequential = time.perf_counter() - t
+    t = time.perf_counter()
+    prompt_tune_group(backbone, jobs)
+    sync(backbone.device)
+    grouped = time.perf_counter() - t
+    sequences = mode.jobs * mode.grid_steps * mode.batch
+    auto = {}
+    if backbone.device.type == "cuda":  # what the grid runner's memory probe would pack (80% of free memory)
+        from engine.tuning import measure_job_memory
+
+        per_job = measure_job_memory(backbone, jobs[0])
+        auto = {"probe_mib_per_job": per_job / 2**20,
+                "auto_group_size": int(torch.cuda.mem_get_info(backbone.device)[0] * 0.8 // per_job)}
+    return {**auto,"jobs": mode.jobs, "steps": mode.grid_steps, "batch": mode.batch, "dev_examples": mode.dev_examples,
+            "sequential_s": sequential, "grouped_s": grouped,
+            "sequential_seq_per_s": sequences / sequential, "grouped_seq_per_s": sequences / grouped,
+            "sequential_tflops": flops_per_seq * sequences / sequential / 1e12,
+            "grouped_tflops": flops_per_seq * sequences / grouped / 1e12,
+            "speedup": sequential / grouped,
+            "note": "wall time of the whole jobs: training steps plus a dev evaluation at the last step"}
+
+
+def group_step_time(backbone, mode: Mode, maker: TextMaker, jobs: int, steps: int) -> float:
+    """Seconds per training step of a group of `jobs` (on_step timestamps: no evaluation inside)."""
+    from engine.prompt import initial_prompt
+    from engine.tuning import Job, TuningConfig, prompt_tune_group
+
+    group = []
+    for r in range(jobs):
+        train, dev, info = make_task(maker, mode, 16, f"task{r % 4}")
+        cfg = TuningConfig(learning_rate=0.3, steps=steps + 1, batch_size=mode.batch, eval_every=10**9)
+        group.append(Job(initial_prompt(backbone, length=mode.prompt_tokens, method="vocab", seed=r),
+                         train, dev[:1], info, cfg, seed=r))
+    stamps: dict[int, float] = {}
+
+    def on_step(j, step, loss):
+        stamps.setdefault(step, time.perf_counter())  # losses are read back: the step is finished
+
+    prompt_tune_group(backbone, group, on_step=on_step)
+    return (stamps[steps + 1] - stamps[1]) / steps
+
+
+# ---- 2. the PT step vs PEFT ------------------------------------------------------------------
+
+def bench_pt_step(backbone, mode: Mode, maker: TextMaker) -> dict:
+    ours = group_step_time(backbone, mode, maker, 1, mode.pt_steps)
+    report = {"batch": mode.batch, "steps": mode.pt_steps, "ours_s": ours}
+    try:
+        import peft
+    except ImportError:
+        report["peft_s"] = None
+        report["note"] = "peft is not installed: pip install peft"
+        return report
+    report["peft_version"] = peft.__version__
+    report["peft_s"] = peft_step_time(backbone, mode, maker)
+    report["ours_vs_peft"] = report["peft_s"] / ours
+    return report
+
+
+def peft_step_time(backbone, mode: Mode, maker: TextMaker) -> float:
+    """PEFT prompt tuning on the same frozen model: the same batch, Adafactor, clipping and autocast."""
+    from peft import PromptTuningConfig, TaskType, get_peft_model
+
+    from engine.tuning import make_optimizer
+
+    tok, model, device = backbone.tokenizer, backbone.model, backbone.device
+    task_type = TaskType.SEQ_2_SEQ_LM if backbone.is_encoder_decoder else TaskType.CAUSAL_LM
+    peft_model = get_peft_model(model, PromptTuningConfig(task_type=task_type, num_virtual_tokens=mode.prompt_tokens))
+    params = [p for p in peft_model.parameters() if p.requires_grad]
+    optimizer = make_optimizer("adafactor", params, 0.3, 1e-5)
+    train, _, _ = make_task(maker, mode, 16, "peft")
+
+    def batch(step):
+        rows = [train[(step * mode.batch + i) % len(train)] for i in range(mode.batch)]
+        ins = [backbone._ids(e.input, "input") for e in rows]
+        outs = [backbone._ids(e.output, "target") for e in rows]
+        if backbone.is_encoder_decoder:
+            ids = torch.tensor([i + [backbone.eos_id] for i in ins])
+            return {"input_ids": ids.to(device), "attention_mask": torch.ones_like(ids).to(device),
+                    "labels": torch.tensor(outs).to(device)}
+        ids = torch.tensor([i + o for i, o in zip(ins, outs)])
+        labels = torch.tensor([[-100] * len(i) + o for i, o in zip(ins, outs)])
+        return {"input_ids": ids.to(device), "attention_mask": torch.ones_like(ids).to(device),
+                "labels": labels.to(device)}
+
+    times = []
+    try:
+        for step in range(mode.pt_steps + 1):
+            inputs = batch(step)
+            sync(device)
+            t = time.perf_counter()
+            with backbone.autocast():
+                loss = peft_model(**inputs).loss
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            optimizer.step()
+            loss.item()  # wait for the step
+            times.append(time.perf_counter() - t)
+    finally:  # prompt learning leaves the base model's modules as they were; keep it frozen
+        backbone.model.requires_grad_(False)
+    return statistics.mean(times[1:])  # the first step warms up
+
+
+# ---- 3. meta-updates ---------------------------------------------------------------------------
+
+def meta_tasks(mode: Mode, maker: TextMaker) -> list:
+    from engine.algorithms.base import MetaTask
+
+    return [MetaTask(f"source{t}", 0, *make_task(maker, mode, 16, f"source{t}")[:2]) for t in range(4)]
+
+
+def meta_variant(backbone, mode: Mode, maker: TextMaker, method: str, batched: bool) -> dict:
+    """Seconds per meta-update and peak memory, with the paper's inner-loop settings."""
+    from engine.algorithms import ALGORITHMS
+    from engine.algorithms.base import MetaSampler
+    from engine.config import UpstreamConfig
+    from engine.prompt import initial_prompt
+    from engine.upstream import second_order_context
+
+    hp = getattr(UpstreamConfig(), method)
+    algorithm = ALGORITHMS[method](hp, "before", batch_tasks=batched)
+    sampler = MetaSampler(meta_tasks(mode, maker), 0)
+    prompt = initial_prompt(backbone, length=mode.prompt_tokens, method="vocab", seed=0).to(backbone.device)
+    context = second_order_context(backbone) if algorithm.second_order else contextlib.nullcontext()
+    times = []
+    with context, peak_memory(backbone.device) as mem:
+        for step in range(mode.meta_steps + 1):
+            sync(backbone.device)
+            t = time.perf_counter()
+            algorithm.meta_gradient(backbone, prompt, sampler)
+            sync(backbone.device)
+            times.append(time.perf_counter() - t)
+    return {"tasks": hp.tasks_per_step, "inner_steps": hp.inner_steps, "support": hp.support_batch,
+            "query": hp.query_batch, "s": statistics.mean(times[1:]), "peak_mib": mem["bytes"] / 2**20}
+
+
+def bench_meta(backbone, mode_name: str, mode: Mode, maker: TextMaker) -> dict:
+    """Each algorithm looped over tasks and batched. On CPU each variant runs in a fresh process,
+    where the growth of the RSS high-water mark is its peak memory."""
+    report = {}
+    for method in ("maml", "fomaml", "reptile"):
+        row = {}
+        for batched in (False, True):
+            if backbone.device.type == "cuda":
+                result = meta_variant(backbone, mode, maker, method, batched)
+            else:
+                proc = subprocess.run([sys.executable, __file__, "--mode", mode_name, "--arch", mode.arch,
+                                       "--meta-probe", f"{method}:{int(batched)}"],
+                                      capture_output=True, text=True, check=True)
+                result = json.loads(proc.stdout.strip().splitlines()[-1])
+            key = "batched" if batched else "loop"
+            row.update({k: v for k, v in result.items() if k not in ("s", "peak_mib")})
+            row[f"{key}_s"], row[f"{key}_peak_mib"] = result["s"], result["peak_mib"]
+        row["speedup"] = row["loop_s"] / row["batched_s"]
+        report[method] = row
+    return report
+
+
+# ---- report --------------------------------------------------------------------------------------
+
+def device_name(device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
+
+
+def matmul_tflops(device) -> float:
+    """What this GPU reaches on a large bf16 matrix product (8192^3), for scale."""
+    a = torch.randn(8192, 8192, device=device, dtype=torch.bfloat16)
+    b = torch.randn(8192, 8192, device=device, dtype=torch.bfloat16)
+    for _ in range(3):
+        a @ b
+    sync(device)
+    t = time.perf_counter()
+    for _ in range(10):
+        a @ b
+    sync(device)
+    return 2 * 8192**3 * 10 / (time.perf_counter() - t) / 1e12
+
+
+def print_table(report: dict) -> None:
+    print(f"\n{report['mode']} mode on {report['device']}: {report['arch']} ({report['weights']}, "
+          f"{report['params'] / 1e6:.0f}M parameters), {report['tokens_per_sequence']} tokens per sequence "
+          f"({report['input_tokens']} input + {report['prompt_tokens']} prompt + {report['target_tokens']} target), "
+          f"{'bf16 autocast' if report['bf16'] else 'fp32'}")
+    if "grid" in report:
+        print_grid(report)
+    if "pt_step" in report:
+        p = report["pt_step"]
+        peft_text = (f"{p['peft_s'] * 1e3:.1f} ms (ours runs at {p['ours_vs_peft']:.2f}x PEFT's speed)"
+                     if p["peft_s"] else p["note"])
+        print(f"\n2. single-job PT step, batch {p['batch']}: ours {p['ours_s'] * 1e3:.1f} ms; PEFT {peft_text}")
+    if "meta" in report:
+        print_meta(report)
+
+
+def print_grid(report: dict) -> None:
+    g = report["grid"]
+    print(f"\n1. grid of {g['jobs']} jobs x {g['steps']} steps, batch {g['batch']}")
+    print(f"   {'':12s} {'wall s':>8s} {'seq/s':>8s} {'TFLOP/s':>8s}")
+    for key in ("sequential", "grouped"):
+        print(f"   {key:12s} {g[key + '_s']:8.2f} {g[key + '_seq_per_s']:8.1f} {g[key + '_tflops']:8.2f}")
+    share = ""
+    if report.get("grouped_peak_share"):
+        share = (f", {report['grouped_peak_share']:.0%} of the {report['bf16_peak_tflops']:.0f} TFLOP/s bf16 "
+                 f"dense peak ({report['grouped_matmul_share']:.0%} of the {report['matmul_tflops']:.0f} TFLOP/s "
+                 f"an 8192^3 matmul reaches here)")
+    print(f"   multi-prompt group: {g['speedup']:.2f}x the sequential throughput{share}")
+
+
+def print_meta(report: dict) -> None:
+    m = report["meta"]
+    print(f"\n3. meta-update (paper inner-loop settings)   {'loop s':>8s} {'batched s':>10s} {'speedup':>8s} "
+          f"{'loop MiB':>9s} {'batched MiB':>12s}")
+    for method, row in m.items():
+        print(f"   {method:8s} {row['tasks']} tasks, {row['inner_steps']:2d} inner steps   {row['loop_s']:8.3f} "
+              f"{row['batched_s']:10.3f} {row['speedup']:7.2f}x {row['loop_peak_mib']:9.0f} "
+              f"{row['batched_peak_mib']:12.0f}")
+    if report["device_type"] == "cpu":
+        print("   (CPU memory: growth of a fresh process's RSS high-water mark over the model's load)")
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--mode", choices=sorted(MODES), default="cpu")
+    parser.add_argument("--jobs", type=int, help="grid jobs (default: the mode's)")
+    parser.add_argument("--arch", choices=("llama-tiny", "t5-tiny", "smollm2-135m", "t5-large"),
+                        help="another architecture than the mode's")
+    parser.add_argument("--json", type=Path, help="also write the report here")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the frozen model")
+    parser.add_argument("--only", default="grid,pt_step,meta", help="comma-separated sections to run")
+    parser.add_argument("--meta-probe", help=argparse.SUPPRESS)  # METHOD:0|1, one CPU meta variant (bench_meta)
+    args = parser.parse_args(argv)
+    mode = MODES[args.mode]
+    if args.jobs:
+        mode.jobs = args.jobs
+    if args.arch:
+        mode.arch = args.arch
+    if mode.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("gpu mode needs a CUDA device")
+    started = time.perf_counter()
+    model, tokenizer, weights = build_model(mode.arch, mode.device)
+    bf16 = mode.device == "cuda" and torch.cuda.is_bf16_supported()
+    backbone = Backbone(model, tokenizer, mode.arch, device=mode.device, max_input_length=mode.input_tokens,
+                        max_output_length=mode.target_tokens, bf16_autocast=bf16, compile=args.compile)
+    maker = TextMaker(tokenizer)
+    if args.meta_probe:
+        method, batched = args.meta_probe.split(":")
+        print(json.dumps(meta_variant(backbone, mode, maker, method, batched == "1")))
+        return {}
+    params = sum(p.numel() for p in model.parameters())
+    tokens = mode.input_tokens + mode.prompt_tokens + mode.target_tokens
+    flops_per_seq = 4 * params * tokens  # the issue's count: forward + backward to the activations
+    report = {"mode": args.mode, "device": device_name(backbone.device), "device_type": backbone.device.type,
+              "arch": mode.arch, "weights": weights, "params": params, "bf16": bf16, "compile": args.compile,
+              "input_tokens": mode.input_tokens, "prompt_tokens": mode.prompt_tokens,
+              "target_tokens": mode.target_tokens, "tokens_per_sequence": tokens,
+              "torch": torch.__version__}
+    sections = set(args.only.split(","))
+    if "grid" in sections:
+        report["grid"] = bench_grid(backbone, mode, maker, flops_per_seq)
+        peak = next((v for k, v in BF16_PEAK_TFLOPS.items() if k in report["device"]), None)
+        if peak and bf16:
+            report["bf16_peak_tflops"] = peak
+            report["grouped_peak_share"] = report["grid"]["grouped_tflops"] / peak
+            report["matmul_tflops"] = matmul_tflops(backbone.device)
+            report["grouped_matmul_share"] = report["grid"]["grouped_tflops"] / report["matmul_tflops"]
+    if "pt_step" in sections:
+        report["pt_step"] = bench_pt_step(backbone, mode, maker)
+    if "meta" in sections:
+        report["meta"] = bench_meta(backbone, args.mode, mode, maker)
+    report["total_s"] = time.perf_counter() - started
+    text = json.dumps(report, default=float)
+    print(text)
+    if args.json:
+        args.json.write_text(text + "\n")
+    print_table(report)
+    print(f"\ntotal {report['total_s']:.0f} s")
+    return report
+
+
+if __name__ == "__main__":
+    main()
