@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import logging
 import platform
 import resource
 import statistics
@@ -187,12 +188,16 @@ def bench_grid(backbone, mode: Mode, maker: TextMaker, flops_per_seq: float) -> 
     grouped = time.perf_counter() - t
     sequences = mode.jobs * mode.grid_steps * mode.batch
     auto = {}
-    if backbone.device.type == "cuda":  # what the grid runner's memory probe would pack (80% of free memory)
-        from engine.tuning import measure_job_memory
+    if backbone.device.type == "cuda":  # what the grid runner's memory probe packs (engine.worker._group_size)
+        from types import SimpleNamespace
 
-        per_job = measure_job_memory(backbone, jobs[0])
-        auto = {"probe_mib_per_job": per_job / 2**20,
-                "auto_group_size": int(torch.cuda.mem_get_info(backbone.device)[0] * 0.8 // per_job)}
+        from engine.tuning import measure_group_memory
+        from engine.worker import _group_size
+
+        fixed, per_job = measure_group_memory(backbone, jobs[0])
+        auto = {"probe_mib_per_job": per_job / 2**20, "probe_mib_fixed": fixed / 2**20,
+                "auto_group_size": _group_size(SimpleNamespace(group_size=0, group_memory_fraction=0.8), backbone,
+                                               jobs[0], 10**6, logging.getLogger("bench"))}
     return {**auto,"jobs": mode.jobs, "steps": mode.grid_steps, "batch": mode.batch, "dev_examples": mode.dev_examples,
             "sequential_s": sequential, "grouped_s": grouped,
             "sequential_seq_per_s": sequences / sequential, "grouped_seq_per_s": sequences / grouped,

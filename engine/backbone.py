@@ -52,6 +52,7 @@ class Backbone:
         self.eos_id = tokenizer.eos_token_id
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_id
         self._token_cache: dict[tuple[str, str], list[int]] = {}
+        _use_fused_gelu(self.model)
         if compile:  # dynamic: batch widths change from pass to pass
             self.model.forward = torch.compile(self.model.forward, dynamic=True)
 
@@ -139,36 +140,31 @@ class Backbone:
             raise ValueError(f"placement must be one of {PLACEMENTS}, got {placement!r}")
         in_ids = [self._ids(t, "input") for t in inputs]
         out_ids = [self._ids(t, "target") for t in targets]
+        width = max(len(o) for o in out_ids)
+        # Targets as a padded [B, T] matrix built on the host and sent once; -100 marks padding.
+        # The loss below needs no boolean indexing or nonzero(), so a step never waits for the GPU.
+        labels = torch.full((len(out_ids), width), -100, dtype=torch.long)
+        for b, o in enumerate(out_ids):
+            if self.is_encoder_decoder:
+                labels[b, : len(o)] = torch.tensor(o)
+            else:  # left padding: every row's targets end at the last position
+                labels[b, width - len(o):] = torch.tensor(o)
+        labels = labels.to(self.device)
         with self.autocast():
             if self.is_encoder_decoder:
                 embeds, mask = self._embed_rows(prompt, owner, [self._prompted_input(i, placement) for i in in_ids])
-                width = max(len(o) for o in out_ids)
-                labels = torch.full((len(out_ids), width), -100, dtype=torch.long)
-                for b, o in enumerate(out_ids):
-                    labels[b, : len(o)] = torch.tensor(o)
-                labels = labels.to(self.device)
-                logits = self.model(inputs_embeds=embeds, attention_mask=mask, labels=labels).logits
-                target_mask = labels >= 0
-                targets_t = labels
+                decoder_ids = self.model.prepare_decoder_input_ids_from_labels(labels=labels)
+                logits = self.model(inputs_embeds=embeds, attention_mask=mask, decoder_input_ids=decoder_ids).logits
             else:
                 # Left padding lines every row's targets up at the end, so the LM head (a large
-                # matrix for big vocabularies) only runs on the last max_target+1 positions.
+                # matrix for big vocabularies) only runs on the last width+1 positions.
                 rows = [self._prompted_input(i, placement) + [o] for i, o in zip(in_ids, out_ids)]
                 embeds, mask = self._embed_rows(prompt, owner, rows, left_pad=True)
-                longest = max(len(o) for o in out_ids)
-                logits = self._causal_logits(embeds, mask, keep=longest + 1)[:, :-1]
-                # logits[:, j] predicts the token after kept position j: each row's targets are its last tokens
-                target_mask = torch.zeros(logits.shape[:2], dtype=torch.bool, device=self.device)
-                targets_t = torch.zeros(logits.shape[:2], dtype=torch.long, device=self.device)
-                for b, o in enumerate(out_ids):
-                    target_mask[b, longest - len(o):] = True
-                    targets_t[b, longest - len(o):] = torch.tensor(o, device=self.device)
-            picked = logits[target_mask].float()
-            token_nll = F.cross_entropy(picked, targets_t[target_mask], reduction="none")
-        row_of_token = target_mask.nonzero()[:, 0]
-        nll = torch.zeros(len(inputs), device=self.device, dtype=token_nll.dtype).index_add(0, row_of_token, token_nll)
-        tokens = target_mask.sum(dim=1)
-        return TokenTotals(nll=nll, tokens=tokens)
+                # logits[:, j] predicts the token after kept position j
+                logits = self._causal_logits(embeds, mask, keep=width + 1)[:, :-1]
+            token_nll = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=-100,
+                                        reduction="none").view(labels.shape)
+        return TokenTotals(nll=token_nll.sum(dim=1), tokens=(labels >= 0).sum(dim=1))
 
     def _causal_logits(self, embeds, mask, keep: int) -> torch.Tensor:
         """Logits of the last `keep` positions of left-padded rows (positions counted from each row's start)."""
@@ -229,3 +225,15 @@ class Backbone:
                                           eos_token_id=self.eos_id)
             results.extend(t.strip() for t in self.tokenizer.batch_decode(out, skip_special_tokens=True))
         return results
+
+
+def _use_fused_gelu(model) -> None:
+    """Swap transformers' Python tanh-GELU (T5 v1.1's "gelu_new": eight elementwise kernels, each
+    keeping its input for the backward) for PyTorch's one-kernel version of the same function."""
+    from transformers.activations import GELUTanh, NewGELUActivation
+
+    for module in list(model.modules()):
+        for name, child in module.named_children():
+            if type(child) is NewGELUActivation:
+                setattr(module, name, GELUTanh())
+

@@ -249,17 +249,26 @@ def prompt_tune_group(backbone, jobs: list[Job], *, on_step: OnJobStep | None = 
     return results
 
 
-def measure_job_memory(backbone, job: Job) -> int:
-    """GPU bytes one more job adds to a training pass: a batch of its longest examples, forward and backward."""
+def measure_group_memory(backbone, job: Job) -> tuple[int, int]:
+    """(fixed, per-job) GPU bytes of a group's training pass, from probes of one and two copies of a batch
+    of the job's longest examples, forward and backward (fixed: what does not grow with the group)."""
     device = backbone.device
     longest = sorted(job.train, key=lambda e: len(e.input) + len(e.output), reverse=True)[: job.cfg.batch_size]
-    prompt = job.init_prompt.detach().float().to(device).requires_grad_(True)
-    torch.cuda.synchronize(device)
-    torch.cuda.reset_peak_memory_stats(device)
-    before = torch.cuda.memory_allocated(device)
-    backbone.loss(prompt, [e.input for e in longest], [e.output for e in longest], job.cfg.placement).backward()
-    torch.cuda.synchronize(device)
-    return max(torch.cuda.max_memory_allocated(device) - before, 1)
+    peaks = []
+    for copies in (1, 2):
+        bank = job.init_prompt.detach().float().to(device).expand(copies, -1, -1).clone().requires_grad_(True)
+        owner = torch.arange(copies).repeat_interleave(len(longest))
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+        totals = backbone.token_totals(bank, [e.input for e in longest] * copies,
+                                       [e.output for e in longest] * copies, job.cfg.placement, owner=owner)
+        totals.mean_loss().backward()
+        torch.cuda.synchronize(device)
+        peaks.append(torch.cuda.max_memory_allocated(device) - before)
+        del bank, totals
+    per_job = max(peaks[1] - peaks[0], 1)
+    return max(peaks[0] - per_job, 0), per_job
 
 
 def prompt_tune(backbone, init_prompt: torch.Tensor, train: list[Example], dev: list[Example], task: TaskInfo,

@@ -295,14 +295,18 @@ def _group_size(down, backbone, job, pending: int, log) -> int:
         return min(down.group_size, pending)
     if backbone.device.type != "cuda":
         return min(CPU_GROUP_SIZE, pending)
-    from engine.tuning import measure_job_memory
+    from engine.tuning import measure_group_memory
 
     import torch
 
-    per_job = measure_job_memory(backbone, job)
+    fixed, per_job = measure_group_memory(backbone, job)
     free, _ = torch.cuda.mem_get_info(backbone.device)
-    size = max(1, min(pending, int(free * min(down.group_memory_fraction, 0.95) // per_job)))
-    log.info("group size %d: %.0f MiB per job, %.0f MiB free", size, per_job / 2**20, free / 2**20)
+    # memory the caching allocator holds but does not use is free for the group too
+    free += torch.cuda.memory_reserved(backbone.device) - torch.cuda.memory_allocated(backbone.device)
+    budget = free * min(down.group_memory_fraction, 0.95) - fixed
+    size = max(1, min(pending, int(budget // per_job)))
+    log.info("group size %d: %.0f MiB per job + %.0f MiB fixed, %.0f MiB free", size, per_job / 2**20,
+             fixed / 2**20, free / 2**20)
     return size
 
 
