@@ -1,12 +1,13 @@
 """Speed benchmark of issue 5: multi-prompt grids, the PT step vs PEFT, batched meta-updates.
 
     python bench/speed.py --mode cpu   # SmolLM2-135M architecture (real weights if pulled), 2-core budget
-    python bench/speed.py --mode gpu   # T5-Large (LM-adapted) architecture, random weights, bf16 autocast
+    python bench/speed.py --mode gpu   # T5-Large (LM-adapted) architecture, random weights, bf16 weights
     python bench/speed.py --mode tiny  # a tiny Llama in seconds: CI proves the script still works
 
 Everything is measured in this one process, side by side:
   1. grid: R prompt-tuning jobs one after another vs. as one multi-prompt group (wall time,
-     training sequences/s, TFLOP/s by the issue's count 4 x params x tokens / time);
+     training sequences/s, TFLOP/s by the issue's count 4 x params x tokens / time), and the
+     training step alone (no evaluation) of one job and of the group;
   2. pt_step: the project's single-job PT step vs. PEFT's prompt tuning (PromptTuningConfig)
      on the same model, batch and optimizer (skipped with a note where peft is not installed);
   3. meta: MAML, FoMAML and Reptile meta-update time and peak memory, the meta-batch's tasks
@@ -187,6 +188,11 @@ def bench_grid(backbone, mode: Mode, maker: TextMaker, flops_per_seq: float) -> 
     sync(backbone.device)
     grouped = time.perf_counter() - t
     sequences = mode.jobs * mode.grid_steps * mode.batch
+    one_step = group_step_time(backbone, mode, maker, 1, mode.pt_steps)
+    group_step = group_step_time(backbone, mode, maker, mode.jobs, max(2, mode.grid_steps // 2))
+    steps = {"one_job_step_s": one_step, "group_step_s": group_step,
+             "step_speedup": mode.jobs * one_step / group_step,
+             "group_step_tflops": flops_per_seq * mode.jobs * mode.batch / group_step / 1e12}
     auto = {}
     if backbone.device.type == "cuda":  # what the grid runner's memory probe packs (engine.worker._group_size)
         from types import SimpleNamespace
@@ -198,7 +204,7 @@ def bench_grid(backbone, mode: Mode, maker: TextMaker, flops_per_seq: float) -> 
         auto = {"probe_mib_per_job": per_job / 2**20, "probe_mib_fixed": fixed / 2**20,
                 "auto_group_size": _group_size(SimpleNamespace(group_size=0, group_memory_fraction=0.8), backbone,
                                                jobs[0], 10**6, logging.getLogger("bench"))}
-    return {**auto,"jobs": mode.jobs, "steps": mode.grid_steps, "batch": mode.batch, "dev_examples": mode.dev_examples,
+    return {**auto, **steps,"jobs": mode.jobs, "steps": mode.grid_steps, "batch": mode.batch, "dev_examples": mode.dev_examples,
             "sequential_s": sequential, "grouped_s": grouped,
             "sequential_seq_per_s": sequences / sequential, "grouped_seq_per_s": sequences / grouped,
             "sequential_tflops": flops_per_seq * sequences / sequential / 1e12,
@@ -245,7 +251,8 @@ def bench_pt_step(backbone, mode: Mode, maker: TextMaker) -> dict:
 
 
 def peft_step_time(backbone, mode: Mode, maker: TextMaker) -> float:
-    """PEFT prompt tuning on the same frozen model: the same batch, Adafactor, clipping and autocast."""
+    """PEFT prompt tuning on the same frozen model: the same batch, Adafactor and clipping. Its float32
+    prompt meets bfloat16 weights under autocast, the usual way to run PEFT on a bf16 model."""
     from peft import PromptTuningConfig, TaskType, get_peft_model
 
     from engine.tuning import make_optimizer
@@ -276,7 +283,7 @@ def peft_step_time(backbone, mode: Mode, maker: TextMaker) -> float:
             inputs = batch(step)
             sync(device)
             t = time.perf_counter()
-            with backbone.autocast():
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=backbone.precision != "fp32"):
                 loss = peft_model(**inputs).loss
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -370,7 +377,7 @@ def print_table(report: dict) -> None:
     print(f"\n{report['mode']} mode on {report['device']}: {report['arch']} ({report['weights']}, "
           f"{report['params'] / 1e6:.0f}M parameters), {report['tokens_per_sequence']} tokens per sequence "
           f"({report['input_tokens']} input + {report['prompt_tokens']} prompt + {report['target_tokens']} target), "
-          f"{'bf16 autocast' if report['bf16'] else 'fp32'}")
+          f"precision {report['precision']}")
     if "grid" in report:
         print_grid(report)
     if "pt_step" in report:
@@ -394,6 +401,10 @@ def print_grid(report: dict) -> None:
                  f"dense peak ({report['grouped_matmul_share']:.0%} of the {report['matmul_tflops']:.0f} TFLOP/s "
                  f"an 8192^3 matmul reaches here)")
     print(f"   multi-prompt group: {g['speedup']:.2f}x the sequential throughput{share}")
+    step_share = f", {report['group_step_peak_share']:.0%} of peak" if report.get("group_step_peak_share") else ""
+    print(f"   training step alone: one job {g['one_job_step_s'] * 1e3:.1f} ms, the group of {g['jobs']} "
+          f"{g['group_step_s'] * 1e3:.1f} ms ({g['step_speedup']:.2f}x the throughput, "
+          f"{g['group_step_tflops']:.2f} TFLOP/s{step_share})")
 
 
 def print_meta(report: dict) -> None:
@@ -416,6 +427,8 @@ def main(argv: list[str] | None = None) -> dict:
                         help="another architecture than the mode's")
     parser.add_argument("--json", type=Path, help="also write the report here")
     parser.add_argument("--compile", action="store_true", help="torch.compile the frozen model")
+    parser.add_argument("--precision", default="auto", choices=("auto", "bf16", "autocast", "fp32"),
+                        help="the backbone's precision (auto: bf16 weights on a bf16 GPU, fp32 on CPU)")
     parser.add_argument("--only", default="grid,pt_step,meta", help="comma-separated sections to run")
     parser.add_argument("--meta-probe", help=argparse.SUPPRESS)  # METHOD:0|1, one CPU meta variant (bench_meta)
     args = parser.parse_args(argv)
@@ -428,9 +441,9 @@ def main(argv: list[str] | None = None) -> dict:
         raise SystemExit("gpu mode needs a CUDA device")
     started = time.perf_counter()
     model, tokenizer, weights = build_model(mode.arch, mode.device)
-    bf16 = mode.device == "cuda" and torch.cuda.is_bf16_supported()
     backbone = Backbone(model, tokenizer, mode.arch, device=mode.device, max_input_length=mode.input_tokens,
-                        max_output_length=mode.target_tokens, bf16_autocast=bf16, compile=args.compile)
+                        max_output_length=mode.target_tokens, precision=args.precision, compile=args.compile)
+    bf16 = backbone.precision in ("bf16", "autocast")
     maker = TextMaker(tokenizer)
     if args.meta_probe:
         method, batched = args.meta_probe.split(":")
@@ -440,7 +453,8 @@ def main(argv: list[str] | None = None) -> dict:
     tokens = mode.input_tokens + mode.prompt_tokens + mode.target_tokens
     flops_per_seq = 4 * params * tokens  # the issue's count: forward + backward to the activations
     report = {"mode": args.mode, "device": device_name(backbone.device), "device_type": backbone.device.type,
-              "arch": mode.arch, "weights": weights, "params": params, "bf16": bf16, "compile": args.compile,
+              "arch": mode.arch, "weights": weights, "params": params, "precision": backbone.precision,
+              "compile": args.compile,
               "input_tokens": mode.input_tokens, "prompt_tokens": mode.prompt_tokens,
               "target_tokens": mode.target_tokens, "tokens_per_sequence": tokens,
               "torch": torch.__version__}
@@ -448,9 +462,10 @@ def main(argv: list[str] | None = None) -> dict:
     if "grid" in sections:
         report["grid"] = bench_grid(backbone, mode, maker, flops_per_seq)
         peak = next((v for k, v in BF16_PEAK_TFLOPS.items() if k in report["device"]), None)
-        if peak and bf16:
+        if peak and bf16 and backbone.device.type == "cuda":
             report["bf16_peak_tflops"] = peak
             report["grouped_peak_share"] = report["grid"]["grouped_tflops"] / peak
+            report["group_step_peak_share"] = report["grid"]["group_step_tflops"] / peak
             report["matmul_tflops"] = matmul_tflops(backbone.device)
             report["grouped_matmul_share"] = report["grid"]["grouped_tflops"] / report["matmul_tflops"]
     if "pt_step" in sections:

@@ -16,6 +16,22 @@ import torch
 import torch.nn.functional as F
 
 PLACEMENTS = ("before", "after")
+# how the frozen model computes (prompts and optimizer state are float32 in every case):
+#   bf16: weights stored in bfloat16 (half the memory, no per-layer casts; GPU default)
+#   autocast: float32 weights, bfloat16 matrix products under torch.autocast (CUDA only)
+#   fp32: float32 throughout (CPU default)
+PRECISIONS = ("auto", "bf16", "autocast", "fp32")
+
+
+def resolve_precision(precision: str, device: str) -> str:
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    cuda_bf16 = device.startswith("cuda") and torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    if precision == "auto":
+        return "bf16" if cuda_bf16 else "fp32"
+    if precision == "autocast" and not cuda_bf16:
+        return "fp32"  # autocast to bf16 is a GPU feature here; CPU keeps exact float32
+    return precision
 
 
 @dataclass
@@ -36,10 +52,11 @@ class TokenTotals:
 class Backbone:
     def __init__(self, model, tokenizer, name: str, *, device: str = "cpu",
                  max_input_length: int = 256, max_output_length: int = 64,
-                 bf16_autocast: bool = False, compile: bool = False):
+                 precision: str = "fp32", compile: bool = False):
         model.requires_grad_(False)  # frozen: no gradient, so no optimizer state either
         model.eval()  # no dropout: the same prompt always gives the same loss
-        self.model = model.to(device)
+        self.precision = resolve_precision(precision, str(device))
+        self.model = model.to(device, dtype=torch.bfloat16 if self.precision == "bf16" else None)
         self.tokenizer = tokenizer
         self.name = name
         self.device = torch.device(device)
@@ -48,7 +65,6 @@ class Backbone:
         self.hidden_size = int(self.embeddings.weight.shape[1])
         self.max_input_length = max_input_length
         self.max_output_length = max_output_length
-        self.bf16_autocast = bf16_autocast and self.device.type == "cuda"
         self.eos_id = tokenizer.eos_token_id
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_id
         self._token_cache: dict[tuple[str, str], list[int]] = {}
@@ -59,14 +75,13 @@ class Backbone:
     @classmethod
     def load(cls, name: str, *, device: str = "cpu", attn_implementation: str | None = None,
              max_input_length: int = 256, max_output_length: int = 64, progress=None,
-             compile: bool = False) -> "Backbone":
+             compile: bool = False, precision: str = "auto") -> "Backbone":
         from engine.models import load_pretrained
 
         kwargs = {"progress": progress} if progress else {}
         model, tokenizer, _ = load_pretrained(name, attn_implementation=attn_implementation, **kwargs)
-        bf16 = device.startswith("cuda") and torch.cuda.is_available() and torch.cuda.is_bf16_supported()
         return cls(model, tokenizer, name, device=device, max_input_length=max_input_length,
-                   max_output_length=max_output_length, bf16_autocast=bf16, compile=compile)
+                   max_output_length=max_output_length, precision=precision, compile=compile)
 
     # ---- tokens -------------------------------------------------------------------
 
@@ -84,7 +99,7 @@ class Backbone:
         return ids
 
     def autocast(self):
-        if self.bf16_autocast:
+        if self.precision == "autocast":
             return torch.autocast("cuda", dtype=torch.bfloat16)
         return contextlib.nullcontext()
 

@@ -180,7 +180,7 @@ def _execute(run: Run, preset, plan: Plan, device: str, reporter: Reporter, stat
     reporter.message(f"loading model {preset.model.name} on {device}")
     backbone = Backbone.load(preset.model.name, device=device, max_input_length=preset.model.max_input_length,
                              max_output_length=preset.model.max_output_length, progress=reporter.message,
-                             compile=preset.model.compile)
+                             compile=preset.model.compile, precision=preset.model.precision)
     if "maml" in plan.methods:
         check_second_order(backbone)  # before any training
     data = TaskData(plan.data_dir, plan.config_dir)

@@ -355,3 +355,52 @@ def test_generate_batched_equals_alone(tiny_model, examples, placement):
     # padding must not change what the model sees: same next-token scores, same text
     torch.testing.assert_close(batch_scores, torch.cat(alone_scores), rtol=1e-4, atol=1e-4)
     assert batched == alone
+
+
+def test_t5_tanh_gelu_is_swapped_for_the_fused_kernel_with_the_same_outputs(tiny_t5):
+    """T5 v1.1's Python tanh-GELU becomes PyTorch's one-kernel version; the model computes the same function."""
+    from transformers import AutoModelForSeq2SeqLM
+    from transformers.activations import GELUTanh, NewGELUActivation
+
+    reference = AutoModelForSeq2SeqLM.from_pretrained(tiny_t5).eval()
+    assert any(isinstance(m, NewGELUActivation) for m in reference.modules())
+    backbone = _load(tiny_t5)
+    assert not any(isinstance(m, NewGELUActivation) for m in backbone.model.modules())
+    assert any(isinstance(m, GELUTanh) for m in backbone.model.modules())
+    ids = torch.randint(3, 100, (3, 12), generator=torch.Generator().manual_seed(0))
+    labels = torch.randint(3, 100, (3, 4), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        expected = reference(input_ids=ids, labels=labels).logits
+        got = backbone.model(input_ids=ids, labels=labels).logits
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["llama", "t5"])
+def test_bf16_weights_train_a_float32_prompt(kind, tiny_llama, tiny_t5):
+    """precision = bf16 stores the frozen weights in bfloat16; the prompt and its gradient stay float32."""
+    model_dir = {"llama": tiny_llama, "t5": tiny_t5}[kind]
+    exact = Backbone.load(str(model_dir), precision="fp32")
+    half = Backbone.load(str(model_dir), precision="bf16")
+    assert {p.dtype for p in half.model.parameters()} == {torch.bfloat16}
+    assert {p.dtype for p in exact.model.parameters()} == {torch.float32}
+    split, _ = _split()
+    batch = split.train[:4]
+    prompt = torch.randn(PROMPT_LEN, half.hidden_size, generator=torch.Generator().manual_seed(0)) * 0.1
+    losses = []
+    for backbone in (exact, half):
+        p = prompt.clone().requires_grad_(True)
+        loss = backbone.loss(p, [e.input for e in batch], [e.output for e in batch])
+        loss.backward()
+        assert p.grad.dtype == torch.float32 and torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0
+        losses.append(float(loss))
+    assert losses[1] == pytest.approx(losses[0], rel=2e-2)  # bfloat16 keeps about 3 significant digits
+
+
+def test_auto_precision_is_float32_on_cpu():
+    from engine.backbone import resolve_precision
+
+    assert resolve_precision("auto", "cpu") == "fp32"
+    assert resolve_precision("autocast", "cpu") == "fp32"
+    assert resolve_precision("bf16", "cpu") == "bf16"
+    with pytest.raises(ValueError, match="precision"):
+        resolve_precision("fp16", "cpu")
