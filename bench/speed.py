@@ -22,11 +22,12 @@ import argparse
 import contextlib
 import json
 import logging
+import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -143,9 +144,15 @@ def sync(device) -> None:
         torch.cuda.synchronize(device)
 
 
+def _resident_bytes() -> int:
+    with open("/proc/self/statm") as f:  # Linux: resident pages are the second field
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
 @contextlib.contextmanager
 def peak_memory(device):
-    """Peak bytes allocated above the level at entry (CUDA: the allocator's count; CPU: process RSS growth)."""
+    """Peak bytes above the level at entry: CUDA's allocator count, or on CPU the process's resident
+    memory sampled every millisecond (in a fresh process, as freed memory is not always returned)."""
     box = {}
     if device.type == "cuda":
         sync(device)
@@ -154,10 +161,21 @@ def peak_memory(device):
         yield box
         sync(device)
         box["bytes"] = torch.cuda.max_memory_allocated(device) - before
-    else:  # ru_maxrss only rises: meaningful in a fresh process that measures one thing
-        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        return
+    before, peak, done = _resident_bytes(), [0], threading.Event()
+
+    def sample():
+        while not done.wait(0.001):
+            peak[0] = max(peak[0], _resident_bytes())
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
         yield box
-        box["bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before
+    finally:
+        done.set()
+        sampler.join()
+        box["bytes"] = max(peak[0], _resident_bytes()) - before
 
 
 # ---- 1. the grid ----------------------------------------------------------------------------
@@ -416,7 +434,7 @@ def print_meta(report: dict) -> None:
               f"{row['batched_s']:10.3f} {row['speedup']:7.2f}x {row['loop_peak_mib']:9.0f} "
               f"{row['batched_peak_mib']:12.0f}")
     if report["device_type"] == "cpu":
-        print("   (CPU memory: growth of a fresh process's RSS high-water mark over the model's load)")
+        print("   (CPU memory: peak resident memory of a fresh process above its level after the model's load)")
 
 
 def main(argv: list[str] | None = None) -> dict:
