@@ -201,13 +201,8 @@ def _execute(run: Run, preset, plan: Plan, device: str, reporter: Reporter, stat
              for m in plan.methods if m != "pt"}
 
     status.set(stage="downstream", total_cells=len(cells), done_cells=len(done))
-    pending = [c for c in cells if c.id not in done]
-    size = 0
-    while pending:  # consecutive pending cells train together, in groups of `size`
-        work = [_cell_job(run, preset, data, backbone, pending[0], inits.get(pending[0].method))]
-        size = size or _group_size(preset.downstream, backbone, work[0][0], len(pending), log)
-        group, pending = pending[:size], pending[size:]
-        work += [_cell_job(run, preset, data, backbone, cell, inits.get(cell.method)) for cell in group[1:]]
+    for group in _cell_groups(run, preset, data, backbone, cells, done, inits, log):
+        work = [_cell_job(run, preset, data, backbone, cell, inits.get(cell.method)) for cell in group]
         for cell, record in zip(group, _run_group(run, preset, backbone, group, work, progress, log, stop)):
             done[cell.id] = record
         status.set(done_cells=len(done))
@@ -284,6 +279,29 @@ def _cell_job(run: Run, preset, data, backbone, cell: Cell, learned_init) -> tup
     job = Job(init, split.train, split.dev, data.task_info(cell.task), tcfg, seed,
               checkpoint=run.path / "checkpoints" / f"{cell.id}.pt")
     return job, subsample(split.test, down.max_test_examples)
+
+
+def _cell_groups(run: Run, preset, data, backbone, cells: list[Cell], done: dict, inits: dict, log) -> list:
+    """The pending cells in groups trained together: consecutive cells, `size` at a time.
+
+    The grouping is stored in the run directory (groups.json) the first time, and a resumed run
+    keeps it: a group's float rounding depends on its members, so regrouping (say, because a GPU
+    has less free memory today) would change the numbers of the cells still to come.
+    """
+    path = run.path / "groups.json"
+    by_id = {c.id: c for c in cells}
+    stored = read_json(path)
+    if isinstance(stored, list) and {i for g in stored for i in g} == set(by_id):
+        groups = [[by_id[i] for i in g] for g in stored]
+    else:
+        pending = [c for c in cells if c.id not in done]
+        if not pending:
+            return []
+        first, _ = _cell_job(run, preset, data, backbone, pending[0], inits.get(pending[0].method))
+        size = _group_size(preset.downstream, backbone, first, len(pending), log)
+        groups = [cells[i:i + size] for i in range(0, len(cells), size)]
+        write_json_atomic(path, [[c.id for c in g] for g in groups])
+    return [[c for c in g if c.id not in done] for g in groups if any(c.id not in done for c in g)]
 
 
 CPU_GROUP_SIZE = 8  # on CPU a bigger pass gains little (bench/speed.py) and delays each cell's result

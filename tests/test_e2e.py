@@ -129,6 +129,24 @@ def test_resume_recomputes_only_missing_cells_with_the_same_scores(grid_run):
     assert strip(after["splits"]) == strip(before["splits"])
 
 
+def test_a_resumed_run_keeps_the_grouping_it_started_with(grid_run):
+    """groups.json fixes which cells train together, so a resume cannot regroup (and re-round) them."""
+    run = grid_run["run"]
+    groups = read_json(run.path / "groups.json")
+    cell_ids = sorted(p.stem for p in run.cells_dir.glob("*.json"))
+    assert sorted(i for g in groups for i in g) == cell_ids and max(len(g) for g in groups) > 1
+    # pretend the run started with singleton groups, then lose two cells: they must rerun alone
+    (run.path / "groups.json").write_text(json.dumps([[i] for i in cell_ids]))
+    lost = [run.cells_dir / f"{i}.json" for i in cell_ids[:2]]
+    for p in lost:
+        p.unlink()
+    proc = subprocess.run([sys.executable, "-m", "engine.worker", str(run.path)], capture_output=True, text=True,
+                          cwd=REPO, timeout=600)
+    (run.path / "groups.json").write_text(json.dumps(groups))
+    assert proc.returncode == 0, proc.stderr
+    assert [read_json(p)["group_size"] for p in lost] == [1, 1]
+
+
 def test_cells_trained_in_groups_score_as_cells_trained_one_by_one(grid_run, tmp_path):
     """The grid runner packs cells into multi-prompt groups; one cell per group gives the same records."""
     runs = tmp_path / "runs"
