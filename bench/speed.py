@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import logging
 import os
 import platform
 import statistics
@@ -212,16 +211,12 @@ def bench_grid(backbone, mode: Mode, maker: TextMaker, flops_per_seq: float) -> 
              "step_speedup": mode.jobs * one_step / group_step,
              "group_step_tflops": flops_per_seq * mode.jobs * mode.batch / group_step / 1e12}
     auto = {}
-    if backbone.device.type == "cuda":  # what the grid runner's memory probe packs (engine.worker._group_size)
-        from types import SimpleNamespace
+    if backbone.device.type == "cuda":  # what the grid runner's memory probe packs (80% of free memory)
+        from engine.tuning import group_size_that_fits
 
-        from engine.tuning import measure_group_memory
-        from engine.worker import _group_size
-
-        fixed, per_job = measure_group_memory(backbone, jobs[0])
-        auto = {"probe_mib_per_job": per_job / 2**20, "probe_mib_fixed": fixed / 2**20,
-                "auto_group_size": _group_size(SimpleNamespace(group_size=0, group_memory_fraction=0.8), backbone,
-                                               jobs[0], 10**6, logging.getLogger("bench"))}
+        size, probe = group_size_that_fits(backbone, [e for job in jobs for e in job.train], mode.batch,
+                                           jobs[0].init_prompt, "before", 0.8)
+        auto = {"auto_group_size": size, **{f"probe_{k}": v for k, v in probe.items()}}
     return {**auto, **steps,"jobs": mode.jobs, "steps": mode.grid_steps, "batch": mode.batch, "dev_examples": mode.dev_examples,
             "sequential_s": sequential, "grouped_s": grouped,
             "sequential_seq_per_s": sequences / sequential, "grouped_seq_per_s": sequences / grouped,

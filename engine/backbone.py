@@ -56,7 +56,10 @@ class Backbone:
         model.requires_grad_(False)  # frozen: no gradient, so no optimizer state either
         model.eval()  # no dropout: the same prompt always gives the same loss
         self.precision = resolve_precision(precision, str(device))
-        self.model = model.to(device, dtype=torch.bfloat16 if self.precision == "bf16" else None)
+        self.model = model.to(device)
+        if self.precision == "bf16":  # parameters only: buffers such as RoPE's inv_freq keep float32
+            for param in self.model.parameters():
+                param.data = param.data.to(torch.bfloat16)
         self.tokenizer = tokenizer
         self.name = name
         self.device = torch.device(device)
@@ -245,10 +248,10 @@ class Backbone:
 def _use_fused_gelu(model) -> None:
     """Swap transformers' Python tanh-GELU (T5 v1.1's "gelu_new": eight elementwise kernels, each
     keeping its input for the backward) for PyTorch's one-kernel version of the same function."""
-    from transformers.activations import GELUTanh, NewGELUActivation
+    from transformers.activations import NewGELUActivation
 
     for module in list(model.modules()):
         for name, child in module.named_children():
             if type(child) is NewGELUActivation:
-                setattr(module, name, GELUTanh())
+                setattr(module, name, torch.nn.GELU(approximate="tanh"))
 

@@ -75,6 +75,8 @@ class BatchSampler:
     """Endless seeded batches: a fresh permutation each epoch, batches may cross epochs."""
 
     def __init__(self, n: int, batch_size: int, generator: torch.Generator):
+        if n < 1:
+            raise ValueError("no training examples to draw batches from")
         self.n, self.batch_size, self.generator = n, batch_size, generator
         self._queue: list[int] = []
 
@@ -249,26 +251,41 @@ def prompt_tune_group(backbone, jobs: list[Job], *, on_step: OnJobStep | None = 
     return results
 
 
-def measure_group_memory(backbone, job: Job) -> tuple[int, int]:
-    """(fixed, per-job) GPU bytes of a group's training pass, from probes of one and two copies of a batch
-    of the job's longest examples, forward and backward (fixed: what does not grow with the group)."""
+def measure_group_memory(backbone, examples: list[Example], batch_size: int, prompt: torch.Tensor,
+                         placement: str) -> tuple[int, int]:
+    """(fixed, per-job) GPU bytes of a group's training pass, from probes of one and two jobs, each with
+    a full batch of the longest (in tokens) of `examples`, forward and backward (fixed: what does not
+    grow with the group)."""
     device = backbone.device
-    longest = sorted(job.train, key=lambda e: len(e.input) + len(e.output), reverse=True)[: job.cfg.batch_size]
+    size = lambda e: len(backbone._ids(e.input, "input")) + len(backbone._ids(e.output, "target"))  # noqa: E731
+    pool = sorted(examples, key=size, reverse=True)[:batch_size]
+    longest = [pool[i % len(pool)] for i in range(batch_size)]  # a small train split repeats, as the sampler does
     peaks = []
     for copies in (1, 2):
-        bank = job.init_prompt.detach().float().to(device).expand(copies, -1, -1).clone().requires_grad_(True)
+        bank = prompt.detach().float().to(device).expand(copies, -1, -1).clone().requires_grad_(True)
         owner = torch.arange(copies).repeat_interleave(len(longest))
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
         before = torch.cuda.memory_allocated(device)
         totals = backbone.token_totals(bank, [e.input for e in longest] * copies,
-                                       [e.output for e in longest] * copies, job.cfg.placement, owner=owner)
+                                       [e.output for e in longest] * copies, placement, owner=owner)
         totals.mean_loss().backward()
         torch.cuda.synchronize(device)
         peaks.append(torch.cuda.max_memory_allocated(device) - before)
         del bank, totals
     per_job = max(peaks[1] - peaks[0], 1)
     return max(peaks[0] - per_job, 0), per_job
+
+
+def group_size_that_fits(backbone, examples: list[Example], batch_size: int, prompt: torch.Tensor, placement: str,
+                         memory_fraction: float) -> tuple[int, dict]:
+    """How many jobs one group can hold within `memory_fraction` of the free GPU memory, and the probe's numbers."""
+    fixed, per_job = measure_group_memory(backbone, examples, batch_size, prompt, placement)
+    free, _ = torch.cuda.mem_get_info(backbone.device)
+    # memory the caching allocator holds but does not use is free for the group too
+    free += torch.cuda.memory_reserved(backbone.device) - torch.cuda.memory_allocated(backbone.device)
+    size = max(1, int((free * min(memory_fraction, 0.95) - fixed) // per_job))
+    return size, {"per_job_mib": per_job / 2**20, "fixed_mib": fixed / 2**20, "free_mib": free / 2**20}
 
 
 def prompt_tune(backbone, init_prompt: torch.Tensor, train: list[Example], dev: list[Example], task: TaskInfo,
@@ -297,6 +314,8 @@ def _save_job_state(path: Path, row: int, bank, optimizer: BankOptimizer, sample
 def _load_job_state(path: Path, row: int, bank, optimizer: BankOptimizer, sampler: BatchSampler,
                     result: TuningResult) -> int:
     state = torch.load(path, weights_only=False)
+    if "param_groups" in state["optimizer"]:  # a checkpoint from before per-row optimizers: start over
+        return 0
     with torch.no_grad():
         bank[row] = state["prompt"].to(bank.device)
     optimizer.load_row_state(row, state["optimizer"])

@@ -172,6 +172,8 @@ def _check_stop(stop: StopFlag) -> None:
 def _execute(run: Run, preset, plan: Plan, device: str, reporter: Reporter, status: StatusWriter,
              log: logging.Logger, stop: StopFlag) -> dict:
     _quiet_libraries()
+    import torch
+
     from engine.backbone import Backbone
     from engine.data import TaskData
     from engine.upstream import check_second_order
@@ -201,11 +203,29 @@ def _execute(run: Run, preset, plan: Plan, device: str, reporter: Reporter, stat
              for m in plan.methods if m != "pt"}
 
     status.set(stage="downstream", total_cells=len(cells), done_cells=len(done))
-    for group in _cell_groups(run, preset, data, backbone, cells, done, inits, log):
-        work = [_cell_job(run, preset, data, backbone, cell, inits.get(cell.method)) for cell in group]
-        for cell, record in zip(group, _run_group(run, preset, backbone, group, work, progress, log, stop)):
+    groups = _cell_groups(run, preset, data, backbone, cells, done, log)
+    i = 0
+    while i < len(groups):
+        group = groups[i]
+        part = [c for c in group if c.id not in done]
+        work = [_cell_job(run, preset, data, backbone, cell, inits.get(cell.method)) for cell in part]
+        try:
+            records = _run_group(run, preset, backbone, part, work, progress, log, stop) if part else []
+        except torch.cuda.OutOfMemoryError:
+            if len(part) == 1:
+                raise
+            # the memory probe was too optimistic: split the group, remember the split, go on
+            del work
+            torch.cuda.empty_cache()
+            log.warning("out of GPU memory with %d cells in a group; splitting it in two", len(part))
+            half = (len(group) + 1) // 2
+            groups[i:i + 1] = [group[:half], group[half:]]
+            _save_groups(run, groups)
+            continue
+        for cell, record in zip(part, records):
             done[cell.id] = record
         status.set(done_cells=len(done))
+        i += 1
     results = select_and_aggregate([done[c.id] for c in cells])
     write_json_atomic(run.results_path, results)
     return results
@@ -281,50 +301,51 @@ def _cell_job(run: Run, preset, data, backbone, cell: Cell, learned_init) -> tup
     return job, subsample(split.test, down.max_test_examples)
 
 
-def _cell_groups(run: Run, preset, data, backbone, cells: list[Cell], done: dict, inits: dict, log) -> list:
-    """The pending cells in groups trained together: consecutive cells, `size` at a time.
+def _cell_groups(run: Run, preset, data, backbone, cells: list[Cell], done: dict, log) -> list[list[Cell]]:
+    """All grid cells in the groups they train in: consecutive pending cells, `size` at a time.
 
     The grouping is stored in the run directory (groups.json) the first time, and a resumed run
     keeps it: a group's float rounding depends on its members, so regrouping (say, because a GPU
-    has less free memory today) would change the numbers of the cells still to come.
+    has less free memory today) would change the numbers of the cells still to come. Delete
+    groups.json to regroup.
     """
-    path = run.path / "groups.json"
     by_id = {c.id: c for c in cells}
-    stored = read_json(path)
-    if isinstance(stored, list) and {i for g in stored for i in g} == set(by_id):
-        groups = [[by_id[i] for i in g] for g in stored]
-    else:
-        pending = [c for c in cells if c.id not in done]
-        if not pending:
-            return []
-        first, _ = _cell_job(run, preset, data, backbone, pending[0], inits.get(pending[0].method))
-        size = _group_size(preset.downstream, backbone, first, len(pending), log)
-        groups = [cells[i:i + size] for i in range(0, len(cells), size)]
-        write_json_atomic(path, [[c.id for c in g] for g in groups])
-    return [[c for c in g if c.id not in done] for g in groups if any(c.id not in done for c in g)]
+    stored = read_json(run.path / "groups.json")
+    if isinstance(stored, list) and sorted(i for g in stored for i in g) == sorted(by_id):
+        return [[by_id[i] for i in g] for g in stored]
+    pending = [c for c in cells if c.id not in done]
+    size = _group_size(preset, data, backbone, pending, log) if pending else 1
+    groups = [[c] for c in cells if c.id in done] + [pending[i:i + size] for i in range(0, len(pending), size)]
+    _save_groups(run, groups)
+    return groups
+
+
+def _save_groups(run: Run, groups: list[list[Cell]]) -> None:
+    write_json_atomic(run.path / "groups.json", [[c.id for c in g] for g in groups])
 
 
 CPU_GROUP_SIZE = 8  # on CPU a bigger pass gains little (bench/speed.py) and delays each cell's result
 
 
-def _group_size(down, backbone, job, pending: int, log) -> int:
+def _group_size(preset, data, backbone, pending: list[Cell], log) -> int:
     """How many grid cells train together: `downstream.group_size`, or what the memory budget allows."""
+    down = preset.downstream
     if down.group_size:
-        return min(down.group_size, pending)
+        return min(down.group_size, len(pending))
     if backbone.device.type != "cuda":
-        return min(CPU_GROUP_SIZE, pending)
-    from engine.tuning import measure_group_memory
+        return min(CPU_GROUP_SIZE, len(pending))
+    from engine.prompt import initial_prompt
+    from engine.tuning import group_size_that_fits
 
-    import torch
-
-    fixed, per_job = measure_group_memory(backbone, job)
-    free, _ = torch.cuda.mem_get_info(backbone.device)
-    # memory the caching allocator holds but does not use is free for the group too
-    free += torch.cuda.memory_reserved(backbone.device) - torch.cuda.memory_allocated(backbone.device)
-    budget = free * min(down.group_memory_fraction, 0.95) - fixed
-    size = max(1, min(pending, int(budget // per_job)))
-    log.info("group size %d: %.0f MiB per job + %.0f MiB fixed, %.0f MiB free", size, per_job / 2**20,
-             fixed / 2**20, free / 2**20)
+    # the probe's batch: the longest train examples of any pending cell
+    splits = {(c.task, c.seed) for c in pending}
+    examples = [e for task, seed in splits for e in data.load_split(task, preset.data.k, seed).train]
+    prompt = initial_prompt(backbone, length=preset.prompt.length, method="vocab", seed=0)
+    fits, probe = group_size_that_fits(backbone, examples, down.batch_size, prompt, preset.prompt.placement,
+                                       down.group_memory_fraction)
+    size = min(len(pending), fits)
+    log.info("group size %d: %.0f MiB per job + %.0f MiB fixed, %.0f MiB free", size, probe["per_job_mib"],
+             probe["fixed_mib"], probe["free_mib"])
     return size
 
 

@@ -125,3 +125,21 @@ def test_evaluating_many_prompts_together_equals_one_at_a_time(tiny_llama):
         assert got.predictions == alone.predictions
         assert got.score == alone.score
     assert len({tuple(e.predictions) for e in together[:3]}) > 1  # the items did differ
+
+
+def test_a_checkpoint_from_before_per_row_optimizers_restarts_its_job(tiny_llama, tmp_path):
+    """Session-1 cell checkpoints held a whole optimizer's state_dict; such a job starts over instead of failing."""
+    from engine.tuning import make_optimizer
+
+    backbone = Backbone.load(str(tiny_llama))
+    job = _jobs(backbone)[0]
+    fresh = prompt_tune(backbone, job.init_prompt, job.train, job.dev, job.task, job.cfg, seed=job.seed)
+    old = tmp_path / "cell.pt"
+    prompt = torch.zeros_like(job.init_prompt).requires_grad_(True)
+    torch.save({"step": 3, "prompt": prompt.detach(), "optimizer": make_optimizer("adafactor", [prompt], 0.3, 0.0)
+                .state_dict(), "generator": torch.Generator().get_state(), "queue": [],
+                "best": {"prompt": prompt.detach(), "step": 2, "dev": 0.0, "history": [], "final_loss": 0.0}}, old)
+    resumed = prompt_tune(backbone, job.init_prompt, job.train, job.dev, job.task, job.cfg, seed=job.seed,
+                          checkpoint=old)
+    assert resumed.dev_history == fresh.dev_history
+    torch.testing.assert_close(resumed.best_prompt, fresh.best_prompt)
