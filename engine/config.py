@@ -25,9 +25,9 @@ class PresetError(ValueError):
     """A preset that cannot run; the message is one line naming the file and key."""
 
 
-def _field(default, *, choices=None, minimum=None, help=""):
+def _field(default, *, choices=None, minimum=None, maximum=None, help=""):
     kwargs = {"default_factory": lambda: list(default)} if isinstance(default, list) else {"default": default}
-    return field(metadata={"choices": choices, "min": minimum, "help": help}, **kwargs)
+    return field(metadata={"choices": choices, "min": minimum, "max": maximum, "help": help}, **kwargs)
 
 
 @dataclass
@@ -79,7 +79,8 @@ class DownstreamConfig:
     train_seed: int = _field(0, help="seed of the data order and prompt sampling (added to each split's seed)")
     group_size: int = _field(0, minimum=0, help="grid cells trained together over the shared backbone; "
                              "0: as many as the memory budget allows (GPU), 8 on CPU")
-    group_memory_fraction: float = _field(0.8, minimum=0.05, help="share of free GPU memory a group may use")
+    group_memory_fraction: float = _field(0.8, minimum=0.05, maximum=0.95,
+                                          help="share of free GPU memory a group may use")
 
 
 @dataclass
@@ -167,6 +168,8 @@ def _check_value(value, annotation, meta, where: str):
             raise PresetError(f"{where} must be one of {', '.join(meta['choices'])}, got {item!r}")
         if meta.get("min") is not None and item < meta["min"]:
             raise PresetError(f"{where} must be at least {meta['min']}, got {item!r}")
+        if meta.get("max") is not None and item > meta["max"]:
+            raise PresetError(f"{where} must be at most {meta['max']}, got {item!r}")
     return value
 
 

@@ -284,7 +284,7 @@ def group_size_that_fits(backbone, examples: list[Example], batch_size: int, pro
     free, _ = torch.cuda.mem_get_info(backbone.device)
     # memory the caching allocator holds but does not use is free for the group too
     free += torch.cuda.memory_reserved(backbone.device) - torch.cuda.memory_allocated(backbone.device)
-    size = max(1, int((free * min(memory_fraction, 0.95) - fixed) // per_job))
+    size = max(1, int((free * memory_fraction - fixed) // per_job))
     return size, {"per_job_mib": per_job / 2**20, "fixed_mib": fixed / 2**20, "free_mib": free / 2**20}
 
 

@@ -99,6 +99,9 @@ def test_unknown_preset_name():
     ("downstream", "learning_rates = 0.1", "downstream.learning_rates"),  # scalar for a list
     ("downstream", 'learning_rates = [0.1, "x"]', "downstream.learning_rates[1]"),
     ("data", "seeds = [13, true]", "data.seeds[1]"),                      # bool is not an integer
+    ("downstream", "group_memory_fraction = 1.5", "downstream.group_memory_fraction"),  # above maximum
+    ("model", 'precision = "fp16"', "model.precision"),                   # bad choice
+    ("upstream", 'batch_tasks = "yes"', "upstream.batch_tasks"),          # wrong type
 ])
 def test_invalid_value_names_key_and_file(tmp_path, section, line, key):
     path = write_preset(tmp_path, f'name = "x"\n[{section}]\n{line}\n')
