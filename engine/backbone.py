@@ -137,11 +137,13 @@ class Backbone:
         ids, slot, mask = ids.to(self.device), slot.to(self.device), mask.to(self.device)
         token_embeds = self.embeddings(ids)
         is_prompt = slot >= 0
+        # F.embedding, not advanced indexing: the latter's backward (index_put_ with accumulate) adds
+        # the rows' gradients in thread order on CPU, so the same batch gave different gradients
         if prompt.dim() == 2:
-            prompt_embeds = prompt[slot.clamp(min=0)]
-        else:  # a bank: each row reads its owner's prompt
-            rows = owner.to(self.device)[:, None].expand_as(slot)
-            prompt_embeds = prompt[rows, slot.clamp(min=0)]
+            prompt_embeds = F.embedding(slot.clamp(min=0), prompt)
+        else:  # a bank: each row reads its owner's prompt, as rows of the flattened bank
+            flat = owner.to(self.device)[:, None] * n + slot.clamp(min=0)
+            prompt_embeds = F.embedding(flat, prompt.reshape(-1, prompt.shape[-1]))
         embeds = torch.where(is_prompt[..., None], prompt_embeds.to(token_embeds.dtype), token_embeds)
         return embeds, mask
 

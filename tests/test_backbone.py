@@ -406,3 +406,28 @@ def test_auto_precision_is_float32_on_cpu():
     assert resolve_precision("bf16", "cpu") == "bf16"
     with pytest.raises(ValueError, match="precision"):
         resolve_precision("fp16", "cpu")
+
+
+@pytest.mark.parametrize("bank", [False, True], ids=["prompt", "bank"])
+def test_prompt_gradients_are_bitwise_reproducible_with_threads(tiny_llama, bank):
+    """The prompt's scatter into the rows must not accumulate in thread order: the same batch twice
+    gives bit-identical gradients (a threaded index_put_ did not, and made CPU runs irreproducible)."""
+    backbone = _load(tiny_llama)
+    split, _ = _split()
+    batch = (split.train * 4)[:48]
+    init = torch.randn(16, backbone.hidden_size, generator=torch.Generator().manual_seed(0))
+    if bank:
+        init = torch.stack([init, init.flip(0)])
+    owner = torch.arange(48) % 2 if bank else None
+    threads = torch.get_num_threads()
+    torch.set_num_threads(4)
+    try:
+        grads = []
+        for _ in range(8):
+            p = init.clone().requires_grad_(True)
+            backbone.token_totals(p, [e.input for e in batch], [e.output for e in batch], owner=owner).mean_loss().backward()
+            grads.append(p.grad)
+    finally:
+        torch.set_num_threads(threads)
+    for g in grads[1:]:
+        assert torch.equal(g, grads[0])
