@@ -179,19 +179,26 @@ def peak_memory(device):
 
 # ---- 1. the grid ----------------------------------------------------------------------------
 
-def bench_grid(backbone, mode: Mode, maker: TextMaker, flops_per_seq: float) -> dict:
+def make_jobs(backbone, mode: Mode, maker: TextMaker, count: int, dev_examples: int | None = None, **cfg) -> list:
+    """`count` prompt-tuning jobs on four random-token tasks, lr 0.3, the mode's batch; `cfg` sets the rest."""
     from engine.prompt import initial_prompt
-    from engine.tuning import Job, TuningConfig, prompt_tune_group
+    from engine.tuning import Job, TuningConfig
 
     jobs = []
-    for r in range(mode.jobs):
+    for r in range(count):
         train, dev, info = make_task(maker, mode, 16, f"task{r % 4}")
-        cfg = TuningConfig(learning_rate=0.3, steps=mode.grid_steps, batch_size=mode.batch,
-                           eval_every=mode.grid_steps, eval_batch_size=mode.eval_batch)
-        jobs.append(Job(initial_prompt(backbone, length=mode.prompt_tokens, method="vocab", seed=r),
-                        train, dev, info, cfg, seed=r))
-    warm = [Job(j.init_prompt, j.train, j.dev, j.task, TuningConfig(learning_rate=0.3, steps=1,
-                                                                      batch_size=mode.batch), j.seed) for j in jobs]
+        jobs.append(Job(initial_prompt(backbone, length=mode.prompt_tokens, method="vocab", seed=r), train,
+                        dev[:dev_examples], info, TuningConfig(learning_rate=0.3, batch_size=mode.batch, **cfg),
+                        seed=r))
+    return jobs
+
+
+def bench_grid(backbone, mode: Mode, maker: TextMaker, flops_per_seq: float) -> dict:
+    from engine.tuning import prompt_tune_group
+
+    jobs = make_jobs(backbone, mode, maker, mode.jobs, steps=mode.grid_steps, eval_every=mode.grid_steps,
+                     eval_batch_size=mode.eval_batch)
+    warm = make_jobs(backbone, mode, maker, mode.jobs, steps=1)
     prompt_tune_group(backbone, warm[:1])  # warm-up: kernels, allocator, caches
     prompt_tune_group(backbone, warm)
     sync(backbone.device)
@@ -217,7 +224,7 @@ def bench_grid(backbone, mode: Mode, maker: TextMaker, flops_per_seq: float) -> 
         size, probe = group_size_that_fits(backbone, [e for job in jobs for e in job.train], mode.batch,
                                            jobs[0].init_prompt, "before", 0.8)
         auto = {"auto_group_size": size, **{f"probe_{k}": v for k, v in probe.items()}}
-    return {**auto, **steps,"jobs": mode.jobs, "steps": mode.grid_steps, "batch": mode.batch, "dev_examples": mode.dev_examples,
+    return {**auto, **steps, "jobs": mode.jobs, "steps": mode.grid_steps, "batch": mode.batch, "dev_examples": mode.dev_examples,
             "sequential_s": sequential, "grouped_s": grouped,
             "sequential_seq_per_s": sequences / sequential, "grouped_seq_per_s": sequences / grouped,
             "sequential_tflops": flops_per_seq * sequences / sequential / 1e12,
@@ -228,15 +235,9 @@ def bench_grid(backbone, mode: Mode, maker: TextMaker, flops_per_seq: float) -> 
 
 def group_step_time(backbone, mode: Mode, maker: TextMaker, jobs: int, steps: int) -> float:
     """Seconds per training step of a group of `jobs` (on_step timestamps: no evaluation inside)."""
-    from engine.prompt import initial_prompt
-    from engine.tuning import Job, TuningConfig, prompt_tune_group
+    from engine.tuning import prompt_tune_group
 
-    group = []
-    for r in range(jobs):
-        train, dev, info = make_task(maker, mode, 16, f"task{r % 4}")
-        cfg = TuningConfig(learning_rate=0.3, steps=steps + 1, batch_size=mode.batch, eval_every=10**9)
-        group.append(Job(initial_prompt(backbone, length=mode.prompt_tokens, method="vocab", seed=r),
-                         train, dev[:1], info, cfg, seed=r))
+    group = make_jobs(backbone, mode, maker, jobs, dev_examples=1, steps=steps + 1, eval_every=10**9)
     stamps: dict[int, float] = {}
 
     def on_step(j, step, loss):
