@@ -209,6 +209,7 @@ def _execute(run: Run, preset, plan: Plan, device: str, reporter: Reporter, stat
         group = groups[i]
         part = [c for c in group if c.id not in done]
         work = [_cell_job(run, preset, data, backbone, cell, inits.get(cell.method)) for cell in part]
+        progress_before = progress.done
         try:
             records = _run_group(run, preset, backbone, part, work, progress, log, stop) if part else []
         except torch.cuda.OutOfMemoryError:
@@ -217,6 +218,7 @@ def _execute(run: Run, preset, plan: Plan, device: str, reporter: Reporter, stat
             # the memory probe was too optimistic: split the group, remember the split, go on
             del work
             torch.cuda.empty_cache()
+            progress.skip_to(progress_before)  # the failed attempt's steps will be run again
             log.warning("out of GPU memory with %d cells in a group; splitting it in two", len(part))
             half = (len(group) + 1) // 2
             groups[i:i + 1] = [group[:half], group[half:]]

@@ -101,11 +101,15 @@ def test_a_group_out_of_gpu_memory_is_split_and_the_split_is_kept(tmp_path, tiny
     real_run_group = worker._run_group
     sizes = []
 
-    def run_group_with_little_memory(run, preset, backbone, cells, *args, **kwargs):
+    progresses = []
+
+    def run_group_with_little_memory(run, preset, backbone, cells, work, progress, *args, **kwargs):
         sizes.append(len(cells))
+        progresses.append(progress)
         if len(cells) > 1:
+            progress.step("a step of the attempt that runs out of memory")
             raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
-        return real_run_group(run, preset, backbone, cells, *args, **kwargs)
+        return real_run_group(run, preset, backbone, cells, work, progress, *args, **kwargs)
 
     monkeypatch.setattr(worker, "_run_group", run_group_with_little_memory)
     execute(run)
@@ -114,3 +118,4 @@ def test_a_group_out_of_gpu_memory_is_split_and_the_split_is_kept(tmp_path, tiny
     assert len(cells) == 4 and {c["group_size"] for c in cells} == {1}
     assert [len(g) for g in read_json(run.path / "groups.json")] == [1, 1, 1, 1]
     assert "out of GPU memory with 4 cells" in run.log_path.read_text()
+    assert progresses[-1].done == progresses[-1].total  # failed attempts' steps are not counted twice
