@@ -15,19 +15,16 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
+from engine.data import PAPER_SEEDS
+from engine.fields import option as _field
+from engine.methods import METHODS, MethodConfig, method_names
 from engine.tomlcompat import tomllib
 
 DATA_DIR_ENV = "MPT_TUI_DATA_DIR"
-PAPER_SEEDS = [100, 13, 21, 42, 87]
 
 
 class PresetError(ValueError):
     """A preset that cannot run; the message is one line naming the file and key."""
-
-
-def _field(default, *, choices=None, minimum=None, maximum=None, help=""):
-    kwargs = {"default_factory": lambda: list(default)} if isinstance(default, list) else {"default": default}
-    return field(metadata={"choices": choices, "min": minimum, "max": maximum, "help": help}, **kwargs)
 
 
 @dataclass
@@ -38,7 +35,7 @@ class DataConfig:
     sources: list[str] = _field([], help="source tasks; overrides the setting's list")
     targets: list[str] = _field([], help="target tasks; overrides the setting's list")
     k: int = _field(16, minimum=1)
-    seeds: list[int] = _field(PAPER_SEEDS)
+    seeds: list[int] = _field(list(PAPER_SEEDS))
 
 
 @dataclass
@@ -81,33 +78,13 @@ class DownstreamConfig:
                              "0: as many as the memory budget allows (GPU), 8 on CPU")
     group_memory_fraction: float = _field(0.8, minimum=0.05, maximum=0.95,
                                           help="share of free GPU memory a group may use")
-
-
-@dataclass
-class InnerLoopConfig:
-    """MAML/FoMAML/Reptile inner loop (paper defaults: author's released settings)."""
-
-    inner_lr: float = _field(3e-5, minimum=0.0)
-    inner_steps: int = _field(1, minimum=1)
-    support_batch: int = _field(2, minimum=1)
-    query_batch: int = _field(2, minimum=1)
-    tasks_per_step: int = _field(2, minimum=1)
-    prompt_file: str = _field("", help="reuse this learned prompt instead of training it")
-
-
-@dataclass
-class MTLConfig:
-    batch_size: int = _field(4, minimum=1)
-    prompt_file: str = _field("", help="reuse this learned prompt instead of training it")
-
-
-def _inner(**overrides):
-    return field(default_factory=lambda: InnerLoopConfig(**overrides))
+    checkpoint_every: int = _field(100, minimum=0, help="each job of a group saves its state every N steps, so a "
+                                   "killed worker loses at most N steps of its group (0: only when cancelled)")
 
 
 @dataclass
 class UpstreamConfig:
-    methods: list[str] = _field([], choices=("mtl", "maml", "fomaml", "reptile"),
+    methods: list[str] = _field([], choices=method_names,
                                 help="initialisations to learn on the source tasks; PT always runs downstream")
     steps: int = _field(5000, minimum=1, help="meta-updates (MTL: optimizer steps)")
     outer_optimizer: str = _field("adafactor", choices=("adafactor", "adamw", "sgd"))
@@ -117,10 +94,15 @@ class UpstreamConfig:
     seed: int = _field(0)
     batch_tasks: bool = _field(True, help="the tasks of a meta-batch in one batched pass with per-task prompts "
                                "(false: a loop over tasks; same result, less memory)")
-    maml: InnerLoopConfig = _inner()
-    fomaml: InnerLoopConfig = _inner(support_batch=4, query_batch=4)
-    reptile: InnerLoopConfig = _inner(inner_steps=10, support_batch=4)
-    mtl: MTLConfig = field(default_factory=MTLConfig)
+    # each registered method's [upstream.<name>] table (engine.methods), read as upstream.<name>
+    hyperparameters: dict[str, MethodConfig] = field(
+        default_factory=lambda: {name: m.make_config() for name, m in METHODS.items()})
+
+    def __getattr__(self, name: str):
+        hyperparameters = self.__dict__.get("hyperparameters")
+        if hyperparameters is not None and name in hyperparameters:
+            return hyperparameters[name]
+        raise AttributeError(f"{type(self).__name__} has no attribute {name!r}")
 
 
 @dataclass
@@ -134,7 +116,10 @@ class Preset:
     upstream: UpstreamConfig = field(default_factory=UpstreamConfig)
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        """The preset as TOML-shaped data: each method's table under upstream.<name>."""
+        raw = dataclasses.asdict(self)
+        raw["upstream"].update(raw["upstream"].pop("hyperparameters"))
+        return raw
 
 
 # ---- validation -------------------------------------------------------------------
@@ -163,9 +148,11 @@ def _check_value(value, annotation, meta, where: str):
     else:
         value = _check_scalar(value, annotation, where)
         items = [value]
+    choices = meta.get("choices")
+    choices = choices() if callable(choices) else choices
     for item in items:
-        if meta.get("choices") and item not in meta["choices"]:
-            raise PresetError(f"{where} must be one of {', '.join(meta['choices'])}, got {item!r}")
+        if choices and item not in choices:
+            raise PresetError(f"{where} must be one of {', '.join(choices)}, got {item!r}")
         if meta.get("min") is not None and item < meta["min"]:
             raise PresetError(f"{where} must be at least {meta['min']}, got {item!r}")
         if meta.get("max") is not None and item > meta["max"]:
@@ -173,25 +160,31 @@ def _check_value(value, annotation, meta, where: str):
     return value
 
 
-def _build(cls, raw: dict, prefix: str, origin: str):
+def _build(cls, raw: dict, prefix: str, origin: str, base=None):
+    """`cls` from a TOML table, every key checked; keys not given keep `base`'s values (or the defaults)."""
     if not isinstance(raw, dict):
         raise PresetError(f"{origin}: [{prefix.rstrip('.')}] must be a table")
     hints = typing.get_type_hints(cls)
-    known = {f.name: f for f in dataclasses.fields(cls)}
-    kwargs = {}
+    known = {f.name: f for f in dataclasses.fields(cls) if f.name != "hyperparameters"}
+    methods = METHODS if cls is UpstreamConfig else {}
+    kwargs, tables = {}, {}
     for key, value in raw.items():
         where = f"{prefix}{key}"
-        if key not in known:
-            raise PresetError(f"{origin}: unknown key '{where}' (known: {', '.join(known)})")
-        kind = hints[key]
-        if dataclasses.is_dataclass(kind):
-            kwargs[key] = _build(kind, value, f"{where}.", origin)
+        if key in methods:
+            tables[key] = _build(methods[key].config, value, f"{where}.", origin, base=methods[key].make_config())
+        elif key not in known:
+            raise PresetError(f"{origin}: unknown key '{where}' (known: {', '.join([*known, *methods])})")
+        elif dataclasses.is_dataclass(hints[key]):
+            kwargs[key] = _build(hints[key], value, f"{where}.", origin)
         else:
             try:
-                kwargs[key] = _check_value(value, kind, known[key].metadata, where)
+                kwargs[key] = _check_value(value, hints[key], known[key].metadata, where)
             except PresetError as exc:
                 raise PresetError(f"{origin}: {exc}") from None
-    return cls(**kwargs)
+    built = dataclasses.replace(base, **kwargs) if base is not None else cls(**kwargs)
+    if methods:
+        built.hyperparameters.update(tables)
+    return built
 
 
 def parse_set(assignment: str) -> tuple[list[str], object]:
@@ -219,7 +212,7 @@ def apply_overrides(raw: dict, assignments: list[str]) -> dict:
 
 
 def builtin_presets_dir() -> Path:
-    return Path(str(resources.files("mpt_tui.presets")))
+    return Path(str(resources.files("engine.presets")))
 
 
 def list_builtin_presets() -> list[str]:
@@ -258,7 +251,7 @@ def load_preset(name_or_path: str, overrides: list[str] = (), data_dir: str | No
     else:
         raise PresetError(f"{path}: data.dir is not set: pass --data-dir DIR or set ${DATA_DIR_ENV}")
     relative = [(preset.data, "config_dir"), (preset.data, "setting"), (preset.prompt, "file")]
-    relative += [(getattr(preset.upstream, m), "prompt_file") for m in ("maml", "fomaml", "reptile", "mtl")]
+    relative += [(hp, "prompt_file") for hp in preset.upstream.hyperparameters.values()]
     for obj, key in relative:
         value = getattr(obj, key)
         if value and (key != "setting" or value.endswith((".json", ".toml"))):

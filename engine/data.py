@@ -19,6 +19,8 @@ from pathlib import Path
 
 from engine.tomlcompat import tomllib
 
+PAPER_SEEDS = (100, 13, 21, 42, 87)  # the five k-shot splits of CrossFit, MetaICL and the paper
+
 TASK_TYPES = ("classification", "multi-choice", "free-form")
 SPLITS = ("train", "dev", "test")
 _SPLIT_FILE = re.compile(r"^(?P<task>.+)_(?P<k>\d+)_(?P<seed>\d+)_(?P<split>train|dev|test)\.(?P<ext>jsonl|tsv)$")

@@ -92,6 +92,8 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
+from engine.data import PAPER_SEEDS
+
 __all__ = [
     "CROSSFIT_SEEDS",
     "DataBuildError",
@@ -102,7 +104,7 @@ __all__ = [
     "sample_k_shot",
 ]
 
-CROSSFIT_SEEDS: tuple[int, ...] = (100, 13, 21, 42, 87)
+CROSSFIT_SEEDS: tuple[int, ...] = PAPER_SEEDS
 
 CLASSIFICATION = "classification"
 FREE_FORM = "free-form"

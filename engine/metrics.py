@@ -1,18 +1,38 @@
-"""CrossFit per-task evaluation metrics, reimplemented in pure Python.
+"""CrossFit per-task evaluation metrics, computed the way CrossFit computes them.
 
 The meta prompt tuning paper (Qin et al., ACL 2023) scores CrossFit tasks with
 CrossFit's own metrics. This module copies CrossFit's task -> metric map and
-reproduces each metric without scikit-learn, scipy or the ``rouge`` package.
+scores each metric as CrossFit's ``evaluate`` does.
 
-Reference implementation: INK-USC/CrossFit, ``dataloader/metrics.py``
-(commit 76f165ba011ecdc98a73502cde43655006b12ef9), which calls
-sklearn ``f1_score``/``matthews_corrcoef``, scipy ``pearsonr`` and
-``rouge==1.0.0`` (the version pinned in CrossFit's README).
+Reference implementation: INK-USC/CrossFit, ``dataloader/metrics.py`` at
+commit 76f165ba011ecdc98a73502cde43655006b12ef9 (later commits only fix the
+``accruacy`` typo; the authors' fork qcwthu/transferfile, master,
+``allcode_0628/CrossFit/dataloader/metrics.py``, is the same code).
+
+Which library computes what, as in CrossFit:
+
+* Classification-F1: scikit-learn ``f1_score(gold, pred, average="macro")``,
+  gold = first answer, strings compared as they are.
+* Matthew-Correlation: scikit-learn ``matthews_corrcoef`` on CrossFit's CoLA
+  binarisation ("acceptable" -> 1.0, anything else -> 0.0; predictions are
+  stripped, gold is not).
+* Pearson-Correlation: SciPy ``pearsonr(gold, pred)[0]``; a prediction that
+  does not parse as a float becomes NaN (so the score is NaN).
+* Rouge-L: the ``rouge`` package (CrossFit's README pins ``rouge==1.0.0``),
+  ``Rouge().get_scores(pred, gold, avg=True)["rouge-l"]["f"]``, max over gold
+  answers; 0 for a prediction with no non-punctuation character. One
+  deviation: a gold answer with no sentence for rouge (empty, or only dots)
+  scores 0, where rouge raises and CrossFit's evaluation would stop.
+* EM, ACC, QA-F1: CrossFit's own string comparisons, reproduced here (SQuAD
+  normalisation for EM and QA-F1; case-insensitive equality for ACC), max over
+  gold answers.
+
+The libraries are imported when a metric that needs them is first computed,
+so importing this module stays cheap.
 """
 
 from __future__ import annotations
 
-import math
 import re
 import string
 from collections import Counter
@@ -266,66 +286,24 @@ def _qa_f1(prediction: str, gold: str) -> float:
 
 
 # --------------------------------------------------------------------------
-# ROUGE-L as computed by rouge==1.0.0 (Rouge().get_scores(...)["rouge-l"]["f"])
+# ROUGE-L with the rouge package, as CrossFit's get_rouge_over_list
 # --------------------------------------------------------------------------
 
-def _rouge_sentences(text: str) -> list[str]:
-    # rouge.Rouge splits on "." and squashes whitespace inside each piece.
-    return [" ".join(piece.split()) for piece in text.split(".") if len(piece) > 0]
+def _has_rouge_sentence(text: str) -> bool:
+    # rouge.Rouge keeps the pieces of text.split(".") that are not empty.
+    return any(len(piece) > 0 for piece in text.split("."))
 
 
-def _lcs_tokens(ref: list[str], hyp: list[str]) -> list[str]:
-    """Tokens of one LCS of ``ref`` and ``hyp``, backtracked like rouge's _recon_lcs."""
-    n, m = len(ref), len(hyp)
-    table = [[0] * (m + 1) for _ in range(n + 1)]
-    for i in range(1, n + 1):
-        for j in range(1, m + 1):
-            if ref[i - 1] == hyp[j - 1]:
-                table[i][j] = table[i - 1][j - 1] + 1
-            else:
-                table[i][j] = max(table[i - 1][j], table[i][j - 1])
-    out: list[str] = []
-    i, j = n, m
-    while i > 0 and j > 0:
-        if ref[i - 1] == hyp[j - 1]:
-            out.append(ref[i - 1])
-            i, j = i - 1, j - 1
-        elif table[i - 1][j] > table[i][j - 1]:
-            i -= 1
-        else:
-            j -= 1
-    return out[::-1]
-
-
-def _rouge_l_pair(prediction: str, gold: str) -> float:
-    """Summary-level ROUGE-L F of rouge==1.0.0.
-
-    That implementation counts *distinct* tokens (``exclusive=True``): m and n
-    are the numbers of distinct words in reference and hypothesis, and the
-    overlap is the number of distinct words in the union of the per-sentence
-    LCSs. F = 2PR / (P + R + 1e-8), so a perfect match scores just under 1.
-    """
-    hyp_sents = _rouge_sentences(prediction)
-    ref_sents = _rouge_sentences(gold)
-    if not hyp_sents or not ref_sents:
-        return 0.0  # rouge raises here; CrossFit never reaches it for predictions
-    m = len({w for s in ref_sents for w in s.split(" ")})
-    n = len({w for s in hyp_sents for w in s.split(" ")})
-    union: set[str] = set()
-    for ref_s in ref_sents:
-        ref_words = ref_s.split(" ")
-        for hyp_s in hyp_sents:
-            union.update(_lcs_tokens(ref_words, hyp_s.split(" ")))
-    llcs = len(union)
-    recall, precision = llcs / m, llcs / n
-    return 2.0 * (precision * recall) / (precision + recall + 1e-8)
-
-
-def _rouge_l(prediction: str, gold: str) -> float:
+def _rouge_l(prediction: str, gold: str, scorer) -> float:
     # CrossFit scores 0 when the prediction has no non-punctuation character.
     if len(_remove_punc(prediction)) == 0:
         return 0.0
-    return _rouge_l_pair(prediction, gold)
+    # A gold answer made only of "." (or empty) has no sentence; rouge raises
+    # ValueError("Reference is empty.") there, which would abort CrossFit's whole
+    # evaluation. Such a gold answer scores 0 here, like a missing one.
+    if not _has_rouge_sentence(gold):
+        return 0.0
+    return float(scorer.get_scores(prediction, gold, avg=True)["rouge-l"]["f"])
 
 
 # --------------------------------------------------------------------------
@@ -348,8 +326,13 @@ def qa_f1(predictions: list[str], references: list[list[str]]) -> float:
 
 
 def rouge_l(predictions: list[str], references: list[list[str]]) -> float:
-    """Mean of max-over-gold ROUGE-L F (rouge==1.0.0 semantics, case-sensitive)."""
-    return float(np.mean([_max_over_gold(_rouge_l, p, r) for p, r in zip(predictions, references)]))
+    """Mean of max-over-gold ``rouge`` ROUGE-L F (summary level, case-sensitive)."""
+    from rouge import Rouge
+
+    scorer = Rouge()
+    return float(np.mean([
+        _max_over_gold(lambda p, g: _rouge_l(p, g, scorer), p, r) for p, r in zip(predictions, references)
+    ]))
 
 
 def _first_gold(references: list[list[str]], metric: str) -> list[str]:
@@ -362,42 +345,34 @@ def _first_gold(references: list[list[str]], metric: str) -> list[str]:
 
 
 def classification_f1(predictions: list[str], references: list[list[str]]) -> float:
-    """sklearn ``f1_score(gold, pred, average="macro")`` with gold = first answer.
+    """scikit-learn ``f1_score(gold, pred, average="macro")`` with gold = first answer.
 
-    Classes are the union of labels in gold and predictions (sklearn's
-    default); a class with no true positive scores 0 (also sklearn's result).
-    Strings are compared exactly, without normalisation.
+    The classes are the union of the labels in gold and predictions (sklearn's
+    default), so a predicted label that never occurs in the gold counts as a
+    class scoring 0. Strings are compared exactly, without normalisation.
     """
+    from sklearn.metrics import f1_score
+
     golds = _first_gold(references, "Classification-F1")
-    f1s = []
-    for label in sorted(set(golds) | set(predictions)):
-        tp = sum(1 for g, p in zip(golds, predictions) if g == label and p == label)
-        fp = sum(1 for g, p in zip(golds, predictions) if g != label and p == label)
-        fn = sum(1 for g, p in zip(golds, predictions) if g == label and p != label)
-        f1s.append(2 * tp / (2 * tp + fp + fn))
-    return float(np.mean(f1s))
+    return float(f1_score(golds, predictions, average="macro"))
 
 
 def matthews_correlation(predictions: list[str], references: list[list[str]]) -> float:
-    """sklearn ``matthews_corrcoef`` with CrossFit's CoLA binarisation.
+    """scikit-learn ``matthews_corrcoef`` with CrossFit's CoLA binarisation.
 
-    As in CrossFit, "acceptable" is class 1 and anything else class 0
-    (predictions are stripped, gold is not). Degenerate cases return 0.0,
-    as sklearn does.
+    As in CrossFit, "acceptable" is class 1.0 and anything else class 0.0
+    (predictions are stripped, gold is not). sklearn gives 0.0 when the
+    coefficient is undefined (e.g. a constant prediction).
     """
-    golds = [1 if g == "acceptable" else 0 for g in _first_gold(references, "Matthew-Correlation")]
-    preds = [1 if p.strip() == "acceptable" else 0 for p in predictions]
-    tp = sum(1 for g, p in zip(golds, preds) if g == 1 and p == 1)
-    tn = sum(1 for g, p in zip(golds, preds) if g == 0 and p == 0)
-    fp = sum(1 for g, p in zip(golds, preds) if g == 0 and p == 1)
-    fn = sum(1 for g, p in zip(golds, preds) if g == 1 and p == 0)
-    denom = (tp + fp) * (tp + fn) * (tn + fp) * (tn + fn)
-    if denom == 0:
-        return 0.0
-    return float((tp * tn - fp * fn) / math.sqrt(denom))
+    from sklearn.metrics import matthews_corrcoef
+
+    golds = [1.0 if g == "acceptable" else 0.0 for g in _first_gold(references, "Matthew-Correlation")]
+    preds = [1.0 if p.strip() == "acceptable" else 0.0 for p in predictions]
+    return float(matthews_corrcoef(golds, preds))
 
 
 def _to_float(text: str) -> float:
+    # CrossFit's cast_to_float: float(prediction.strip()), NaN when that fails.
     try:
         return float(text.strip())
     except ValueError:
@@ -405,11 +380,13 @@ def _to_float(text: str) -> float:
 
 
 def pearson_correlation(predictions: list[str], references: list[list[str]]) -> float:
-    """scipy ``pearsonr`` between float(prediction) and float(first gold).
+    """SciPy ``pearsonr(float(first gold), float(prediction))[0]``.
 
     Following CrossFit, a prediction that does not parse as a float becomes
-    NaN, so the whole score is NaN; constant inputs also give NaN (as scipy).
+    NaN, so the whole score is NaN; constant inputs also give NaN (SciPy).
     """
+    from scipy.stats import pearsonr
+
     if len(predictions) < 2:
         raise ValueError("Pearson-Correlation needs at least 2 examples")
     golds = []
@@ -418,15 +395,7 @@ def pearson_correlation(predictions: list[str], references: list[list[str]]) -> 
             golds.append(float(g))
         except ValueError:
             raise ValueError(f"Pearson-Correlation: gold answer {g!r} is not a number") from None
-    x = np.asarray(golds, dtype=float)
-    y = np.asarray([_to_float(p) for p in predictions], dtype=float)
-    if not (np.all(np.isfinite(x)) and np.all(np.isfinite(y))):
-        return float("nan")
-    xd, yd = x - x.mean(), y - y.mean()
-    denom = math.sqrt(float(np.dot(xd, xd)) * float(np.dot(yd, yd)))
-    if denom == 0.0:
-        return float("nan")
-    return float(max(-1.0, min(1.0, float(np.dot(xd, yd)) / denom)))
+    return float(pearsonr(golds, [_to_float(p) for p in predictions])[0])
 
 
 _METRIC_FUNCS: dict[str, Callable[[list[str], list[list[str]]], float]] = {

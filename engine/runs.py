@@ -1,12 +1,28 @@
-"""Run directories: the source of truth for every run.
+"""Run directories: the source of truth for every run. `Run` owns every path in one.
 
-    <runs>/<run-id>/config.json     resolved preset, written once
-                    status.json     state, stage, progress, pid, heartbeat (replaced atomically)
-                    metrics.jsonl   append-only events
+    <runs>/<run-id>/config.json         the resolved preset and plan, written once
+                    status.json         state, stage, progress, ETA, pid, host, heartbeat (replaced atomically)
+                    metrics.jsonl       append-only events (schema below)
+                    groups.json         which grid cells train together; a resumed run keeps it
                     cells/<cell>.json   one finished grid cell each (a finished cell is never recomputed)
-                    results.json    per-split selection and per-task aggregates, when finished
-                    prompts/*.safetensors
-                    engine.log
+                    checkpoints/upstream-<method>.pt, checkpoints/<cell>.pt
+                                        work in progress (+ a .json beside each with its step)
+                    prompts/upstream-<method>.safetensors   a learned initialisation
+                    prompts/<cell>.safetensors              a cell's best-dev prompt
+                    results.json        per-split selection and per-task aggregates, when finished
+                    engine.log          the worker's log (and anything it printed)
+    <runs>/index.json (+ .lock)         the run index (engine.store), summaries only
+    <runs>/.devices/<device>.lock       the device queue (engine.devices)
+    <runs>/exports/                     CSV files the app exports
+
+metrics.jsonl holds one JSON object a line, each with "t" (unix time) and "stage":
+    {"stage": "upstream", "method": M, "step": S, "loss": L}          Run.log_upstream_loss
+    {"stage": "downstream", "cell": C, "step": S, "loss": L}          Run.log_cell_loss
+    {"stage": "downstream", "cell": C, "step": S, "dev": D}           Run.log_cell_dev
+    {"stage": "downstream", "cell": C, "event": "cell_done", "dev": D, "test": T}   Run.log_cell_done
+Readers use the functions below (`upstream_curves`, `cell_curves`, `last_cell`,
+`finished_cells`), never the keys. A step may appear twice after a resume from a
+periodic checkpoint: the later event wins.
 
 "crashed" is derived, never stored: a status that says running whose process is
 gone (or whose heartbeat is stale) reads as crashed.
@@ -26,6 +42,7 @@ import platformdirs
 
 RUNS_DIR_ENV = "MPT_TUI_RUNS_DIR"
 STATES = ("queued", "running", "finished", "failed", "cancelled", "crashed")
+ACTIVE_STATES = ("queued", "running")  # a worker owns the run (or should: else it reads as crashed)
 HEARTBEAT_STALE_S = 120.0
 
 
@@ -114,6 +131,38 @@ class Run:
     def results_path(self) -> Path:
         return self.path / "results.json"
 
+    @property
+    def groups_path(self) -> Path:
+        return self.path / "groups.json"
+
+    @property
+    def checkpoints_dir(self) -> Path:
+        return self.path / "checkpoints"
+
+    def cell_path(self, cell_id: str) -> Path:
+        return self.cells_dir / f"{cell_id}.json"
+
+    def cell_checkpoint(self, cell_id: str) -> Path:
+        return self.checkpoints_dir / f"{cell_id}.pt"
+
+    def cell_prompt(self, cell_id: str) -> Path:
+        return self.prompts_dir / f"{cell_id}.safetensors"
+
+    def upstream_checkpoint(self, method: str) -> Path:
+        return self.checkpoints_dir / f"upstream-{method}.pt"
+
+    def upstream_prompt(self, method: str) -> Path:
+        return self.prompts_dir / f"upstream-{method}.safetensors"
+
+    def finished_cell_records(self, cell_ids) -> dict[str, dict]:
+        """The stored record of every finished cell among `cell_ids` (a damaged file counts as not done)."""
+        records = {cell_id: read_json(self.cell_path(cell_id)) for cell_id in cell_ids}
+        return {k: v for k, v in records.items() if isinstance(v, dict)}
+
+    def save_cell_record(self, cell_id: str, record: dict) -> None:
+        self.cells_dir.mkdir(exist_ok=True)
+        write_json_atomic(self.cell_path(cell_id), record)  # written last: from now on the cell is done
+
     def config(self) -> dict:
         cfg = read_json(self.config_path)
         if not isinstance(cfg, dict):
@@ -126,7 +175,7 @@ class Run:
         if not isinstance(raw, dict) or raw.get("state") not in STATES:
             return {"state": "damaged", "run_id": self.id}
         status = dict(raw)
-        if status["state"] in ("running", "queued") and status.get("pid"):
+        if status["state"] in ACTIVE_STATES and status.get("pid"):
             stale = time.time() - float(status.get("heartbeat", 0)) > HEARTBEAT_STALE_S
             if not pid_alive(status.get("pid"), status.get("host")) or stale:
                 status["state"] = "crashed"
@@ -139,10 +188,27 @@ class Run:
         write_json_atomic(self.status_path, status)
         return status
 
-    def append_event(self, event: dict) -> None:
+    def is_active(self) -> bool:
+        return self.status()["state"] in ACTIVE_STATES
+
+    # ---- metrics.jsonl: the writers (the schema is in the module docstring) ----------
+
+    def _append_event(self, event: dict) -> None:
         event = {"t": round(time.time(), 3), **event}
         with self.metrics_path.open("a", encoding="utf-8") as f:
             f.write(json.dumps(event, allow_nan=True) + "\n")
+
+    def log_upstream_loss(self, method: str, step: int, loss: float) -> None:
+        self._append_event({"stage": "upstream", "method": method, "step": step, "loss": loss})
+
+    def log_cell_loss(self, cell_id: str, step: int, loss: float) -> None:
+        self._append_event({"stage": "downstream", "cell": cell_id, "step": step, "loss": loss})
+
+    def log_cell_dev(self, cell_id: str, step: int, score: float) -> None:
+        self._append_event({"stage": "downstream", "cell": cell_id, "step": step, "dev": score})
+
+    def log_cell_done(self, cell_id: str, dev: float, test: float) -> None:
+        self._append_event({"stage": "downstream", "cell": cell_id, "event": "cell_done", "dev": dev, "test": test})
 
     def events(self) -> list[dict]:
         """All complete events; a torn last line (killed mid-write) is skipped."""
@@ -157,6 +223,52 @@ class Run:
             except ValueError:
                 continue
         return out
+
+
+# ---- metrics.jsonl: the readers --------------------------------------------------------
+
+Curve = tuple[list[int], list[float]]
+
+
+def _curve(points: dict[int, float]) -> Curve:
+    steps = sorted(points)
+    return steps, [points[s] for s in steps]
+
+
+def upstream_curves(events: list[dict]) -> dict[str, Curve]:
+    """Each upstream method's loss by meta-update."""
+    points: dict[str, dict[int, float]] = {}
+    for e in events:
+        if e.get("stage") == "upstream" and "loss" in e:
+            points.setdefault(e["method"], {})[e["step"]] = e["loss"]
+    return {method: _curve(p) for method, p in points.items()}
+
+
+def cell_curves(events: list[dict], cell_id: str) -> tuple[Curve, Curve]:
+    """(train loss, dev score) of one grid cell, by step."""
+    loss: dict[int, float] = {}
+    dev: dict[int, float] = {}
+    for e in events:
+        if e.get("cell") != cell_id or "step" not in e:
+            continue
+        if "loss" in e:
+            loss[e["step"]] = e["loss"]
+        if "dev" in e:
+            dev[e["step"]] = e["dev"]
+    return _curve(loss), _curve(dev)
+
+
+def last_cell(events: list[dict]) -> str | None:
+    """The grid cell that logged last (the one training now, in a running run)."""
+    for e in reversed(events):
+        if e.get("stage") == "downstream" and e.get("cell"):
+            return e["cell"]
+    return None
+
+
+def finished_cells(events: list[dict]) -> list[dict]:
+    """{"cell", "dev", "test"} of each finished cell, in the order they finished."""
+    return [{"cell": e["cell"], "dev": e["dev"], "test": e["test"]} for e in events if e.get("event") == "cell_done"]
 
 
 def create_run(root: Path, config: dict, name: str) -> Run:

@@ -22,6 +22,7 @@ from typing import Callable
 import torch
 
 from engine.bank_optim import BankOptimizer
+from engine.checkpoint import load_checkpoint, save_checkpoint
 from engine.data import Example, TaskInfo
 from engine.metrics import compute_metric, metric_for_task
 from engine.stopping import RunCancelled
@@ -40,6 +41,7 @@ class TuningConfig:
     grad_clip: float = 1.0
     weight_decay: float = 1e-5
     placement: str = "before"
+    checkpoint_every: int = 0  # a job with a checkpoint path saves its state every N steps (0: only when stopped)
 
 
 @dataclass
@@ -174,9 +176,10 @@ def prompt_tune_group(backbone, jobs: list[Job], *, on_step: OnJobStep | None = 
                       should_stop: Callable[[], bool] | None = None) -> list[TuningResult]:
     """Train all jobs; return each one's prompt with the best dev score (ties keep the earlier one).
 
-    Jobs with a checkpoint resume from it, each at its own step. When `should_stop()`
-    turns true, every job with a checkpoint path saves its state there (finished
-    ones too: trained but not yet tested) and `RunCancelled` is raised.
+    Jobs with a checkpoint resume from it, each at its own step, and save their state
+    there every `cfg.checkpoint_every` steps. When `should_stop()` turns true, every
+    job with a checkpoint path saves its state there (finished ones too: trained but
+    not yet tested) and `RunCancelled` is raised.
     """
     if len({job.cfg.placement for job in jobs}) != 1:
         raise ValueError("all jobs of a group must place the prompt the same way")
@@ -242,6 +245,11 @@ def prompt_tune_group(backbone, jobs: list[Job], *, on_step: OnJobStep | None = 
                     result.best_dev, result.best_step = score, steps[j]
                     result.best_prompt = bank[j].detach().cpu().clone()
         active = [j for j in stepping if steps[j] < jobs[j].cfg.steps]
+        for j in active:  # periodic checkpoints: a killed worker loses at most checkpoint_every steps
+            every = jobs[j].cfg.checkpoint_every
+            if jobs[j].checkpoint is not None and every and steps[j] % every == 0:
+                _save_job_state(jobs[j].checkpoint, j, bank, optimizers[jobs[j].cfg.optimizer], samplers[j],
+                                results[j], steps[j])
         if active and should_stop is not None and should_stop():
             for j, job in enumerate(jobs):
                 if job.checkpoint is not None:
@@ -301,19 +309,16 @@ def prompt_tune(backbone, init_prompt: torch.Tensor, train: list[Example], dev: 
 
 def _save_job_state(path: Path, row: int, bank, optimizer: BankOptimizer, sampler: BatchSampler,
                     result: TuningResult, step: int) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save({"step": step, "prompt": bank[row].detach().cpu(), "optimizer": optimizer.row_state(row),
-                "generator": sampler.generator.get_state(), "queue": sampler.state(),
-                "best": {"prompt": result.best_prompt, "step": result.best_step, "dev": result.best_dev,
-                         "history": result.dev_history, "final_loss": result.final_loss,
-                         "stopped": result.stopped}}, tmp)
-    tmp.replace(path)
+    save_checkpoint(path, {"step": step, "prompt": bank[row].detach().cpu(), "optimizer": optimizer.row_state(row),
+                           "generator": sampler.generator.get_state(), "queue": sampler.state(),
+                           "best": {"prompt": result.best_prompt, "step": result.best_step, "dev": result.best_dev,
+                                    "history": list(result.dev_history), "final_loss": result.final_loss,
+                                    "stopped": result.stopped}})
 
 
 def _load_job_state(path: Path, row: int, bank, optimizer: BankOptimizer, sampler: BatchSampler,
                     result: TuningResult) -> int:
-    state = torch.load(path, weights_only=False)
+    state = load_checkpoint(path)
     if "param_groups" in state["optimizer"]:  # a checkpoint from before per-row optimizers: start over
         return 0
     with torch.no_grad():

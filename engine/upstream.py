@@ -15,8 +15,9 @@ from typing import Callable
 
 import torch
 
-from engine.algorithms import ALGORITHMS
 from engine.algorithms.base import MetaSampler, MetaTask
+from engine.checkpoint import load_checkpoint, save_checkpoint
+from engine.methods import METHODS
 from engine.stopping import RunCancelled
 from engine.tuning import make_optimizer
 
@@ -29,6 +30,12 @@ def make_outer_optimizer(name: str, params, lr: float):
     if name == "sgd":
         return torch.optim.SGD(params, lr=lr)
     return make_optimizer(name, params, lr, weight_decay=0.0)
+
+
+def make_algorithm(method: str, upstream_cfg, placement: str):
+    """The registered method's algorithm with its [upstream.<method>] hyperparameters."""
+    cls = METHODS[method].algorithm()
+    return cls(upstream_cfg.hyperparameters[method], placement, batch_tasks=upstream_cfg.batch_tasks)
 
 
 def second_order_context(backbone) -> contextlib.AbstractContextManager:
@@ -67,15 +74,15 @@ def learn_initialisation(backbone, method: str, tasks: list[MetaTask], init_prom
                          *, placement: str, checkpoint: Path | None = None, on_step: OnStep | None = None,
                          should_stop: Callable[[], bool] | None = None) -> UpstreamResult:
     """Run `upstream_cfg.steps` outer updates of `method` from `init_prompt`, resuming from `checkpoint`."""
-    if method not in ALGORITHMS:
-        raise UpstreamError(f"unknown algorithm '{method}' (known: {', '.join(ALGORITHMS)})")
-    algorithm = ALGORITHMS[method](getattr(upstream_cfg, method), placement, batch_tasks=upstream_cfg.batch_tasks)
+    if method not in METHODS:
+        raise UpstreamError(f"unknown algorithm '{method}' (known: {', '.join(METHODS)})")
+    algorithm = make_algorithm(method, upstream_cfg, placement)
     sampler = MetaSampler(tasks, upstream_cfg.seed)
     prompt = init_prompt.detach().clone().float().to(backbone.device).requires_grad_(True)
     optimizer = make_outer_optimizer(upstream_cfg.outer_optimizer, [prompt], upstream_cfg.outer_lr)
     start, loss = 0, float("nan")
     if checkpoint is not None and checkpoint.is_file():
-        state = torch.load(checkpoint, weights_only=False)
+        state = load_checkpoint(checkpoint)
         with torch.no_grad():
             prompt.copy_(state["prompt"].to(prompt.device))
         optimizer.load_state_dict(state["optimizer"])
@@ -92,15 +99,12 @@ def learn_initialisation(backbone, method: str, tasks: list[MetaTask], init_prom
             on_step(step, loss)
         stop = should_stop is not None and should_stop() and step < upstream_cfg.steps
         if checkpoint is not None and (step % upstream_cfg.checkpoint_every == 0 or step == upstream_cfg.steps or stop):
-            save_checkpoint(checkpoint, prompt, optimizer, sampler, step, loss)
+            _save_state(checkpoint, prompt, optimizer, sampler, step, loss)
         if stop:
             raise RunCancelled(f"stopped after meta-update {step}")
     return UpstreamResult(prompt.detach().cpu().clone(), upstream_cfg.steps, loss)
 
 
-def save_checkpoint(path: Path, prompt, optimizer, sampler: MetaSampler, step: int, loss: float) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save({"prompt": prompt.detach().cpu(), "optimizer": optimizer.state_dict(),
-                "generator": sampler.generator.get_state(), "step": step, "loss": loss}, tmp)
-    tmp.replace(path)
+def _save_state(path: Path, prompt, optimizer, sampler: MetaSampler, step: int, loss: float) -> None:
+    save_checkpoint(path, {"prompt": prompt.detach().cpu(), "optimizer": optimizer.state_dict(),
+                           "generator": sampler.generator.get_state(), "step": step, "loss": loss})

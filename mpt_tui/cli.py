@@ -242,6 +242,8 @@ def cmd_index(args) -> int:
 # ---- parser -------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
+    from engine.data import PAPER_SEEDS
+
     parser = argparse.ArgumentParser(prog="mpt-tui", description="Meta prompt tuning experiment manager.")
     parser.add_argument("--preset", help="run this preset (built-in name or TOML file) headless")
     parser.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a preset key (repeatable)")
@@ -271,7 +273,7 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--task", required=True, help="task name (folder name)")
     build.add_argument("--out", required=True, help="output data directory")
     build.add_argument("--k", type=int, default=16)
-    build.add_argument("--seeds", default="100,13,21,42,87")
+    build.add_argument("--seeds", default=",".join(map(str, PAPER_SEEDS)))
     build.add_argument("--input-column", default="input")
     build.add_argument("--output-column", default="output")
     build.add_argument("--task-type", default="classification", choices=["classification", "free-form"])

@@ -95,23 +95,22 @@ def test_a_group_out_of_gpu_memory_is_split_and_the_split_is_kept(tmp_path, tiny
     """A CUDA out-of-memory error in a group halves that group (and groups.json), and the run goes on."""
     import torch
 
-    from engine import worker
+    from engine.grid import Executor
 
     run = small_run(tmp_path / "runs", tiny_llama, name="oom", downstream="steps = 2\neval_every = 2\ngroup_size = 4")
-    real_run_group = worker._run_group
+    real_train_cells = Executor.train_cells
     sizes = []
-
     progresses = []
 
-    def run_group_with_little_memory(run, preset, backbone, cells, work, progress, *args, **kwargs):
-        sizes.append(len(cells))
-        progresses.append(progress)
-        if len(cells) > 1:
-            progress.step("a step of the attempt that runs out of memory")
+    def train_cells_with_little_memory(self, unit, events):
+        sizes.append(len(unit.cells))
+        progresses.append(events)
+        if len(unit.cells) > 1:
+            events.cell_step(unit.cells[0].cell.id, 1, 1.0)  # a step of the attempt that runs out of memory
             raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
-        return real_run_group(run, preset, backbone, cells, work, progress, *args, **kwargs)
+        return real_train_cells(self, unit, events)
 
-    monkeypatch.setattr(worker, "_run_group", run_group_with_little_memory)
+    monkeypatch.setattr(Executor, "train_cells", train_cells_with_little_memory)
     execute(run)
     assert sizes[:3] == [4, 2, 1]  # halved until it fits
     cells = [read_json(p) for p in run.cells_dir.glob("*.json")]

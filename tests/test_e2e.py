@@ -172,9 +172,9 @@ def test_pip_install_ships_the_presets(tmp_path):
     assert proc.returncode == 0, proc.stderr
     (wheel,) = tmp_path.glob("mpt_tui-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
-    assert "mpt_tui/presets/demo.toml" in names
-    assert "mpt_tui/presets/class_to_class.toml" in names
-    assert "mpt_tui/presets/demo-data/config/demo.json" in names
-    assert any(n.startswith("mpt_tui/presets/demo-data/tasks/demo-emotion/") for n in names)
+    assert "engine/presets/demo.toml" in names
+    assert "engine/presets/class_to_class.toml" in names
+    assert "engine/presets/demo-data/config/demo.json" in names
+    assert any(n.startswith("engine/presets/demo-data/tasks/demo-emotion/") for n in names)
     assert "engine/worker.py" in names and "mpt_tui/cli.py" in names
     assert "mpt_tui/app.tcss" in names and "mpt_tui/screens/runs.py" in names

@@ -113,8 +113,7 @@ def draw_batches(sampler: MetaSampler, tasks: list[MetaTask], hp, with_query: bo
 class Algorithm:
     """One upstream method; `meta_gradient` returns the gradient for the initial prompt and the loss to log."""
 
-    name = ""
-    second_order = False
+    second_order = False  # differentiates through the inner loop (the registry declares it too; a test checks)
 
     def __init__(self, hp, placement: str = "before", batch_tasks: bool = True):
         self.hp = hp

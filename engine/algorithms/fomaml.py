@@ -14,7 +14,6 @@ from engine.algorithms.maml import MAML
 
 
 class FoMAML(MAML):
-    name = "fomaml"
     second_order = False
 
     def _bank_gradient(self, query_loss, holder, fmodel) -> torch.Tensor:

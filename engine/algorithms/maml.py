@@ -16,7 +16,6 @@ from engine.algorithms.base import Algorithm, MetaSampler, draw_batches, task_lo
 
 
 class MAML(Algorithm):
-    name = "maml"
     second_order = True
 
     def meta_gradient(self, backbone, prompt, sampler: MetaSampler):

@@ -12,12 +12,8 @@ from engine.algorithms.base import Algorithm, MetaSampler, batch_loss
 
 
 class MTL(Algorithm):
-    name = "mtl"
-
     def meta_gradient(self, backbone, prompt, sampler: MetaSampler):
-        pool = getattr(self, "_pool", None)
-        if pool is None:
-            pool = self._pool = [e for task in sampler.tasks for e in task.train]
+        pool = [e for task in sampler.tasks for e in task.train]  # rebuilt each step: algorithms hold no state
         examples = sampler.batch(pool, self.hp.batch_size)
         p = prompt.detach().clone().requires_grad_(True)
         loss = batch_loss(backbone, p, examples, self.placement)

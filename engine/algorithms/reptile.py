@@ -15,8 +15,6 @@ from engine.algorithms.base import Algorithm, MetaSampler, draw_batches
 
 
 class Reptile(Algorithm):
-    name = "reptile"
-
     def meta_gradient(self, backbone, prompt, sampler: MetaSampler):
         tasks = sampler.meta_batch(self.hp.tasks_per_step)
         batches = draw_batches(sampler, tasks, self.hp, with_query=False)
