@@ -261,3 +261,46 @@ def load_preset(name_or_path: str, overrides: list[str] = (), data_dir: str | No
 
 def preset_from_dict(raw: dict, origin: str = "config.json") -> Preset:
     return _build(Preset, raw, "", origin)
+
+
+# ---- writing presets -------------------------------------------------------------------
+
+def _toml_value(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    return repr(value)
+
+
+def to_toml(raw: dict, prefix: str = "") -> str:
+    """A preset dict as TOML (scalars and lists in tables, nested tables after)."""
+    lines = [f"{k} = {_toml_value(v)}" for k, v in raw.items() if not isinstance(v, dict)]
+    for key, value in raw.items():
+        if isinstance(value, dict):
+            lines += ["", f"[{prefix}{key}]", to_toml(value, f"{prefix}{key}.").rstrip("\n")]
+    return "\n".join(lines).strip() + "\n"
+
+
+def override(key: str, value) -> str:
+    """A `--set` assignment that sets `key` to `value` exactly (strings quoted, lists as TOML)."""
+    return f"{key}={_toml_value(value)}"
+
+
+def save_preset(target: Path, base: str, overrides: list[str] = (), data_dir: str | None = None) -> Path:
+    """Write preset `base` with `overrides` as a new preset file at `target`, named after it.
+
+    The result is checked like any preset before it is written; relative paths of the base
+    (data directory, setting file, prompt files) are made absolute so the copy works anywhere.
+    """
+    preset, _ = load_preset(base, list(overrides), data_dir)  # refuses what would not run
+    target = Path(target).expanduser()
+    raw = preset.to_dict()
+    raw["name"] = target.stem
+    try:
+        target.write_text(to_toml(raw), encoding="utf-8")
+    except OSError as exc:
+        raise PresetError(f"save as {target}: cannot write ({exc.strerror})") from None
+    return target

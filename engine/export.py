@@ -5,9 +5,11 @@ from __future__ import annotations
 import csv
 import io
 
+from engine.report import build_report
+
 SPLIT_COLUMNS = ["run_id", "name", "state", "model", "setting", "prompt_length", "optimizer", "steps",
                  "batch_size", "method", "task", "metric", "seed", "learning_rate", "best_step", "dev", "test"]
-TABLE_COLUMNS = ["run_id", "name", "model", "setting", "method", "task", "metric", "mean", "std", "n"]
+TABLE_COLUMNS = ["run_id", "name", "model", "setting", "method", "task", "metric", "mean", "std", "n", "gain_over_pt"]
 
 
 def split_rows(summaries: list[dict]) -> list[dict]:
@@ -27,17 +29,23 @@ def split_rows(summaries: list[dict]) -> list[dict]:
 
 
 def table_rows(summaries: list[dict]) -> list[dict]:
+    """The report's table, run by run: a row per (method, task), then the method's MEAN row with its gain over PT."""
     rows = []
     for s in summaries:
+        report = build_report([s])
         base = {"run_id": s["run_id"], "name": s.get("name", ""), "model": s.get("model", ""),
                 "setting": s.get("setting", "")}
-        for method, tasks in sorted(s.get("tasks", {}).items()):
-            for task, agg in sorted(tasks.items()):
-                rows.append({**base, "method": method, "task": task, "metric": agg.get("metric", ""),
-                             "mean": agg["mean"], "std": agg["std"], "n": agg["n"]})
+        for column in report.columns:
+            tasks = [t for t in report.tasks if report.score(t, column)]
+            for task in tasks:
+                agg = report.score(task, column)
+                rows.append({**base, "method": column.method, "task": task, "metric": agg.get("metric", ""),
+                             "mean": agg["mean"], "std": agg["std"], "n": agg["n"], "gain_over_pt": ""})
             if tasks:
-                rows.append({**base, "method": method, "task": "MEAN", "metric": "",
-                             "mean": s.get("mean", {}).get(method), "std": "", "n": len(tasks)})
+                gain = report.gains[column]
+                rows.append({**base, "method": column.method, "task": "MEAN", "metric": "",
+                             "mean": report.means[column], "std": "", "n": len(tasks),
+                             "gain_over_pt": gain if gain is not None else ""})
     return rows
 
 

@@ -1,19 +1,22 @@
-"""Starting and stopping runs in the background, apart from any terminal or app.
+"""Controlling runs from outside: start in the background, cancel, delete.
 
 `launch` starts `python -m engine.worker RUN_DIR` in a new session (setsid), so a
 closed app, a lost SSH connection or a crashed app never stops training; the
 worker writes only to its run directory. `cancel` asks it to checkpoint and stop.
+`delete_run` removes a run that no worker owns, and its index entry.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
 
-from engine.runs import Run, pid_alive
+from engine.runs import ACTIVE_STATES, Run, RunsDirError, pid_alive
+from engine.store import RunIndex
 
 
 def worker_command(run: Run) -> list[str]:
@@ -35,10 +38,19 @@ def cancel(run: Run) -> bool:
     """Ask the run's worker to checkpoint and stop (SIGTERM); False when no live worker was found."""
     status = run.status()
     pid = status.get("pid")
-    if status.get("state") not in ("running", "queued") or not pid_alive(pid):
+    if status.get("state") not in ACTIVE_STATES or not pid_alive(pid):
         return False
     try:
         os.kill(int(pid), signal.SIGTERM)
     except ProcessLookupError:
         return False
     return True
+
+
+def delete_run(run: Run) -> None:
+    """Remove the run directory and its index entry; a run a worker still owns is refused (cancel it first)."""
+    state = run.status()["state"]
+    if state in ACTIVE_STATES:
+        raise RunsDirError(f"run {run.id} is {state}: cancel it first")
+    RunIndex(run.path.parent).remove(run.id)  # first: an index entry without a directory would mislead
+    shutil.rmtree(run.path)

@@ -81,7 +81,7 @@ def make_plan(preset: Preset) -> Plan:
         raise PresetError("data.sources: the source task list is empty, but upstream.methods "
                           f"({', '.join(preset.upstream.methods)}) learn on source tasks")
     for method in preset.upstream.methods:
-        reuse = getattr(preset.upstream, method).prompt_file
+        reuse = preset.upstream.hyperparameters[method].prompt_file
         if reuse and not Path(reuse).is_file():
             raise PresetError(f"upstream.{method}.prompt_file: {reuse} does not exist")
     warnings = []

@@ -31,87 +31,31 @@ def _runs_root(args) -> Path:
 
 # ---- --preset -----------------------------------------------------------------------
 
-def check_model_exists(name: str) -> None:
-    """Fail before a run starts when the model cannot be found (no weights are loaded here)."""
-    from engine.models import EMBEDDED_MODELS, ModelNotFoundError
-
-    path = Path(name).expanduser()
-    if path.is_dir():
-        if not (path / "config.json").is_file():
-            raise CliError(f"model.name: directory {path} has no config.json")
-        return
-    if name in EMBEDDED_MODELS:
-        return
-    from transformers import AutoConfig
-
-    try:
-        AutoConfig.from_pretrained(name)
-    except (OSError, ValueError) as exc:
-        raise CliError(f"model.name: model '{name}' not found; tried a local directory (none), the embedded models "
-                       f"({', '.join(sorted(EMBEDDED_MODELS))}) and the Hugging Face hub "
-                       f"({str(exc).splitlines()[0][:120]})") from None
-    except ModelNotFoundError as exc:
-        raise CliError(f"model.name: {exc}") from None
-
-
-def check_prompt_files(preset) -> None:
-    """Prompt files (init = file, reused upstream prompts) must fit the model before a run starts."""
-    from engine.models import EMBEDDED_MODELS, embedded_model_dir, is_pulled
-    from engine.prompt import PromptFileError, load_prompt
-
-    files = [("prompt.file", preset.prompt.file)] if preset.prompt.init == "file" else []
-    files += [(f"upstream.{m}.prompt_file", getattr(preset.upstream, m).prompt_file)
-              for m in preset.upstream.methods if getattr(preset.upstream, m).prompt_file]
-    if preset.prompt.init == "file" and not preset.prompt.file:
-        raise CliError("prompt.file: prompt.init is 'file' but no prompt.file is given")
-    if not files:
-        return
-    name = preset.model.name
-    config_dir = embedded_model_dir(name) if name in EMBEDDED_MODELS and is_pulled(name) else Path(name).expanduser()
-    dim = None
-    if (config_dir / "config.json").is_file():
-        from transformers import AutoConfig
-
-        config = AutoConfig.from_pretrained(str(config_dir))
-        dim = getattr(config, "hidden_size", None) or getattr(config, "d_model", None)
-    for key, path in files:
-        try:
-            load_prompt(Path(path), expected_dim=dim, expected_length=preset.prompt.length)
-        except PromptFileError as exc:
-            raise CliError(f"{key}: {exc}") from None
-
-
 def run_preset(args) -> int:
     from rich.console import Console
 
-    from engine.config import PresetError, load_preset
-    from engine.protocol import make_plan
-    from engine.runs import RunsDirError, create_run, ensure_writable_root
+    from engine.config import PresetError
+    from engine.prepare import check_preset, prepare_run
+    from engine.runs import RunsDirError
 
     try:
-        preset, preset_path = load_preset(args.preset, args.set or [], args.data_dir)
-        plan = make_plan(preset)
-        root = ensure_writable_root(_runs_root(args))
+        prepared = check_preset(args.preset, args.set or [], args.data_dir)
+        run = prepare_run(_runs_root(args), prepared)
     except (PresetError, RunsDirError) as exc:
         raise CliError(str(exc)) from None
-    check_model_exists(preset.model.name)
-    check_prompt_files(preset)
-    for warning in plan.warnings:
+    for warning in prepared.plan.warnings:
         print(f"warning: {warning}", file=sys.stderr)
 
+    from engine.report import build_report
+    from engine.stopping import RunCancelled
     from engine.worker import execute
     from mpt_tui.headless import LineReporter, TerminalReporter, results_table
 
     console = Console()
     if not console.is_terminal:
         console = Console(width=160)  # logs and pipes: never wrap the results table
-    config = {"preset": preset.to_dict(), "plan": plan.to_dict(), "preset_file": str(preset_path),
-              "overrides": list(args.set or [])}
-    run = create_run(root, config, preset.name)
     print(f"run {run.id} in {run.path}", flush=True)
     reporter = TerminalReporter(console) if console.is_terminal else LineReporter()
-    from engine.stopping import RunCancelled
-
     try:
         results = execute(run, reporter)
     except (RunCancelled, KeyboardInterrupt):
@@ -123,8 +67,9 @@ def run_preset(args) -> int:
         print(f"run {run.id} failed: {type(exc).__name__}: {exc} (log: {run.log_path})", file=sys.stderr)
         return EXIT_RUN_FAILED
     reporter.close()
-    console.print(results_table(results, title=f"{preset.name}: test scores x100, mean ± std over "
-                                                 f"{len(plan.seeds)} splits (run {run.id})"))
+    report = build_report([{"run_id": run.id, **results}])
+    console.print(results_table(report, title=f"{prepared.preset.name}: test scores x100, mean ± std over "
+                                              f"{len(prepared.plan.seeds)} splits (run {run.id})"))
     return 0
 
 
@@ -189,13 +134,16 @@ def cmd_data(args) -> int:
 
 
 def cmd_runs(args) -> int:
-    from engine.runs import list_runs
+    from engine.report import build_report, means_line
+    from engine.runs import list_runs, read_json
 
     for run in list_runs(_runs_root(args)):
         st = run.status()
         progress = st.get("progress")
         pct = f"{100 * progress:5.1f}%" if isinstance(progress, (int, float)) else "     -"
-        print(f"{run.id:45s} {st['state']:10s} {pct} {st.get('stage', '')}")
+        results = read_json(run.results_path) if st["state"] == "finished" else None
+        scores = means_line(build_report([{"run_id": run.id, **results}])) if isinstance(results, dict) else ""
+        print(f"{run.id:45s} {st['state']:10s} {pct} {st.get('stage', ''):14s} {scores}".rstrip())
     return 0
 
 

@@ -9,14 +9,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-
-def format_duration(seconds: float | None) -> str:
-    if seconds is None or seconds != seconds:
-        return "?"
-    seconds = int(seconds)
-    h, rem = divmod(seconds, 3600)
-    m, s = divmod(rem, 60)
-    return f"{h}h{m:02d}m" if h else (f"{m}m{s:02d}s" if m else f"{s}s")
+from engine.report import Report, format_duration, gain_text, mean_text, score_text
 
 
 class TerminalReporter:
@@ -76,30 +69,20 @@ class LineReporter:
         pass
 
 
-METHOD_ORDER = ("pt", "mtl", "maml", "fomaml", "reptile")
-METHOD_LABELS = {"pt": "PT", "mtl": "MTL", "maml": "MAML", "fomaml": "FoMAML", "reptile": "Reptile"}
-
-
-def results_table(results: dict, title: str = "") -> Table:
+def results_table(report: Report, title: str = "") -> Table:
     """Target tasks x methods, mean ± std over splits (x100), the mean row, and gains over PT."""
-    found = results.get("tasks", {})
-    methods = [m for m in METHOD_ORDER if m in found] + sorted(m for m in found if m not in METHOD_ORDER)
-    tasks = sorted({t for m in methods for t in results["tasks"][m]})
-    table = Table(title=title or None)
+    table = Table(title=title or None, caption="; ".join(report.notes) or None)
     table.add_column("target task", no_wrap=True)
     table.add_column("metric")
-    for method in methods:
-        table.add_column(METHOD_LABELS.get(method, method), justify="right", no_wrap=True)
-    for task in tasks:
-        metric = next(results["tasks"][m][task]["metric"] for m in methods if task in results["tasks"][m])
-        cells = []
-        for m in methods:
-            agg = results["tasks"][m].get(task)
-            cells.append(f"{100 * agg['mean']:.1f} ± {100 * agg['std']:.1f}" if agg else "-")
-        table.add_row(task, metric, *cells)
+    for column in report.columns:
+        table.add_column(report.header(column), justify="right", no_wrap=True)
+    for task in report.tasks:
+        best = report.best_column(task)
+        table.add_row(task, report.metrics[task], *[
+            f"[bold]{score_text(report.score(task, c))}[/bold]" if c == best and len(report.columns) > 1
+            else score_text(report.score(task, c)) for c in report.columns])
     table.add_section()
-    table.add_row("mean", "", *[f"{100 * results['mean'][m]:.1f}" for m in methods], style="bold")
-    if "pt" in methods and len(methods) > 1 and results["mean"]["pt"]:
-        base = results["mean"]["pt"]
-        table.add_row("gain over PT", "", *[f"{100 * (results['mean'][m] - base) / abs(base):+.1f}%" for m in methods])
+    table.add_row("mean", "", *[mean_text(report.means[c]) for c in report.columns], style="bold")
+    if any(report.gains[c] is not None for c in report.columns) and len(report.columns) > 1:
+        table.add_row("gain over PT", "", *[gain_text(report.gains[c]) for c in report.columns])
     return table

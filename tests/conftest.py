@@ -91,11 +91,9 @@ def build_tiny_model(kind: str, out: Path) -> Path:
 
 
 def small_run(root: Path, model: Path, *, name: str = "small", downstream: str = "", upstream: str = ""):
-    """A run directory for a small two-target run on the shared data (the CLI's own path: load,
-    plan, create), with `downstream`/`upstream` TOML lines added to those tables."""
-    from engine.config import load_preset
-    from engine.protocol import make_plan
-    from engine.runs import create_run
+    """A run directory for a small two-target run on the shared data (the CLI's own path:
+    engine.prepare), with `downstream`/`upstream` TOML lines added to those tables."""
+    from engine.prepare import check_preset, prepare_run
 
     data = require_shared_data()
     preset_file = Path(root).parent / f"{name}.toml"
@@ -122,8 +120,7 @@ log_every = 1
 [upstream]
 {upstream}
 """)
-    preset, _ = load_preset(str(preset_file))
-    return create_run(root, {"preset": preset.to_dict(), "plan": make_plan(preset).to_dict()}, name)
+    return prepare_run(root, check_preset(str(preset_file)))
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -89,32 +89,3 @@ def test_the_queue_runs_one_run_per_device_at_a_time(tmp_path, tiny_llama):
     assert a["state"] == "finished"
     assert b["started"] >= a["finished"] - 1.0  # the second started only when the first let go of the CPU
     assert json.loads(second.config_path.read_text())["preset"]["model"]["device"] == "cpu"
-
-
-def test_a_group_out_of_gpu_memory_is_split_and_the_split_is_kept(tmp_path, tiny_llama, monkeypatch):
-    """A CUDA out-of-memory error in a group halves that group (and groups.json), and the run goes on."""
-    import torch
-
-    from engine.grid import Executor
-
-    run = small_run(tmp_path / "runs", tiny_llama, name="oom", downstream="steps = 2\neval_every = 2\ngroup_size = 4")
-    real_train_cells = Executor.train_cells
-    sizes = []
-    progresses = []
-
-    def train_cells_with_little_memory(self, unit, events):
-        sizes.append(len(unit.cells))
-        progresses.append(events)
-        if len(unit.cells) > 1:
-            events.cell_step(unit.cells[0].cell.id, 1, 1.0)  # a step of the attempt that runs out of memory
-            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
-        return real_train_cells(self, unit, events)
-
-    monkeypatch.setattr(Executor, "train_cells", train_cells_with_little_memory)
-    execute(run)
-    assert sizes[:3] == [4, 2, 1]  # halved until it fits
-    cells = [read_json(p) for p in run.cells_dir.glob("*.json")]
-    assert len(cells) == 4 and {c["group_size"] for c in cells} == {1}
-    assert [len(g) for g in read_json(run.path / "groups.json")] == [1, 1, 1, 1]
-    assert "out of GPU memory with 4 cells" in run.log_path.read_text()
-    assert progresses[-1].done == progresses[-1].total  # failed attempts' steps are not counted twice
