@@ -167,3 +167,35 @@ def tiny_t5(tmp_path_factory) -> Path:
 @pytest.fixture(params=["llama", "t5"])
 def tiny_model(request, tiny_llama, tiny_t5) -> Path:
     return {"llama": tiny_llama, "t5": tiny_t5}[request.param]
+
+
+# ---- synthetic grid-cell records (run through the real selection code; nothing trains) ----
+
+def cell(method, task, seed, lr, dev, test, metric="accuracy", best_step=10):
+    return {"method": method, "task": task, "seed": seed, "lr": lr, "dev": dev, "test": test,
+            "metric": metric, "best_step": best_step}
+
+
+def synthetic_cells() -> list[dict]:
+    """Grid order (method, task, seed, lr) with learning rates [0.3, 0.1]."""
+    return [
+        # task-a: seed 13 picks lr 0.1; seed 42 ties and keeps 0.3 (listed first); seed 100 picks 0.3
+        cell("pt", "task-a", 13, 0.3, 0.5, 0.6), cell("pt", "task-a", 13, 0.1, 0.7, 0.8),
+        cell("pt", "task-a", 42, 0.3, 0.6, 0.7), cell("pt", "task-a", 42, 0.1, 0.6, 0.1),
+        cell("pt", "task-a", 100, 0.3, 0.9, 0.9), cell("pt", "task-a", 100, 0.1, 0.2, 0.3),
+        # task-b (f1): tests chosen .2, .4, .6
+        cell("pt", "task-b", 13, 0.3, 0.4, 0.5, "f1"), cell("pt", "task-b", 13, 0.1, 0.45, 0.2, "f1"),
+        cell("pt", "task-b", 42, 0.3, 0.3, 0.4, "f1"), cell("pt", "task-b", 42, 0.1, 0.1, 0.9, "f1"),
+        cell("pt", "task-b", 100, 0.3, 0.5, 0.6, "f1"), cell("pt", "task-b", 100, 0.1, 0.5, 0.0, "f1"),
+        # task-c: one split; a NaN dev score never wins
+        cell("pt", "task-c", 13, 0.3, float("nan"), 0.1), cell("pt", "task-c", 13, 0.1, 0.2, 0.3),
+        # a second method, kept apart from the first
+        cell("mpt", "task-a", 13, 0.3, 0.1, 0.2), cell("mpt", "task-a", 13, 0.1, 0.0, 0.9),
+    ]
+
+
+EXPECTED_CHOICE = {  # (method, task, seed) -> (lr, test)
+    ("pt", "task-a", 13): (0.1, 0.8), ("pt", "task-a", 42): (0.3, 0.7), ("pt", "task-a", 100): (0.3, 0.9),
+    ("pt", "task-b", 13): (0.1, 0.2), ("pt", "task-b", 42): (0.3, 0.4), ("pt", "task-b", 100): (0.3, 0.6),
+    ("pt", "task-c", 13): (0.1, 0.3), ("mpt", "task-a", 13): (0.3, 0.2),
+}

@@ -1,0 +1,157 @@
+"""Run directories (engine.runs): race-free ids, derived states, metrics events and their readers."""
+
+from __future__ import annotations
+
+import json
+import math
+import multiprocessing
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from engine.runs import Run, cell_curves, create_run, finished_cells, last_cell, list_runs, upstream_curves
+from engine.store import RunIndex, summarize
+
+FORK = multiprocessing.get_context("fork")
+FIXED_STAMP = "20240101-000000"
+
+
+def _create_runs_worker(root: str, barrier, worker: int, count: int, queue) -> None:
+    time.strftime = lambda fmt, *args: FIXED_STAMP  # every process in the same second (this process only)
+    barrier.wait()
+    ids = []
+    for i in range(count):
+        run = create_run(Path(root), {"worker": worker, "i": i}, "same-name")
+        ids.append(run.id)
+    queue.put((worker, ids))
+
+
+def _join_all(procs, timeout=120) -> None:
+    deadline = time.time() + timeout
+    for p in procs:
+        p.join(max(0.1, deadline - time.time()))
+    for p in procs:
+        if p.is_alive():
+            p.terminate()
+    assert all(p.exitcode == 0 for p in procs), [p.exitcode for p in procs]
+
+
+def test_create_run_concurrent_ids_are_unique(tmp_path):
+    workers, per_worker = 8, 5
+    barrier = FORK.Barrier(workers)
+    queue = FORK.Queue()
+    procs = [FORK.Process(target=_create_runs_worker, args=(str(tmp_path), barrier, w, per_worker, queue))
+             for w in range(workers)]
+    for p in procs:
+        p.start()
+    results = dict(queue.get(timeout=120) for _ in procs)
+    _join_all(procs)
+    ids = [run_id for w in sorted(results) for run_id in results[w]]
+    assert len(ids) == workers * per_worker
+    assert len(set(ids)) == len(ids), "two processes got the same run id"
+    assert all(run_id.startswith(f"{FIXED_STAMP}-same-name") for run_id in ids)
+    dirs = sorted(p.name for p in tmp_path.iterdir() if p.is_dir())
+    assert dirs == sorted(ids)
+    # each directory holds the config of the process that allocated it
+    for w, run_ids in results.items():
+        for i, run_id in enumerate(run_ids):
+            run = Run(tmp_path / run_id)
+            assert run.config() == {"worker": w, "i": i}
+            assert run.status()["state"] == "queued"
+            assert run.status()["name"] == "same-name"
+
+
+def test_create_run_writes_config_and_queued_status(tmp_path):
+    run = create_run(tmp_path / "runs", {"preset": {"name": "a b/c"}}, "a b/c")
+    assert run.path.parent == tmp_path / "runs"
+    assert "/" not in run.id and " " not in run.id
+    assert run.config() == {"preset": {"name": "a b/c"}}
+    status = run.status()
+    assert status["state"] == "queued" and status["run_id"] == run.id
+    assert [r.id for r in list_runs(tmp_path / "runs")] == [run.id]
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_running_status_with_dead_pid_reads_crashed(tmp_path):
+    run = create_run(tmp_path, {}, "crash")
+    run.update_status(state="running", pid=_dead_pid(), host=socket.gethostname(), heartbeat=time.time())
+    assert run.status()["state"] == "crashed"
+    # the stored file still says running: crashed is derived, never stored
+    assert json.loads(run.status_path.read_text())["state"] == "running"
+    alive = create_run(tmp_path, {}, "alive")
+    alive.update_status(state="running", pid=os.getpid(), host=socket.gethostname(), heartbeat=time.time())
+    assert alive.status()["state"] == "running"
+    stale = create_run(tmp_path, {}, "stale")
+    stale.update_status(state="running", pid=os.getpid(), host=socket.gethostname(), heartbeat=time.time() - 3600)
+    assert stale.status()["state"] == "crashed"
+    assert summarize(run)["state"] == "crashed"
+
+
+@pytest.mark.parametrize("content", ['{"state": "runn', "", "[1, 2]", '{"state": "exploded"}'])
+def test_damaged_status_reads_damaged_and_is_isolated(tmp_path, content):
+    bad = create_run(tmp_path, {}, "bad")
+    good = create_run(tmp_path, {}, "good")
+    good.update_status(state="finished", finished=1.0)
+    bad.status_path.write_text(content)
+    assert bad.status() == {"state": "damaged", "run_id": bad.id}
+    assert good.status()["state"] == "finished"
+    assert summarize(bad)["state"] == "damaged"
+    assert summarize(good)["state"] == "finished"
+    index = RunIndex(tmp_path)
+    assert index.rebuild() == 2
+    assert {d["run_id"]: d["state"] for d in index.all()} == {bad.id: "damaged", good.id: "finished"}
+
+
+def test_torn_last_metrics_line_is_skipped(tmp_path):
+    run = create_run(tmp_path, {}, "metrics")
+    assert run.events() == []
+    run.log_cell_loss("c", 1, 2.5)
+    run.log_cell_loss("c", 2, float("nan"))
+    with run.metrics_path.open("a", encoding="utf-8") as f:
+        f.write('{"t": 1.0, "step": 3, "lo')  # killed mid-write
+    events = run.events()
+    assert [e["step"] for e in events] == [1, 2]
+    assert events[0]["loss"] == 2.5 and math.isnan(events[1]["loss"])
+    assert all("t" in e for e in events)
+
+
+def test_event_writers_and_readers_agree_on_the_schema(tmp_path):
+    run = create_run(tmp_path, {}, "events")
+    run.log_upstream_loss("maml", 1, 3.0)
+    run.log_upstream_loss("maml", 2, 2.0)
+    run.log_upstream_loss("mtl", 1, 4.0)
+    run.log_cell_loss("pt__a__s1__lr0.3", 1, 1.5)
+    run.log_cell_dev("pt__a__s1__lr0.3", 1, 0.25)
+    run.log_cell_loss("pt__a__s1__lr0.3", 2, 1.0)
+    run.log_cell_loss("pt__a__s1__lr0.3", 1, 1.4)  # replayed after a resume from a checkpoint: the later wins
+    run.log_cell_done("pt__a__s1__lr0.3", 0.25, 0.5)
+    run.log_cell_loss("pt__b__s1__lr0.3", 1, 2.0)
+    events = run.events()
+    assert upstream_curves(events) == {"maml": ([1, 2], [3.0, 2.0]), "mtl": ([1], [4.0])}
+    assert cell_curves(events, "pt__a__s1__lr0.3") == (([1, 2], [1.4, 1.0]), ([1], [0.25]))
+    assert last_cell(events) == "pt__b__s1__lr0.3"
+    assert finished_cells(events) == [{"cell": "pt__a__s1__lr0.3", "dev": 0.25, "test": 0.5}]
+
+
+def test_run_owns_its_paths_and_cell_records(tmp_path):
+    run = create_run(tmp_path, {}, "paths")
+    assert run.cell_checkpoint("c") == run.checkpoints_dir / "c.pt"
+    assert run.upstream_prompt("maml") == run.prompts_dir / "upstream-maml.safetensors"
+    assert run.groups_path == run.path / "groups.json"
+    run.save_cell_record("c", {"test": 0.5})
+    run.cell_path("d").parent.mkdir(exist_ok=True)
+    run.cell_path("d").write_text("{torn")  # killed mid-write: not done
+    assert run.finished_cell_records(["c", "d", "e"]) == {"c": {"test": 0.5}}
+    assert run.is_active()  # a new run is queued
+    run.update_status(state="finished")
+    assert not run.is_active()
