@@ -320,14 +320,14 @@ def meta_tasks(mode: Mode, maker: TextMaker) -> list:
 
 def meta_variant(backbone, mode: Mode, maker: TextMaker, method: str, batched: bool) -> dict:
     """Seconds per meta-update and peak memory, with the paper's inner-loop settings."""
-    from engine.algorithms import ALGORITHMS
     from engine.algorithms.base import MetaSampler
-    from engine.config import UpstreamConfig
+    from engine.methods import METHODS
     from engine.prompt import initial_prompt
     from engine.upstream import second_order_context
 
-    hp = getattr(UpstreamConfig(), method)
-    algorithm = ALGORITHMS[method](hp, "before", batch_tasks=batched)
+    spec = METHODS[method]
+    hp = spec.make_config()  # the method's defaults, as an [upstream.<method>] table left empty gives them
+    algorithm = spec.algorithm()(hp, "before", batch_tasks=batched)
     sampler = MetaSampler(meta_tasks(mode, maker), 0)
     prompt = initial_prompt(backbone, length=mode.prompt_tokens, method="vocab", seed=0).to(backbone.device)
     context = second_order_context(backbone) if algorithm.second_order else contextlib.nullcontext()

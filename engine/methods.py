@@ -67,8 +67,13 @@ METHODS: dict[str, Method] = {}
 
 
 def register_method(method: Method) -> Method:
-    if method.name == PT or method.name in METHODS:
+    if method.name == PT:
+        raise ValueError(f"method name '{PT}' is reserved for the plain prompt-tuning baseline")
+    if method.name in METHODS:
         raise ValueError(f"method '{method.name}' is already registered")
+    if not issubclass(method.config, MethodConfig):
+        raise TypeError(f"method '{method.name}': its config must subclass MethodConfig (for prompt_file)")
+    method.make_config()  # a default that is not a field of the config fails here, not in every preset
     METHODS[method.name] = method
     return method
 

@@ -6,7 +6,9 @@ through a hand-written inner SGD loop, FoMAML's from the query gradient at a
 hand-adapted prompt, Reptile's outer step from hand-run inner steps, MTL's from
 the plain loss gradient. The batches an algorithm drew are recorded by a
 `MetaSampler` subclass and replayed in the reference, so both sides see exactly
-the same examples. The inner-loop methods run a meta-batch's tasks as one
+the same examples. The shared tests (batched = looped, frozen backbone, seeded,
+resume, attention refusals) are parametrised over the method registry
+(`engine.methods.METHODS`), so a newly registered method runs them too. The inner-loop methods run a meta-batch's tasks as one
 batched pass on a prompt bank; they are checked against the references in that
 mode and against their own per-task loop (`batch_tasks=False`) on the same
 sample. Models are the tiny random Llama and T5 built by conftest, data the
@@ -26,10 +28,10 @@ import torch
 from conftest import assert_weights_unchanged, snapshot_weights
 
 import engine.upstream as upstream
-from engine.algorithms import ALGORITHMS
 from engine.algorithms.base import Algorithm, MetaSampler, MetaTask
 from engine.backbone import Backbone
-from engine.config import InnerLoopConfig, MTLConfig, UpstreamConfig
+from engine.config import UpstreamConfig
+from engine.methods import METHODS, InnerLoopConfig, MTLConfig
 from engine.data import TaskData
 from engine.upstream import UpstreamError, learn_initialisation, second_order_context
 
@@ -40,6 +42,12 @@ META_TASKS = [("demo-movie_sentiment", 1), ("demo-news_topic", 1), ("demo-spam",
 PROMPT_LEN = 4
 PLACEMENT = "before"
 MAX_INPUT = 24  # short rows keep every forward cheap
+
+ALL_METHODS = list(METHODS)
+# the methods with an inner loop ([upstream.<name>] has inner_lr, inner_steps, support/query batches, ...)
+INNER_LOOP_METHODS = [m for m, spec in METHODS.items() if issubclass(spec.config, InnerLoopConfig)]
+SECOND_ORDER_METHODS = [m for m, spec in METHODS.items() if spec.second_order]
+QUERYLESS = {"reptile"}  # inner-loop methods that draw no query batch (Reptile steps towards theta')
 
 
 # ---------------------------------------------------------------- helpers
@@ -159,18 +167,57 @@ def _close(a: torch.Tensor, b: torch.Tensor, rtol: float) -> bool:
     return bool(torch.allclose(a, b, rtol=rtol, atol=rtol * float(b.abs().max())))
 
 
+def _tiny_hyperparameters(spec):
+    """A registered method's [upstream.<name>] table, shrunk: small batches, a visible inner loop."""
+    if issubclass(spec.config, InnerLoopConfig):
+        return spec.make_config(inner_lr=0.5, inner_steps=2, support_batch=2, query_batch=2, tasks_per_step=2)
+    if issubclass(spec.config, MTLConfig):
+        return spec.make_config(batch_size=3)
+    return spec.make_config()
+
+
 def _cfg(method: str, **kw) -> UpstreamConfig:
-    """A tiny upstream config: few steps, small batches, a visible inner loop."""
-    inner = InnerLoopConfig(inner_lr=0.5, inner_steps=2, support_batch=2, query_batch=2, tasks_per_step=2)
-    base = dict(methods=[method], steps=3, outer_optimizer="adamw", outer_lr=0.05, checkpoint_every=1, seed=0,
-                maml=inner, fomaml=dataclasses.replace(inner), reptile=dataclasses.replace(inner),
-                mtl=MTLConfig(batch_size=3))
+    """A tiny upstream config: few steps, small batches, a visible inner loop.
+
+    A registered method's name as a keyword (`reptile=InnerLoopConfig(...)`) replaces that method's
+    hyperparameters, as its [upstream.<name>] table would; every other keyword is an UpstreamConfig field.
+    """
+    tables = {name: kw.pop(name) for name in list(kw) if name in METHODS}
+    base = dict(methods=[method], steps=3, outer_optimizer="adamw", outer_lr=0.05, checkpoint_every=1, seed=0)
     base.update(kw)
-    return UpstreamConfig(**base)
+    cfg = UpstreamConfig(**base)
+    cfg.hyperparameters.update({name: _tiny_hyperparameters(spec) for name, spec in METHODS.items()})
+    cfg.hyperparameters.update(tables)
+    return cfg
 
 
 def _run(backbone, method, tasks, init, cfg, placement: str = PLACEMENT, **kw):
     return learn_initialisation(backbone, method, tasks, init, cfg, placement=placement, **kw)
+
+
+# ---------------------------------------------------------------- 0. the registry and the implementations agree
+
+
+@pytest.mark.parametrize("method", ALL_METHODS)
+def test_registry_declares_what_the_implementation_does(method):
+    """`second_order` is declared twice (the registry, read torch-free by the worker's early checks, and the
+    class, read by the outer loop); both must say the same, and the class must be an Algorithm."""
+    spec = METHODS[method]
+    cls = spec.algorithm()
+    assert isinstance(cls, type) and issubclass(cls, Algorithm), f"{spec.implementation} is not an Algorithm"
+    assert spec.second_order == cls.second_order, f"{method}: registry and {cls.__name__} disagree on second order"
+    assert spec.name == method
+    # its defaults are fields of its own config table, and the algorithm takes that table
+    hp = spec.make_config()
+    assert isinstance(hp, spec.config)
+    assert isinstance(cls(hp, PLACEMENT, batch_tasks=False), Algorithm)
+
+
+def test_registry_covers_the_paper_methods():
+    """The shared tests below are parametrised over the registry: they must at least cover the paper's methods."""
+    assert {"mtl", "maml", "fomaml", "reptile"} <= set(ALL_METHODS)
+    assert "maml" in SECOND_ORDER_METHODS and not {"mtl", "fomaml", "reptile"} & set(SECOND_ORDER_METHODS)
+    assert {"maml", "fomaml", "reptile"} <= set(INNER_LOOP_METHODS) and "mtl" not in INNER_LOOP_METHODS
 
 
 # ---------------------------------------------------------------- 1. MAML == hand-written second-order MAML
@@ -181,7 +228,7 @@ def _check_maml_against_reference(backbone, tasks, inner_steps, *, use_context: 
     hp = InnerLoopConfig(inner_lr=2.0, inner_steps=inner_steps, support_batch=2, query_batch=2, tasks_per_step=3)
     prompt = _prompt(backbone)
     sampler = RecordingSampler(tasks, seed=3)
-    algorithm = ALGORITHMS["maml"](hp, placement, batch_tasks=batch_tasks)
+    algorithm = METHODS["maml"].algorithm()(hp, placement, batch_tasks=batch_tasks)
 
     def ctx():
         return second_order_context(backbone) if use_context else torch.enable_grad()
@@ -240,7 +287,7 @@ def test_fomaml_is_query_gradient_at_adapted_prompt_and_differs_from_maml(tiny_l
     prompt = _prompt(backbone, seed=1)
 
     fo_sampler = RecordingSampler(meta_tasks, seed=5)
-    fo_grad, fo_loss = ALGORITHMS["fomaml"](hp, PLACEMENT).meta_gradient(backbone, prompt, fo_sampler)
+    fo_grad, fo_loss = METHODS["fomaml"].algorithm()(hp, PLACEMENT).meta_gradient(backbone, prompt, fo_sampler)
     tasks = fo_sampler.meta_batches[0]
     batches = _task_batches(fo_sampler, tasks, hp.inner_steps, with_query=True)
 
@@ -267,7 +314,7 @@ def test_fomaml_is_query_gradient_at_adapted_prompt_and_differs_from_maml(tiny_l
     # MAML on the very same batches (same seed, same draw order) differs: the second-order term is missing
     so_sampler = RecordingSampler(meta_tasks, seed=5)
     with second_order_context(backbone):
-        maml_grad, maml_loss = ALGORITHMS["maml"](hp, PLACEMENT).meta_gradient(backbone, prompt, so_sampler)
+        maml_grad, maml_loss = METHODS["maml"].algorithm()(hp, PLACEMENT).meta_gradient(backbone, prompt, so_sampler)
     assert so_sampler.meta_batches == fo_sampler.meta_batches and so_sampler.batches == fo_sampler.batches
     assert math.isclose(maml_loss, fo_loss, rel_tol=1e-9)  # same query losses ...
     assert not _close(maml_grad, fo_grad, rtol=1e-3)  # ... different gradients
@@ -317,17 +364,17 @@ def test_reptile_sgd_step_moves_prompt_by_outer_lr_times_mean_displacement(tiny_
 
 def _meta_gradient(backbone, method: str, hp, prompt, tasks, *, batch_tasks: bool, seed: int = 13):
     sampler = RecordingSampler(tasks, seed)
-    algorithm = ALGORITHMS[method](hp, PLACEMENT, batch_tasks=batch_tasks)
+    algorithm = METHODS[method].algorithm()(hp, PLACEMENT, batch_tasks=batch_tasks)
     with second_order_context(backbone) if algorithm.second_order else contextlib.nullcontext():
         grad, loss = algorithm.meta_gradient(backbone, prompt, sampler)
     return grad, loss, sampler
 
 
-@pytest.mark.parametrize("method", ["maml", "fomaml", "reptile"])
+@pytest.mark.parametrize("method", INNER_LOOP_METHODS)
 @pytest.mark.parametrize("kind", ["llama", "t5"])
 def test_batched_tasks_equal_per_task_loop(tiny_llama, tiny_t5, meta_tasks, kind, method):
     backbone = _load(_models(tiny_llama, tiny_t5)[kind], double=True)
-    hp = InnerLoopConfig(inner_lr=2.0, inner_steps=2, support_batch=2, query_batch=3, tasks_per_step=3)
+    hp = METHODS[method].make_config(inner_lr=2.0, inner_steps=2, support_batch=2, query_batch=3, tasks_per_step=3)
     prompt = _prompt(backbone, seed=10)
     grad, loss, sampler = _meta_gradient(backbone, method, hp, prompt, meta_tasks, batch_tasks=True)
     loop_grad, loop_loss, loop_sampler = _meta_gradient(backbone, method, hp, prompt, meta_tasks, batch_tasks=False)
@@ -336,7 +383,7 @@ def test_batched_tasks_equal_per_task_loop(tiny_llama, tiny_t5, meta_tasks, kind
     assert sampler.meta_batches == loop_sampler.meta_batches and sampler.batches == loop_sampler.batches
     tasks = sampler.meta_batches[0]
     assert len({t.task for t in tasks}) == hp.tasks_per_step  # different data in every row of the bank
-    _task_batches(sampler, tasks, hp.inner_steps, with_query=method != "reptile")
+    _task_batches(sampler, tasks, hp.inner_steps, with_query=method not in QUERYLESS)
     assert float(loop_grad.abs().max()) > 0
     torch.testing.assert_close(grad, loop_grad, rtol=1e-7, atol=1e-7 * float(loop_grad.abs().max()))
     assert math.isclose(loss, loop_loss, rel_tol=1e-7)
@@ -374,7 +421,7 @@ def test_mtl_gradient_is_plain_loss_gradient_on_drawn_batch(tiny_llama, tiny_t5,
     pool = [e for task in meta_tasks for e in task.train]
 
     sampler = RecordingSampler(meta_tasks, seed=9)
-    algorithm = ALGORITHMS["mtl"](MTLConfig(batch_size=5), PLACEMENT)
+    algorithm = METHODS["mtl"].algorithm()(MTLConfig(batch_size=5), PLACEMENT)
     grads = []
     for _ in range(2):  # two draws: the pool is reused, each batch is fresh
         grad, loss = algorithm.meta_gradient(backbone, prompt, sampler)
@@ -403,7 +450,7 @@ def test_mtl_gradient_is_plain_loss_gradient_on_drawn_batch(tiny_llama, tiny_t5,
 # ---------------------------------------------------------------- 5. the backbone stays frozen
 
 
-@pytest.mark.parametrize("method", ["mtl", "maml", "fomaml", "reptile"])
+@pytest.mark.parametrize("method", ALL_METHODS)
 @pytest.mark.parametrize("kind", ["llama", "t5"])
 def test_learn_initialisation_leaves_backbone_bit_identical(tiny_llama, tiny_t5, meta_tasks, method, kind):
     backbone = _load(_models(tiny_llama, tiny_t5)[kind])  # SDPA: MAML must go through the context itself
@@ -428,7 +475,7 @@ def test_learn_initialisation_leaves_backbone_bit_identical(tiny_llama, tiny_t5,
 # ---------------------------------------------------------------- 6. seeded
 
 
-@pytest.mark.parametrize("method", ["mtl", "maml", "fomaml", "reptile"])
+@pytest.mark.parametrize("method", ALL_METHODS)
 def test_same_seed_same_prompt_other_seed_other_prompt(tiny_llama, meta_tasks, method):
     backbone = _load(tiny_llama)
     init = _prompt(backbone, seed=7)
@@ -442,8 +489,9 @@ def test_same_seed_same_prompt_other_seed_other_prompt(tiny_llama, meta_tasks, m
 # ---------------------------------------------------------------- 7. checkpoint and resume
 
 
-@pytest.mark.parametrize("method, optimizer", [("reptile", "adafactor"), ("reptile", "adamw"),
-                                               ("fomaml", "adafactor"), ("maml", "adamw"), ("mtl", "adafactor")])
+# every registered method with the default outer optimizer, and the stateful AdamW on two of them
+@pytest.mark.parametrize("method, optimizer", [*[(m, "adafactor") for m in ALL_METHODS],
+                                               ("reptile", "adamw"), ("maml", "adamw")])
 def test_resume_from_checkpoint_equals_straight_run(tiny_llama, meta_tasks, tmp_path, method, optimizer):
     backbone = _load(tiny_llama)
     init = _prompt(backbone, seed=8)
@@ -470,15 +518,16 @@ def test_resume_from_checkpoint_equals_straight_run(tiny_llama, meta_tasks, tmp_
 # ---------------------------------------------------------------- 8. refusals
 
 
-def test_second_order_context_refuses_other_attention(tiny_llama, meta_tasks):
+@pytest.mark.parametrize("method", SECOND_ORDER_METHODS)
+def test_second_order_context_refuses_other_attention(tiny_llama, meta_tasks, method):
     backbone = _load(tiny_llama)
     backbone.model.config._attn_implementation = "flash_attention_2"
     with pytest.raises(UpstreamError, match="flash_attention_2"):
         second_order_context(backbone)
     init = _prompt(backbone)
     with pytest.raises(UpstreamError, match="flash_attention_2"):  # before any training step
-        _run(backbone, "maml", meta_tasks, init, _cfg("maml", steps=1),
-             on_step=lambda s, l: pytest.fail("MAML trained on an attention with no second derivative"))
+        _run(backbone, method, meta_tasks, init, _cfg(method, steps=1),
+             on_step=lambda s, l: pytest.fail(f"{method} trained on an attention with no second derivative"))
 
 
 @pytest.mark.parametrize("impl", ["eager", "sdpa"])
@@ -519,17 +568,17 @@ def first_order_only_attention():
         getattr(registry, "_global_mapping", {}).pop(name, None)
 
 
-@pytest.mark.parametrize("method", ["mtl", "maml", "fomaml", "reptile"])
+@pytest.mark.parametrize("method", ALL_METHODS)
 def test_only_second_order_maml_is_refused_an_unknown_attention(tiny_llama, meta_tasks, first_order_only_attention,
                                                                 method):
     name, calls = first_order_only_attention
     backbone = _load(tiny_llama)
     backbone.model.config._attn_implementation = name
     init = _prompt(backbone, seed=9)
-    if method == "maml":
+    if METHODS[method].second_order:
         with pytest.raises(UpstreamError, match=name):
             _run(backbone, method, meta_tasks, init, _cfg(method, steps=1))
-        assert not calls, "MAML ran a forward pass before refusing the attention"
+        assert not calls, f"{method} ran a forward pass before refusing the attention"
         return
     # first-order methods never differentiate through a backward pass: any attention will do
     result = _run(backbone, method, meta_tasks, init, _cfg(method, steps=1))
