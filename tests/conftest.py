@@ -8,7 +8,9 @@ project's own loading path, exactly as a hub model would be.
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -199,3 +201,18 @@ EXPECTED_CHOICE = {  # (method, task, seed) -> (lr, test)
     ("pt", "task-b", 13): (0.1, 0.2), ("pt", "task-b", 42): (0.3, 0.4), ("pt", "task-b", 100): (0.3, 0.6),
     ("pt", "task-c", 13): (0.1, 0.3), ("mpt", "task-a", 13): (0.3, 0.2),
 }
+
+
+# ---- processes that race each other (run directories, the index) ----
+
+FORK = multiprocessing.get_context("fork")
+
+
+def join_all(procs, timeout=120) -> None:
+    deadline = time.time() + timeout
+    for p in procs:
+        p.join(max(0.1, deadline - time.time()))
+    for p in procs:
+        if p.is_alive():
+            p.terminate()
+    assert all(p.exitcode == 0 for p in procs), [p.exitcode for p in procs]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import multiprocessing
 import time
 from pathlib import Path
 
@@ -13,9 +12,7 @@ from engine.protocol import select_and_aggregate
 from engine.runs import Run, create_run, write_json_atomic
 from engine.store import INDEX_FILE, RunIndex
 
-from conftest import synthetic_cells
-
-FORK = multiprocessing.get_context("fork")
+from conftest import FORK, join_all, synthetic_cells
 
 
 def _upsert_worker(root: str, barrier, worker: int, count: int) -> None:
@@ -25,16 +22,6 @@ def _upsert_worker(root: str, barrier, worker: int, count: int) -> None:
         index.upsert({"run_id": f"run-{worker}-{i}", "worker": worker, "i": i, "payload": "x" * 200})
 
 
-def _join_all(procs, timeout=120) -> None:
-    deadline = time.time() + timeout
-    for p in procs:
-        p.join(max(0.1, deadline - time.time()))
-    for p in procs:
-        if p.is_alive():
-            p.terminate()
-    assert all(p.exitcode == 0 for p in procs), [p.exitcode for p in procs]
-
-
 def test_run_index_concurrent_upserts_lose_nothing(tmp_path):
     workers, per_worker = 6, 10
     barrier = FORK.Barrier(workers)
@@ -42,7 +29,7 @@ def test_run_index_concurrent_upserts_lose_nothing(tmp_path):
              for w in range(workers)]
     for p in procs:
         p.start()
-    _join_all(procs)
+    join_all(procs)
     raw = json.loads((tmp_path / INDEX_FILE).read_text(encoding="utf-8"))  # valid JSON
     assert len(raw["_default"]) == workers * per_worker
     docs = RunIndex(tmp_path).all()

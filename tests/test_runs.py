@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import multiprocessing
 import os
 import socket
 import subprocess
@@ -17,7 +16,8 @@ import pytest
 from engine.runs import Run, cell_curves, create_run, finished_cells, last_cell, list_runs, upstream_curves
 from engine.store import RunIndex, summarize
 
-FORK = multiprocessing.get_context("fork")
+from conftest import FORK, join_all
+
 FIXED_STAMP = "20240101-000000"
 
 
@@ -31,16 +31,6 @@ def _create_runs_worker(root: str, barrier, worker: int, count: int, queue) -> N
     queue.put((worker, ids))
 
 
-def _join_all(procs, timeout=120) -> None:
-    deadline = time.time() + timeout
-    for p in procs:
-        p.join(max(0.1, deadline - time.time()))
-    for p in procs:
-        if p.is_alive():
-            p.terminate()
-    assert all(p.exitcode == 0 for p in procs), [p.exitcode for p in procs]
-
-
 def test_create_run_concurrent_ids_are_unique(tmp_path):
     workers, per_worker = 8, 5
     barrier = FORK.Barrier(workers)
@@ -50,7 +40,7 @@ def test_create_run_concurrent_ids_are_unique(tmp_path):
     for p in procs:
         p.start()
     results = dict(queue.get(timeout=120) for _ in procs)
-    _join_all(procs)
+    join_all(procs)
     ids = [run_id for w in sorted(results) for run_id in results[w]]
     assert len(ids) == workers * per_worker
     assert len(set(ids)) == len(ids), "two processes got the same run id"
