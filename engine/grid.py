@@ -328,6 +328,9 @@ def run_grid(run: Run, preset: Preset, plan: Plan, executor: Executor, events: G
                 + sum(saved_step(run.cell_checkpoint(c.id)) for c in cells if c.id not in done))
 
     events.begin(len(to_learn) * up.steps + len(cells) * down.steps, steps_done())
+    for method in plan.methods:
+        if method != PT and up.hyperparameters[method].prompt_file:
+            events.message(f"upstream {method}: reusing {up.hyperparameters[method].prompt_file}")
     for method in to_learn:
         events.stage(f"upstream:{method}")
         executor.run(upstream_unit(run, preset, plan, method), events)
