@@ -2,8 +2,9 @@
 
 The app never imports torch or transformers: runs execute in detached worker
 processes (`engine.launch`), and everything shown here is read from their run
-directories on a timer, so a run started by `mpt-tui --preset` in another
-shell shows up the same way.
+directories by Textual workers (threads) on a timer, so a run started by
+`mpt-tui --preset` in another shell shows up the same way, and a slow disk or
+a locked run index never freezes the keys (see `mpt_tui.messages`).
 """
 
 from __future__ import annotations
@@ -14,20 +15,23 @@ from textual.app import App
 from textual.binding import Binding
 from textual.command import Hit, Hits, Provider
 
+from mpt_tui.messages import ReportWorkerErrors
 from mpt_tui.screens import HelpScreen, LaunchScreen, ResultsScreen, RunsScreen
+from mpt_tui.screens.results import SplitDetail
+from mpt_tui.screens.runs import ConfirmDelete
 
 
 class ActionCommands(Provider):
     """Every app action in the command palette."""
 
     COMMANDS = [
-        ("Show runs", "show_runs", "live runs: progress, curves, log"),
-        ("Show results", "show_results", "the comparison table of finished runs"),
-        ("Launch a run", "show_launch", "start a preset in the background"),
+        ("Show runs", "switch_mode('runs')", "live runs: progress, curves, log"),
+        ("Show results", "switch_mode('results')", "the comparison table of finished runs"),
+        ("Launch a run", "switch_mode('launch')", "start a preset in the background"),
         ("Export results to CSV", "export_csv", "per-split rows and the aggregated table"),
         ("Cancel the selected run", "cancel_run", "checkpoint and stop"),
         ("Resume the selected run", "resume_run", "continue from its last checkpoint"),
-        ("Help", "show_help", "the keys"),
+        ("Help", "help", "the keys"),
     ]
 
     async def search(self, query: str) -> Hits:
@@ -38,19 +42,21 @@ class ActionCommands(Provider):
                 yield Hit(score, matcher.highlight(title), lambda a=action: self.app.run_action(a), help=help_text)
 
 
-class MptApp(App):
+class MptApp(ReportWorkerErrors, App):
     TITLE = "mpt-tui"
     SUB_TITLE = "meta prompt tuning"
     CSS_PATH = "app.tcss"
     COMMANDS = App.COMMANDS | {ActionCommands}
     BINDINGS = [
-        Binding("1", "show_runs", "Runs", id="runs"),
-        Binding("2", "show_results", "Results", id="results"),
-        Binding("3", "show_launch", "Launch", id="launch"),
-        Binding("question_mark", "show_help", "Help", id="help"),
-        Binding("q", "quit", "Quit", id="quit"),
+        Binding("1", "switch_mode('runs')", "Runs", id="runs", tooltip="live runs: progress, curves, log"),
+        Binding("2", "switch_mode('results')", "Results", id="results",
+                tooltip="the comparison table of finished runs"),
+        Binding("3", "switch_mode('launch')", "Launch", id="launch", tooltip="start a preset in the background"),
+        Binding("question_mark", "help", "Help", id="help", tooltip="this list of keys"),
+        Binding("q", "quit", "Quit", id="quit", tooltip="runs go on in the background"),
     ]
     MODES = {"runs": RunsScreen, "results": ResultsScreen, "launch": LaunchScreen}
+    DIALOGS = {"delete dialog": ConfirmDelete, "per-split dialog": SplitDetail, "help": HelpScreen}  # for the help
     DEFAULT_MODE = "runs"
 
     def __init__(self, runs_root: Path, data_dir: str | None = None, refresh_hz: float = 4.0):
@@ -59,21 +65,13 @@ class MptApp(App):
         self.data_dir = data_dir
         self.refresh_interval = 1.0 / refresh_hz
 
-    def action_show_runs(self) -> None:
-        self.switch_mode("runs")
-
-    def action_show_results(self) -> None:
-        self.switch_mode("results")
-
-    def action_show_launch(self) -> None:
-        self.switch_mode("launch")
-
-    def action_show_help(self) -> None:
-        self.push_screen(HelpScreen())
+    def action_help(self) -> None:
+        if not isinstance(self.screen, HelpScreen):
+            self.push_screen(HelpScreen())
 
     def action_export_csv(self) -> None:
         self.switch_mode("results")
-        self.call_after_refresh(lambda: self.screen.action_export())
+        self.call_after_refresh(lambda: isinstance(self.screen, ResultsScreen) and self.screen.request_export())
 
     def action_cancel_run(self) -> None:
         if isinstance(self.screen, RunsScreen):

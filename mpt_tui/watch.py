@@ -2,25 +2,31 @@
 
 `RunWatcher.refresh()` is cheap enough to call a few times a second with many
 runs: it re-reads each status.json (small) and only the bytes appended to each
-metrics.jsonl since the last call; a torn last line waits for its end.
+metrics.jsonl since the last call; a torn last line waits for its end. It runs
+in a worker thread (the Runs screen's `refresh_runs`), one call at a time; the UI
+thread only reads the views it hands over: a view's `status` and `log` are
+replaced whole, its `events` list only grows.
 """
 
 from __future__ import annotations
 
 import json
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from engine.runs import Run, list_runs, read_json
+from engine.runs import ACTIVE_STATES, Curve, Run, cell_curves, finished_cells, last_cell, list_runs, read_json, \
+    upstream_curves
 
 
-@dataclass
+@dataclass(eq=False)  # compared by identity: a view is the same run's view for the app's whole life
 class RunView:
     run: Run
     status: dict = field(default_factory=dict)
     config: dict = field(default_factory=dict)
     events: list[dict] = field(default_factory=list)
+    log: str = ""  # the log's tail, read by `refresh` for the run the app shows in detail
     _offset: int = 0
     _partial: bytes = b""
 
@@ -36,11 +42,14 @@ class RunView:
     def name(self) -> str:
         return self.config.get("preset", {}).get("name", "?")
 
+    def is_active(self) -> bool:
+        return self.state in ACTIVE_STATES
+
     def elapsed_s(self) -> float | None:
         start = self.status.get("started")
         if not start:
             return None
-        end = self.status.get("finished") if self.state not in ("running", "queued") else None
+        end = self.status.get("finished") if not self.is_active() else None
         return (end or time.time()) - start
 
     def read_new_events(self, max_bytes: int = 4 << 20) -> int:
@@ -66,36 +75,22 @@ class RunView:
                 continue  # a damaged line (a run killed mid-write) is skipped
         return added
 
-    def upstream_curves(self) -> dict[str, tuple[list[int], list[float]]]:
-        curves: dict[str, tuple[list[int], list[float]]] = {}
-        for e in self.events:
-            if e.get("stage") == "upstream" and "loss" in e:
-                xs, ys = curves.setdefault(e["method"], ([], []))
-                xs.append(e["step"])
-                ys.append(e["loss"])
-        return curves
+    # the metrics.jsonl readers are engine.runs' (the schema lives there)
 
-    def cell_curves(self, cell: str) -> tuple[tuple[list[int], list[float]], tuple[list[int], list[float]]]:
+    def upstream_curves(self) -> dict[str, Curve]:
+        return upstream_curves(self.events)
+
+    def cell_curves(self, cell: str) -> tuple[Curve, Curve]:
         """(train loss, dev score) of one downstream cell."""
-        loss, dev = ([], []), ([], [])
-        for e in self.events:
-            if e.get("cell") != cell or "step" not in e:
-                continue
-            if "loss" in e:
-                loss[0].append(e["step"])
-                loss[1].append(e["loss"])
-            if "dev" in e:
-                dev[0].append(e["step"])
-                dev[1].append(e["dev"])
-        return loss, dev
+        return cell_curves(self.events, cell)
 
     def last_cell(self) -> str | None:
-        for e in reversed(self.events):
-            if e.get("stage") == "downstream" and e.get("cell"):
-                return e["cell"]
-        return None
+        return last_cell(self.events)
 
-    def log_tail(self, lines: int = 12) -> str:
+    def finished_cells(self) -> list[dict]:
+        return finished_cells(self.events)
+
+    def log_tail(self, lines: int = 14) -> str:
         try:
             with self.run.log_path.open("rb") as f:
                 f.seek(0, 2)
@@ -111,17 +106,23 @@ class RunWatcher:
     def __init__(self, root: Path):
         self.root = Path(root)
         self.views: dict[str, RunView] = {}
+        self._lock = threading.Lock()  # one refresh at a time, whichever thread calls it
 
-    def refresh(self) -> list[RunView]:
-        seen = set()
-        for run in list_runs(self.root):
-            seen.add(run.id)
-            view = self.views.get(run.id)
-            if view is None:
-                config = read_json(run.config_path)
-                view = self.views[run.id] = RunView(run, config=config if isinstance(config, dict) else {})
-            view.status = run.status()
-            view.read_new_events()
-        for gone in set(self.views) - seen:
-            del self.views[gone]
-        return sorted(self.views.values(), key=lambda v: v.id, reverse=True)
+    def refresh(self, detail: str | None = None) -> list[RunView]:
+        """Every run's view, newest first; `detail`: the run whose log tail is read too (None: the newest)."""
+        with self._lock:
+            runs = list_runs(self.root)
+            if detail is None and runs:
+                detail = runs[-1].id
+            for run in runs:
+                view = self.views.get(run.id)
+                if view is None:
+                    config = read_json(run.config_path)
+                    view = self.views[run.id] = RunView(run, config=config if isinstance(config, dict) else {})
+                view.status = run.status()
+                view.read_new_events()
+                if run.id == detail:
+                    view.log = view.log_tail()
+            for gone in set(self.views) - {run.id for run in runs}:
+                del self.views[gone]
+            return sorted(self.views.values(), key=lambda v: v.id, reverse=True)

@@ -11,11 +11,16 @@ import time
 import pytest
 
 from conftest import REPO, require_shared_data, small_run
-from engine.runs import list_runs, read_json
+from engine.config import DATA_DIR_ENV
+from engine.protocol import select_and_aggregate
+from engine.report import build_report, score_text
+from engine.runs import Run, list_runs, read_json, write_json_atomic
 from engine.store import RunIndex
 from engine.worker import execute
 from mpt_tui.app import MptApp
-from mpt_tui.screens.results import ResultsScreen, comparison, score_text
+from mpt_tui.screens.help import HelpScreen, key_text
+from mpt_tui.screens.launch import LaunchScreen
+from mpt_tui.screens.results import ResultsScreen
 from mpt_tui.screens.runs import RunsScreen
 
 TARGETS = ["poem_sentiment", "tweet_eval-stance_atheism"]
@@ -36,10 +41,27 @@ def _cell_texts(table, row_key) -> list[str]:
     return [str(table.get_cell(row_key, col.key)) for col in table.columns.values()]
 
 
+async def settle(pilot) -> None:
+    """Let the app's workers (run directories, index, data directory) deliver what they read."""
+    await pilot.pause()
+    await pilot.app.workers.wait_for_complete()
+    await pilot.pause()
+
+
+async def within(pilot, seconds: float, predicate, what: str) -> float:
+    """Wait (without blocking the app) until `predicate()`; returns how long it took."""
+    start = time.monotonic()
+    while not predicate():
+        if time.monotonic() - start > seconds:
+            raise AssertionError(f"{what}: not within {seconds} s")
+        await pilot.pause(0.02)
+    return time.monotonic() - start
+
+
 async def test_runs_screen_lists_every_run_with_its_state(store):
     app = MptApp(store)
     async with app.run_test(size=(80, 24)) as pilot:
-        await pilot.pause()
+        await settle(pilot)
         assert isinstance(app.screen, RunsScreen)
         table = app.screen.query_one("#runs-table")
         assert table.row_count == 2
@@ -52,28 +74,39 @@ async def test_results_table_numbers_equal_the_index(store):
     app = MptApp(store)
     async with app.run_test(size=(120, 40)) as pilot:
         await pilot.press("2")
-        await pilot.pause()
+        await settle(pilot)
         screen = app.screen
         assert isinstance(screen, ResultsScreen)
-        summaries = [s for s in RunIndex(store).all() if s["run_id"] in screen.selected_ids]
-        assert len(summaries) == 1  # the newest run is selected by default
+        index = RunIndex(store).all()
+        older, newer = (s["run_id"] for s in index)
+        assert screen.selected_ids == [newer]  # the newest run is selected by default
         table = screen.query_one("#comparison")
-        columns, rows = comparison(summaries)
-        assert [m for _, m in columns] == ["pt", "mtl"]
+        report = build_report([s for s in index if s["run_id"] == newer])
+        assert [c.method for c in report.columns] == ["pt", "mtl"]
+        assert len(table.columns) == 1 + 2
         for task in TARGETS:
             shown = _cell_texts(table, task)
-            assert shown[1:] == [score_text(summaries[0]["tasks"][m][task]) for _, m in columns]
-        # selecting the other run too adds its columns
+            assert shown[1:] == [score_text(report.score(task, c)) for c in report.columns]
+        # space on the first row (the older run) adds that run's columns to the table
+        assert screen.query_one("#finished-runs").cursor_row == 0
         await pilot.press("space")
         await pilot.pause()
-        assert len(screen.selected_ids) in (0, 2)
+        assert screen.selected_ids == [newer, older]
+        assert [c.run_id for c in screen.report.columns] == [older, older, newer, newer]
+        assert len(table.columns) == 1 + 4
+        assert _cell_texts(screen.query_one("#finished-runs"), older)[0] == "✓"
+        # and space again removes it
+        await pilot.press("space")
+        await pilot.pause()
+        assert screen.selected_ids == [newer]
+        assert len(table.columns) == 1 + 2
 
 
 async def test_csv_export_from_the_app(store):
     app = MptApp(store)
     async with app.run_test(size=(80, 24)) as pilot:
         await pilot.press("2")
-        await pilot.pause()
+        await settle(pilot)
         await pilot.press("x")
         await pilot.pause()
         splits, tasks = app.screen.last_export
@@ -94,7 +127,7 @@ async def test_invalid_form_is_refused_with_the_reason(tmp_path, tiny_llama):
         await pilot.pause()
         app.screen.query_one("#steps").value = "many"
         await pilot.press("ctrl+s")
-        await pilot.pause()
+        await settle(pilot)
         error = str(app.screen.query_one("#form-error").render())
         assert "downstream.steps" in error
         assert not list_runs(root)
@@ -118,7 +151,7 @@ async def test_launch_watch_cancel_and_resume_from_the_app(tmp_path, tiny_llama)
         screen.query_one("#up_steps").value = "3"
         screen.query_one("#methods").deselect_all()
         await pilot.press("ctrl+s")
-        await pilot.pause()
+        await settle(pilot)
         (run,) = list_runs(root)
         assert isinstance(app.screen, RunsScreen)
 
@@ -139,7 +172,8 @@ async def test_launch_watch_cancel_and_resume_from_the_app(tmp_path, tiny_llama)
         await wait_for(lambda: run.status()["state"] == "cancelled", "cancelled")
         await wait_for(lambda: _cell_texts(table, run.id)[2] == "cancelled", "the table to show it cancelled")
         await pilot.press("u")
-        await wait_for(lambda: run.status()["state"] in ("queued", "running"), "resumed")
+        # "running": its worker is up and handles SIGTERM (a worker still starting would just die, read as crashed)
+        await wait_for(lambda: run.status()["state"] == "running", "resumed")
         await pilot.press("c")  # stop it again so the test leaves nothing running
         await wait_for(lambda: run.status()["state"] == "cancelled", "cancelled again")
 
@@ -158,7 +192,7 @@ async def test_a_damaged_run_directory_still_opens(store, tmp_path):
     (broken / "metrics.jsonl").write_text('{"stage": "downstream", "step": 1, "loss": 1.0}\n{"stage": ')
     app = MptApp(root)
     async with app.run_test(size=(80, 24)) as pilot:
-        await pilot.pause()
+        await settle(pilot)
         table = app.screen.query_one("#runs-table")
         assert _cell_texts(table, broken.name)[2] == "damaged"
         assert _cell_texts(table, good.id)[2] == "finished"
@@ -180,11 +214,11 @@ async def test_launch_form_builds_task_lists_with_type_to_filter(tmp_path):
     app = MptApp(root, data_dir=str(data))
     async with app.run_test(size=(120, 40)) as pilot:
         await pilot.press("3")
-        await pilot.pause()
+        await settle(pilot)
         screen = app.screen
         screen.query_one("#targets").value = ""
         screen.query_one("#task-filter").value = "tweet_eval-stance"
-        await pilot.pause()
+        await settle(pilot)
         listing = screen.query_one("#task-list")
         shown = [listing.get_option_at_index(i).value for i in range(listing.option_count)]
         assert shown and all("tweet_eval-stance" in t for t in shown)
@@ -194,3 +228,176 @@ async def test_launch_form_builds_task_lists_with_type_to_filter(tmp_path):
         listing.toggle(shown[1])
         await pilot.pause()
         assert screen.query_one("#targets").value == f"{shown[0]}, {shown[1]}"
+
+
+# ---- hand-written finished runs (no training): fixed scores ---------------------------------
+
+def _write_finished_run(root, run_id: str, scores: dict[str, dict[str, float]]) -> None:
+    """A finished run whose test score of `method` on `task` is scores[method][task] on every split."""
+    run = Run(root / run_id)
+    run.path.mkdir(parents=True)
+    targets = sorted({t for by_task in scores.values() for t in by_task})
+    write_json_atomic(run.config_path, {
+        "preset": {"name": run_id[-6:], "model": {"name": "tiny"}, "prompt": {"length": 4}, "downstream": {}},
+        "plan": {"setting": "", "targets": targets, "seeds": [13, 42], "methods": list(scores)}})
+    cells = [{"method": method, "task": task, "seed": seed, "lr": 0.3, "metric": "ACC", "dev": value,
+              "test": value, "best_step": 5}
+             for method, by_task in scores.items() for task, value in by_task.items() for seed in (13, 42)]
+    write_json_atomic(run.results_path, select_and_aggregate(cells))
+    write_json_atomic(run.status_path, {"state": "finished", "run_id": run_id, "created": 1.0, "started": 1.0,
+                                        "finished": 2.0, "progress": 1.0, "stage": "done"})
+
+
+async def test_the_app_keeps_responding_while_another_process_holds_the_index_lock(tmp_path):
+    root = tmp_path / "runs"
+    _write_finished_run(root, "20260101-000000-a", {"pt": {"t1": 0.5}, "mtl": {"t1": 0.6}})
+    RunIndex(root).rebuild()
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import filelock, sys, time; lock = filelock.FileLock(sys.argv[1]); lock.acquire(); "
+                               "print('locked', flush=True); time.sleep(300)", str(root / "index.json.lock")],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        app = MptApp(root)
+        async with app.run_test(size=(80, 24)) as pilot:
+            await pilot.pause()
+            await pilot.press("2")  # Results reads the index: in a worker, which now waits for the lock
+            await within(pilot, 2, lambda: isinstance(app.screen, ResultsScreen), "Results shown")
+            results = app.screen
+            label = results.query_one("#runs-label")
+            await within(pilot, 3, lambda: "waiting for the run index" in str(label.render()), "the wait shown")
+            for _ in range(2):
+                await pilot.press("1")
+                await within(pilot, 2, lambda: isinstance(app.screen, RunsScreen), "switch to Runs")
+                await pilot.press("2")
+                await within(pilot, 2, lambda: app.screen is results, "switch back to Results")
+            await pilot.press("question_mark")
+            await within(pilot, 2, lambda: isinstance(app.screen, HelpScreen), "help opened")
+            await pilot.press("escape")
+            await within(pilot, 2, lambda: app.screen is results, "help closed")
+            await pilot.press("3")
+            await within(pilot, 2, lambda: isinstance(app.screen, LaunchScreen), "switch to Launch")
+            await pilot.press("2")
+            await within(pilot, 2, lambda: app.screen is results, "switch back to Results")
+            assert holder.poll() is None and not results.loaded  # all the while the lock was held
+            holder.kill()  # the lock is released with its process
+            holder.wait()
+            await within(pilot, 10, lambda: results.loaded, "the index read once the lock is free")
+            await pilot.pause()
+            assert results.selected_ids == ["20260101-000000-a"]
+            assert _cell_texts(results.query_one("#comparison"), "t1")[1:] == ["50.0 ± 0.0", "60.0 ± 0.0"]
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+async def test_each_runs_gain_is_over_its_own_pt(tmp_path):
+    root = tmp_path / "runs"
+    # run a: PT 40, MTL 50 (+25%); run b, on other targets: PT 20, MTL 30 (+50%; over a's PT it would be -25%)
+    _write_finished_run(root, "20260101-000000-a", {"pt": {"t1": 0.3, "t2": 0.5}, "mtl": {"t1": 0.4, "t2": 0.6}})
+    _write_finished_run(root, "20260102-000000-b", {"pt": {"t1": 0.1, "t3": 0.3}, "mtl": {"t1": 0.2, "t3": 0.4}})
+    RunIndex(root).rebuild()
+    app = MptApp(root)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("2")
+        await settle(pilot)
+        screen = app.screen
+        assert screen.selected_ids == ["20260102-000000-b"]
+        await pilot.press("space")  # the cursor is on the first row: run a
+        await pilot.pause()
+        assert screen.selected_ids == ["20260102-000000-b", "20260101-000000-a"]
+        table = screen.query_one("#comparison")
+        assert [str(c.label) for c in table.columns.values()] == [
+            "target task", "PT (101-000000-a)", "MTL (101-000000-a)", "PT (102-000000-b)", "MTL (102-000000-b)"]
+        assert _cell_texts(table, "__mean__")[1:] == ["40.0", "50.0", "20.0", "30.0"]
+        assert _cell_texts(table, "__gain__") == ["gain over PT", "+0.0%", "+25.0%", "+0.0%", "+50.0%"]
+        assert _cell_texts(table, "t2")[1:] == ["50.0 ± 0.0", "60.0 ± 0.0", "-", "-"]
+        notes = screen.query_one("#report-notes")
+        assert notes.display and "different target tasks" in str(notes.render())
+        # the best column of each task is bold
+        best = table.get_cell("t1", "20260101-000000-a/mtl")
+        assert "bold" in str(best.style) and "bold" not in str(table.get_cell("t1", "20260101-000000-a/pt").style)
+
+
+async def test_launch_form_refuses_an_unknown_model_with_the_reason(tmp_path, monkeypatch):
+    monkeypatch.delenv(DATA_DIR_ENV, raising=False)  # the demo preset's own data
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    root = tmp_path / "runs"
+    app = MptApp(root)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await pilot.press("3")
+        await settle(pilot)
+        app.screen.query_one("#model").value = "no-such-org/no-such-model"
+        await pilot.press("ctrl+s")
+        await settle(pilot)
+        assert isinstance(app.screen, LaunchScreen)  # still on the form
+        error = str(app.screen.query_one("#form-error").render())
+        assert "model.name" in error and "no-such-org/no-such-model" in error and "not found" in error
+        assert "\n" not in error.strip()
+    assert not root.exists() or not any(root.iterdir())
+
+
+async def test_help_lists_every_binding_with_its_description(tmp_path):
+    app = MptApp(tmp_path / "runs")
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("question_mark")
+        await pilot.pause()
+        help_screen = app.screen
+        assert isinstance(help_screen, HelpScreen)
+        rows = help_screen.rows
+        sections = {part.split("\n", 1)[0]: part for part in help_screen.query_one("Markdown").source.split("\n## ")}
+        scopes = {"everywhere": MptApp.BINDINGS, **{mode.capitalize(): cls.BINDINGS for mode, cls in MptApp.MODES.items()},
+                  **{where: cls.BINDINGS for where, cls in MptApp.DIALOGS.items()}}
+        for where, bindings in scopes.items():
+            for binding in bindings:
+                keys = key_text(binding.key)
+                assert (keys, where, binding.description, binding.tooltip) in rows, (where, binding)
+                assert f"- `{keys}` **{binding.description}**" in sections[where], (where, binding)
+        by_key = {(r[0], r[1]): r[2] for r in rows}
+        assert by_key[("?", "everywhere")] == "Help"
+        assert by_key[("ctrl+s", "Launch")] == "Start run"
+        assert by_key[("space", "Results")] == "Select run"
+        assert by_key[("esc / ? / q", "help")] == "Close"
+        assert ("ctrl+p", "everywhere") in by_key  # Textual's own keys too
+
+
+async def test_a_failing_worker_is_shown_in_the_app_which_keeps_running(tmp_path, monkeypatch):
+    from mpt_tui.watch import RunWatcher
+
+    def broken(self, detail=None):
+        raise PermissionError("runs directory unreadable")
+
+    monkeypatch.setattr(RunWatcher, "refresh", broken)
+    app = MptApp(tmp_path / "runs", refresh_hz=20)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(pilot)
+        await pilot.pause(0.3)  # several ticks, each failing
+        shown = [n for n in app._notifications if "runs directory unreadable" in n.message]
+        assert len(shown) == 1 and shown[0].severity == "error" and "read-runs" in shown[0].title
+        await pilot.press("2")
+        await within(pilot, 2, lambda: isinstance(app.screen, ResultsScreen), "the app still answers keys")
+
+
+async def test_launch_form_saves_a_checked_preset(tmp_path, monkeypatch):
+    from engine.config import load_preset
+
+    monkeypatch.delenv(DATA_DIR_ENV, raising=False)
+    target = tmp_path / "mine.toml"
+    app = MptApp(tmp_path / "runs")
+    async with app.run_test(size=(120, 40)) as pilot:
+        await pilot.press("3")
+        await settle(pilot)
+        screen = app.screen
+        screen.query_one("#steps").value = "many"
+        screen.query_one("#save_path").value = str(target)
+        await pilot.press("ctrl+w")
+        await pilot.pause()
+        assert "downstream.steps" in str(screen.query_one("#form-error").render()) and not target.exists()
+        screen.query_one("#steps").value = "7"
+        screen.query_one("#seeds").value = "5, 6"
+        await pilot.press("ctrl+w")
+        await pilot.pause()
+        assert str(screen.query_one("#form-error").render()) == ""
+    preset, _ = load_preset(str(target))  # it runs from anywhere: the demo data's path was made absolute
+    assert preset.name == "mine" and preset.downstream.steps == 7 and preset.data.seeds == [5, 6]
+    assert preset.upstream.methods == ["mtl", "maml", "fomaml", "reptile"]

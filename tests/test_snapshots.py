@@ -73,8 +73,22 @@ def snapshot_store(tmp_path):
     return root
 
 
+async def _settle(pilot) -> None:
+    """Let the workers (run directories, index, data directory) deliver what they read."""
+    await pilot.pause()
+    await pilot.app.workers.wait_for_complete()
+    await pilot.pause()
+
+
 @pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
 @pytest.mark.parametrize("keys", [[], ["2"], ["3"], ["question_mark"]], ids=["runs", "results", "launch", "help"])
 def test_screen_snapshot(snap_compare, snapshot_store, size, keys):
     app = MptApp(snapshot_store, data_dir="", refresh_hz=4)
-    assert snap_compare(app, terminal_size=size, press=keys)
+
+    async def run_before(pilot) -> None:
+        await _settle(pilot)
+        for key in keys:
+            await pilot.press(key)
+            await _settle(pilot)
+
+    assert snap_compare(app, terminal_size=size, run_before=run_before)

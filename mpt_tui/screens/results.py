@@ -1,37 +1,33 @@
-"""Results: the paper's comparison table for the finished runs the user selects, from the index."""
+"""Results: the paper's comparison table for the finished runs the user selects, from the index.
+
+The table is `engine.report.build_report`'s, the same report the CLI prints: each
+column's mean is over its own run's targets and its gain over its own run's PT.
+The index is read in a worker: another process holding its lock never freezes the app.
+"""
 
 from __future__ import annotations
 
-import statistics
 import time
 
+from filelock import Timeout
+from rich.text import Text
+from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical
 from textual.screen import ModalScreen, Screen
 from textual.widgets import DataTable, Footer, Header, Label
+from textual.worker import get_current_worker
 
 from engine.export import SPLIT_COLUMNS, TABLE_COLUMNS, split_rows, table_rows, to_csv
+from engine.methods import label
+from engine.report import build_report, gain_text, mean_text, score_text
+from engine.runs import RunsDirError
 from engine.store import RunIndex
-from mpt_tui.headless import METHOD_LABELS, METHOD_ORDER
+from mpt_tui.messages import IndexBusy, IndexLoaded, ReportWorkerErrors, deliver
 
-
-def comparison(summaries: list[dict]) -> tuple[list[tuple[str, str]], dict[str, dict[tuple[str, str], dict]]]:
-    """Columns (run id, method) and, per target task, the aggregate of each column."""
-    columns: list[tuple[str, str]] = []
-    rows: dict[str, dict[tuple[str, str], dict]] = {}
-    for s in summaries:
-        methods = [m for m in METHOD_ORDER if m in s.get("tasks", {})]
-        methods += sorted(m for m in s.get("tasks", {}) if m not in METHOD_ORDER)
-        for method in methods:
-            columns.append((s["run_id"], method))
-            for task, agg in s["tasks"][method].items():
-                rows.setdefault(task, {})[(s["run_id"], method)] = agg
-    return columns, rows
-
-
-def score_text(agg: dict | None) -> str:
-    return f"{100 * agg['mean']:.1f} ± {100 * agg['std']:.1f}" if agg else "-"
+INDEX_WAIT_S = 120.0  # as long as the engine's own index users wait
+INDEX_POLL_S = 0.25  # the worker re-tries the lock this often, so a cancelled read ends soon
 
 
 class SplitDetail(ModalScreen):
@@ -55,17 +51,19 @@ class SplitDetail(ModalScreen):
         for s in self.summaries:
             for c in s.get("splits", []):
                 if c["task"] == self.task:
-                    table.add_row(s["run_id"], METHOD_LABELS.get(c["method"], c["method"]), c["seed"],
-                                  f"{c['lr']:g}", c.get("best_step", ""), f"{100 * c['dev']:.1f}",
-                                  f"{100 * c['test']:.1f}")
+                    table.add_row(s["run_id"], label(c["method"]), c["seed"], f"{c['lr']:g}",
+                                  c.get("best_step", ""), f"{100 * c['dev']:.1f}", f"{100 * c['test']:.1f}")
 
 
-class ResultsScreen(Screen):
+class ResultsScreen(ReportWorkerErrors, Screen):
     BINDINGS = [
-        Binding("space", "toggle_run", "Select run", id="toggle-run"),
-        Binding("s", "sort", "Sort", id="sort"),
-        Binding("x", "export", "Export CSV", id="export"),
-        Binding("enter", "detail", "Per split", id="detail", show=False),
+        Binding("space", "toggle_run", "Select run", id="toggle-run",
+                tooltip="add the run under the cursor to the table, or remove it"),
+        Binding("s", "sort", "Sort", id="sort", tooltip="the tasks, by the next column (best first)"),
+        Binding("x", "export", "Export CSV", id="export",
+                tooltip="per-split rows and the aggregated table, under <runs>/exports"),
+        Binding("enter", "detail", "Per split", id="detail", show=False,
+                tooltip="per-split scores and chosen learning rates of the task under the cursor"),
     ]
 
     def compose(self) -> ComposeResult:
@@ -73,70 +71,110 @@ class ResultsScreen(Screen):
         with Vertical(id="results-body"):
             yield Label("Finished runs (space selects):", id="runs-label")
             yield DataTable(id="finished-runs", cursor_type="row")
-            yield Label("Test scores x100, mean ± std over splits:", id="table-label")
+            yield Label("Test scores x100, mean ± std over splits (bold: the best per task):", id="table-label")
             yield DataTable(id="comparison", cursor_type="row", zebra_stripes=True)
+            yield Label("", id="report-notes")
         yield Footer()
 
     def on_mount(self) -> None:
+        self.summaries: list[dict] = []
         self.selected_ids: list[str] = []
+        self.loaded = False
+        self.export_pending = False
         self.sort_column = -1
-        runs = self.query_one("#finished-runs", DataTable)
-        runs.add_columns(" ", "run", "name", "model", "targets", "methods")
-        self.reload()
+        self.report = build_report([])
+        self.query_one("#finished-runs", DataTable).add_columns(" ", "run", "name", "model", "targets", "methods")
+        self.query_one("#runs-label", Label).update("Finished runs: reading the run index…")
+        self.query_one("#report-notes", Label).display = False
 
     def on_screen_resume(self) -> None:
-        self.reload()
+        self.load_index()
 
-    def reload(self) -> None:
-        self.summaries = [s for s in RunIndex(self.app.runs_root).all() if s.get("state") == "finished"]
+    # ---- the index, read in a worker -------------------------------------------------------
+
+    @work(thread=True, exclusive=True, group="read-index", exit_on_error=False)
+    def load_index(self) -> None:
+        worker = get_current_worker()
+        index = RunIndex(self.app.runs_root, timeout_s=INDEX_POLL_S)
+        deadline = time.monotonic() + INDEX_WAIT_S
+        told = False
+        while True:
+            try:
+                summaries = index.all()
+                break
+            except Timeout:
+                if worker.is_cancelled:
+                    return
+                if time.monotonic() > deadline:
+                    raise RunsDirError(f"the run index {index.path} stayed locked for {INDEX_WAIT_S:.0f} s") from None
+                if not told:
+                    told = deliver(self, IndexBusy(str(index.lock.lock_file)))
+        deliver(self, IndexLoaded([s for s in summaries if s.get("state") == "finished"]))
+
+    def on_index_busy(self, message: IndexBusy) -> None:
+        self.query_one("#runs-label", Label).update(
+            f"Finished runs: waiting for the run index ({message.lock_file} is held by another process)…")
+
+    def on_index_loaded(self, message: IndexLoaded) -> None:
+        self.summaries = message.summaries
+        self.loaded = True
+        known = {s["run_id"] for s in self.summaries}
+        self.selected_ids = [r for r in self.selected_ids if r in known]
         if not self.selected_ids and self.summaries:
             self.selected_ids = [self.summaries[-1]["run_id"]]  # the newest by default
+        self.query_one("#runs-label", Label).update("Finished runs (space selects):")
+        self.show()
+        if self.export_pending:
+            self.export_pending = False
+            self.action_export()
+
+    # ---- drawing ---------------------------------------------------------------------
+
+    @property
+    def chosen(self) -> list[dict]:
+        return [s for s in self.summaries if s["run_id"] in self.selected_ids]
+
+    def show(self) -> None:
         table = self.query_one("#finished-runs", DataTable)
         cursor = table.cursor_row
         table.clear()
         for s in self.summaries:
             mark = "✓" if s["run_id"] in self.selected_ids else ""
             table.add_row(mark, s["run_id"], s.get("name", ""), s.get("model", ""), len(s.get("targets", [])),
-                          " ".join(METHOD_LABELS.get(m, m) for m in s.get("methods", [])), key=s["run_id"])
+                          " ".join(label(m) for m in s.get("methods", [])), key=s["run_id"])
         if table.row_count:
             table.move_cursor(row=min(cursor, table.row_count - 1))
         self.draw_table()
 
-    @property
-    def chosen(self) -> list[dict]:
-        return [s for s in self.summaries if s["run_id"] in self.selected_ids]
-
     def draw_table(self) -> None:
+        report = self.report = build_report(self.chosen)
+        columns = report.columns
         table = self.query_one("#comparison", DataTable)
         table.clear(columns=True)
-        columns, rows = comparison(self.chosen)
-        several = len(self.chosen) > 1
         body = []
-        for task in sorted(rows):
-            body.append((task, *[score_text(rows[task].get(col)) for col in columns]))
+        for task in report.tasks:
+            best = report.best_column(task) if len(columns) > 1 else None
+            body.append((task, *[Text(score_text(report.score(task, c)), style="bold" if c == best else "")
+                                 for c in columns]))
+        headers = [report.header(c) for c in columns]
         # explicit widths: the table is rebuilt on every change and must never cut a score
-        labels = [METHOD_LABELS.get(m, m) + (f" ({r[-12:]})" if several else "") for r, m in columns]
-        width = lambda i, label: max([len(label), 12] + [len(str(row[i])) for row in body])  # noqa: E731
+        width = lambda i, text: max([len(text), 12] + [len(str(row[i])) for row in body])  # noqa: E731
         table.add_column("target task", key="task", width=width(0, "target task"))
-        for i, ((run_id, method), label) in enumerate(zip(columns, labels), 1):
-            table.add_column(label, key=f"{run_id}/{method}", width=width(i, label))
+        for i, (column, header) in enumerate(zip(columns, headers), 1):
+            table.add_column(header, key=f"{column.run_id}/{column.method}", width=width(i, header))
         if 0 <= self.sort_column < len(columns):
-            col = columns[self.sort_column]
-            body.sort(key=lambda r: -(rows[r[0]].get(col) or {"mean": -1})["mean"])
+            column = columns[self.sort_column]
+            body.sort(key=lambda row: -((report.score(row[0], column) or {"mean": -1})["mean"]))
         for row in body:
             table.add_row(*row, key=row[0])
+        notes = self.query_one("#report-notes", Label)
+        notes.update("; ".join(report.notes))
+        notes.display = bool(report.notes)
         if not columns:
             return
-        means = {}
-        for col in columns:
-            values = [rows[t][col]["mean"] for t in rows if col in rows[t]]
-            means[col] = statistics.fmean(values) if values else None
-        table.add_row("mean", *[f"{100 * means[c]:.1f}" if means[c] is not None else "-" for c in columns],
-                      key="__mean__")
-        base = next((means[c] for c in columns if c[1] == "pt" and means[c]), None)
-        if base:
-            table.add_row("gain over PT", *[f"{100 * (means[c] - base) / abs(base):+.1f}%" if means[c] is not None
-                                            else "-" for c in columns], key="__gain__")
+        table.add_row("mean", *[mean_text(report.means[c]) for c in columns], key="__mean__")
+        if len(columns) > 1 and any(report.gains[c] is not None for c in columns):
+            table.add_row("gain over PT", *[gain_text(report.gains[c]) for c in columns], key="__gain__")
 
     # ---- actions ------------------------------------------------------------------
 
@@ -149,11 +187,11 @@ class ResultsScreen(Screen):
             self.selected_ids.remove(run_id)
         else:
             self.selected_ids.append(run_id)
-        self.reload()
+        self.show()
 
     def action_sort(self) -> None:
-        columns, _ = comparison(self.chosen)
-        self.sort_column = (self.sort_column + 1) if self.sort_column + 1 < len(columns) else -1
+        n = len(self.report.columns)
+        self.sort_column = (self.sort_column + 1) if self.sort_column + 1 < n else -1
         self.draw_table()
         what = "task name" if self.sort_column < 0 else f"column {self.sort_column + 1} (best first)"
         self.notify(f"sorted by {what}")
@@ -172,9 +210,17 @@ class ResultsScreen(Screen):
         else:
             self.action_toggle_run()
 
+    def request_export(self) -> None:
+        """Export now, or as soon as the index has been read."""
+        if self.loaded:
+            self.action_export()
+        else:
+            self.export_pending = True
+
     def action_export(self) -> None:
         if not self.chosen:
-            self.notify("no finished run selected", severity="warning")
+            self.notify("no finished run selected" if self.loaded else "the run index is still being read",
+                        severity="warning")
             return
         out_dir = self.app.runs_root / "exports"
         out_dir.mkdir(exist_ok=True)

@@ -2,24 +2,26 @@
 
 from __future__ import annotations
 
-import shutil
-
+from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen, Screen
-from textual.widgets import Button, DataTable, Footer, Header, Label, Static
-from textual_plotext import PlotextPlot
+from textual.widgets import Button, DataTable, Footer, Header, Label
+from textual.worker import Worker
 
-from engine.launch import cancel, launch
-from mpt_tui.headless import format_duration
+from engine.launch import cancel, delete_run, launch
+from engine.report import format_duration
+from engine.runs import Run, RunsDirError
+from mpt_tui.messages import ReportWorkerErrors, RunDeleted, RunsRefreshed, deliver
 from mpt_tui.watch import RunView, RunWatcher
+from mpt_tui.widgets import RunDetail
 
 COLUMNS = ("run", "name", "state", "stage", "progress", "ETA", "elapsed")
 
 
 class ConfirmDelete(ModalScreen[bool]):
-    BINDINGS = [Binding("escape", "dismiss(False)", "Keep", id="keep")]
+    BINDINGS = [Binding("escape", "dismiss(False)", "Keep the run", id="keep")]
 
     def __init__(self, run_id: str):
         super().__init__()
@@ -36,34 +38,32 @@ class ConfirmDelete(ModalScreen[bool]):
         self.dismiss(event.button.id == "yes")
 
 
-class RunsScreen(Screen):
+class RunsScreen(ReportWorkerErrors, Screen):
     BINDINGS = [
-        Binding("c", "cancel", "Cancel run", id="cancel"),
-        Binding("u", "resume", "Resume run", id="resume"),
-        Binding("d", "delete", "Delete run", id="delete"),
+        Binding("c", "cancel", "Cancel run", id="cancel", tooltip="checkpoint the selected run, then stop it"),
+        Binding("u", "resume", "Resume run", id="resume", tooltip="continue the selected run from its checkpoint"),
+        Binding("d", "delete", "Delete run", id="delete", tooltip="delete the selected run (asks first)"),
     ]
 
     def compose(self) -> ComposeResult:
         yield Header()
         with Vertical(id="runs-body"):
             yield DataTable(id="runs-table", cursor_type="row", zebra_stripes=True)
-            with Horizontal(id="run-detail"):
-                yield PlotextPlot(id="run-plot")
-                with Vertical(id="run-side"):
-                    yield Static("", id="run-scores")
-                    yield Static("", id="run-log")
+            yield RunDetail(id="run-detail")
         yield Footer()
 
     def on_mount(self) -> None:
         self.watcher = RunWatcher(self.app.runs_root)
+        self.views: dict[str, RunView] = {}
+        self._refreshing: Worker | None = None
+        self._shown: dict[str, tuple] = {}  # the cells shown per run: only changed cells are updated
         table = self.query_one("#runs-table", DataTable)
         for column in COLUMNS:
             table.add_column(column, key=column)
-        self._drawn: tuple | None = None
         self.refresh_runs()
         self.set_interval(self.app.refresh_interval, self.refresh_runs)
 
-    # ---- data --------------------------------------------------------------------
+    # ---- data: read in a worker, shown on the UI thread ----------------------------------
 
     @property
     def selected(self) -> RunView | None:
@@ -71,77 +71,60 @@ class RunsScreen(Screen):
         if table.row_count == 0:
             return None
         key = table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value
-        return self.watcher.views.get(key)
+        return self.views.get(key)
 
     def refresh_runs(self) -> None:
-        """Redraw from what changed since the last tick: the timer bounds the redraw rate."""
-        views = self.watcher.refresh()
+        """The timer's tick: read the run directories in a worker, unless the last read is still going."""
+        if self._refreshing is not None and not self._refreshing.is_finished:
+            return
+        selected = self.selected
+        self._refreshing = self.read_runs(selected.id if selected else None)
+
+    @work(thread=True, exclusive=True, group="read-runs", exit_on_error=False)
+    def read_runs(self, detail: str | None) -> None:
+        deliver(self, RunsRefreshed(self.watcher.refresh(detail)))
+
+    def on_runs_refreshed(self, message: RunsRefreshed) -> None:
+        self.show_runs(message.views)
+
+    def show_runs(self, views: list[RunView]) -> None:
+        """Update the table in place and the detail (redrawn only when its run changed)."""
+        self.views = {view.id: view for view in views}
         table = self.query_one("#runs-table", DataTable)
         keys = {row.value for row in table.rows}
         for view in views:
             cells = self._row(view)
             if view.id in keys:
-                for column, value in zip(COLUMNS, cells):
-                    table.update_cell(view.id, column, value)
+                shown = self._shown.get(view.id, ())
+                for i, (column, value) in enumerate(zip(COLUMNS, cells)):
+                    if i >= len(shown) or shown[i] != value:
+                        table.update_cell(view.id, column, value)
             else:
                 table.add_row(*cells, key=view.id)
-        for gone in keys - {v.id for v in views}:
+            self._shown[view.id] = cells
+        for gone in keys - self.views.keys():
             table.remove_row(gone)
-        self._draw_detail()
+            self._shown.pop(gone, None)
+        detail = self.query_one(RunDetail)
+        detail.run = self.selected
+        detail.sync()
 
     @staticmethod
     def _row(view: RunView) -> tuple:
         st = view.status
         progress = st.get("progress")
         eta = st.get("eta_s") if view.state == "running" else None
+        elapsed = view.elapsed_s()
         return (view.id, view.name, view.state, st.get("stage", ""),
                 f"{100 * progress:5.1f}%" if isinstance(progress, (int, float)) else "-",
                 format_duration(eta) if eta is not None else "-",
-                format_duration(view.elapsed_s()) if view.elapsed_s() is not None else "-")
-
-    def _draw_detail(self) -> None:
-        view = self.selected
-        plot = self.query_one("#run-plot", PlotextPlot)
-        if view is None:
-            self.query_one("#run-scores", Static).update("No runs yet: press 3 to launch one.")
-            return
-        signature = (view.id, len(view.events), view.state)
-        if signature == self._drawn:
-            return
-        self._drawn = signature
-        plt = plot.plt
-        plt.clear_data()
-        plt.clear_figure()
-        upstream = view.upstream_curves()
-        cell = view.last_cell()
-        if cell:
-            (lx, ly), (dx, dy) = view.cell_curves(cell)
-            plt.title(f"{cell}: train loss, dev score")
-            if lx:
-                plt.plot(lx, ly, label="train loss")
-            if dx:
-                plt.plot(dx, dy, label="dev score", yside="right")
-        elif upstream:
-            plt.title("upstream loss")
-            for method, (xs, ys) in upstream.items():
-                plt.plot(xs, ys, label=method)
-        else:
-            plt.title("waiting for metrics")
-        plot.refresh()
-        done = [e for e in view.events if e.get("event") == "cell_done"]
-        lines = [f"[b]{view.id}[/b]  {view.state}  cells done: {len(done)}"
-                 f"/{view.status.get('total_cells', '?')}"]
-        if view.status.get("error"):
-            lines.append(f"[red]{view.status['error']}[/red]")
-        for e in done[-3:]:
-            lines.append(f"{e['cell']}: dev {e['dev']:.3f} test {e['test']:.3f}")
-        self.query_one("#run-scores", Static).update("\n".join(lines))
-        tail = view.log_tail(8 if view.state != "crashed" else 14)
-        self.query_one("#run-log", Static).update(tail)
+                format_duration(elapsed) if elapsed is not None else "-")
 
     def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
-        self._drawn = None
-        self._draw_detail()
+        view = self.selected
+        self.query_one(RunDetail).run = view
+        if view is not None and not view.log:
+            self.refresh_runs()  # its log tail is read with the next refresh: ask for it now
 
     # ---- actions ------------------------------------------------------------------
 
@@ -156,7 +139,7 @@ class RunsScreen(Screen):
         view = self.selected
         if view is None:
             return
-        if view.state in ("running", "queued", "finished", "damaged"):
+        if view.is_active() or view.state in ("finished", "damaged"):
             self.notify(f"{view.id} is {view.state}: nothing to resume", severity="warning")
             return
         launch(view.run)
@@ -166,17 +149,29 @@ class RunsScreen(Screen):
         view = self.selected
         if view is None:
             return
-        if view.state in ("running", "queued"):
+        if view.is_active():
             self.notify(f"{view.id} is {view.state}: cancel it first", severity="warning")
             return
 
-        def done(confirmed: bool | None) -> None:
-            if confirmed:
-                from engine.store import RunIndex
+        def confirmed(yes: bool | None) -> None:
+            if yes:
+                self.delete(view.run)
 
-                shutil.rmtree(view.run.path, ignore_errors=True)
-                RunIndex(self.app.runs_root).remove(view.id)
-                self.notify(f"deleted {view.id}")
-                self.refresh_runs()
+        self.app.push_screen(ConfirmDelete(view.id), confirmed)
 
-        self.app.push_screen(ConfirmDelete(view.id), done)
+    @work(thread=True, group="delete-run", exit_on_error=False)
+    def delete(self, run: Run) -> None:
+        """engine.launch.delete_run: it refuses an active run, and waits for the index lock."""
+        try:
+            delete_run(run)
+        except RunsDirError as exc:
+            self.post_message(RunDeleted(run.id, error=str(exc)))
+            return
+        self.post_message(RunDeleted(run.id))
+
+    def on_run_deleted(self, message: RunDeleted) -> None:
+        if message.error:
+            self.notify(message.error, severity="warning")
+        else:
+            self.notify(f"deleted {message.run_id}")
+        self.refresh_runs()
