@@ -27,9 +27,16 @@ def launch(run: Run) -> int:
     """Start (or resume) the run detached; return the worker's pid."""
     env = {**os.environ, "HF_HUB_DISABLE_PROGRESS_BARS": "1", "TQDM_DISABLE": "1",
            "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1"}
-    with open(run.log_path, "ab") as log:
-        proc = subprocess.Popen(worker_command(run), stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                                start_new_session=True, close_fds=True, env=env, cwd=str(run.path))
+    # The worker starts with SIGTERM blocked (a signal mask survives fork and exec) and unblocks it once its
+    # handler is installed: a cancel right after the launch is then a clean cancel, not a killed worker.
+    # pthread_sigmask touches this thread only, so the app's other threads are unaffected.
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+    try:
+        with open(run.log_path, "ab") as log:
+            proc = subprocess.Popen(worker_command(run), stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                                    start_new_session=True, close_fds=True, env=env, cwd=str(run.path))
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
     run.update_status(state="queued", pid=proc.pid, launched=time.time(), heartbeat=time.time())
     return proc.pid
 

@@ -92,7 +92,16 @@ def pid_alive(pid: int | None, host: str | None = None) -> bool:
         return False
     except PermissionError:
         return True
-    return True
+    return not _is_zombie(pid)
+
+
+def _is_zombie(pid: int) -> bool:
+    """A worker that died but was not reaped yet (its parent, say the app, has not waited for it) is dead."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:  # no /proc (macOS): the heartbeat catches it
+        return False
+    return stat.rsplit(")", 1)[-1].split()[0] == "Z"
 
 
 @dataclass

@@ -42,3 +42,5 @@ class StopFlag:
 
         signal.signal(signal.SIGTERM, on_term)
         signal.signal(signal.SIGINT, on_int)
+        # engine.launch starts workers with SIGTERM blocked until now: one sent meanwhile is delivered here
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})

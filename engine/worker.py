@@ -117,6 +117,7 @@ def execute(run: Run, reporter: Reporter | None = None, stop: StopFlag | None = 
     try:
         candidates = candidate_devices(preset.model.device)
         device, device_lock = acquire_device(run.path.parent, candidates, on_wait=lambda: _check_stop(stop))
+        _check_stop(stop)  # cancelled before it got a device: nothing to load
         status.set(state="running", started=time.time(), stage="setup", device=device)
         log.info("running on %s (pid %d)", device, os.getpid())
         results = _execute(run, preset, plan, device, reporter, status, log, stop)
@@ -193,7 +194,7 @@ class RunEvents:
 
 def _check_stop(stop: StopFlag) -> None:
     if stop():
-        raise RunCancelled("cancelled while waiting for a device")
+        raise RunCancelled("cancelled before it started")
 
 
 def _execute(run: Run, preset, plan: Plan, device: str, reporter: Reporter, status: StatusWriter,

@@ -89,3 +89,14 @@ def test_the_queue_runs_one_run_per_device_at_a_time(tmp_path, tiny_llama):
     assert a["state"] == "finished"
     assert b["started"] >= a["finished"] - 1.0  # the second started only when the first let go of the CPU
     assert json.loads(second.config_path.read_text())["preset"]["model"]["device"] == "cpu"
+
+
+def test_a_cancel_right_after_the_launch_is_a_clean_cancel(tmp_path, tiny_llama):
+    """The worker holds SIGTERM until its handler is installed, so cancelling a run that has only just been
+    launched ends it as cancelled (resumable), not as a killed, crashed worker."""
+    run = _make_run(tmp_path / "runs", tiny_llama, tmp_path)
+    launch(run)
+    assert cancel(run)  # at once: the worker is still starting its interpreter
+    _wait(lambda: run.status()["state"] in ("cancelled", "crashed", "failed", "finished"), what="the worker's end")
+    assert run.status()["state"] == "cancelled", run.log_path.read_text()
+    assert not run.results_path.exists()

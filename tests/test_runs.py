@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.runs import Run, cell_curves, create_run, finished_cells, last_cell, list_runs, upstream_curves
+from engine.runs import Run, cell_curves, create_run, finished_cells, last_cell, list_runs, pid_alive, upstream_curves
 from engine.store import RunIndex, summarize
 
 from conftest import FORK, join_all
@@ -145,3 +145,14 @@ def test_run_owns_its_paths_and_cell_records(tmp_path):
     assert run.is_active()  # a new run is queued
     run.update_status(state="finished")
     assert not run.is_active()
+
+
+def test_a_dead_but_unreaped_worker_reads_as_dead(tmp_path):
+    """A worker launched by this process (the app) that died is a zombie until reaped: not alive."""
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    deadline = time.time() + 30
+    while time.time() < deadline and open(f"/proc/{proc.pid}/stat").read().rsplit(")", 1)[-1].split()[0] != "Z":
+        time.sleep(0.05)
+    assert not pid_alive(proc.pid)
+    proc.wait()
+    assert pid_alive(os.getpid())
