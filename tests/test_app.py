@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from conftest import REPO, require_shared_data, small_run
+from conftest import DEMO_DATA, REPO, SMALL_SEEDS, SMALL_SOURCES, SMALL_TARGETS, small_run
 from engine.config import DATA_DIR_ENV
 from engine.protocol import select_and_aggregate
 from engine.report import build_report, score_text
@@ -23,7 +23,7 @@ from mpt_tui.screens.launch import LaunchScreen
 from mpt_tui.screens.results import ResultsScreen
 from mpt_tui.screens.runs import RunsScreen
 
-TARGETS = ["poem_sentiment", "tweet_eval-stance_atheism"]
+TARGETS = SMALL_TARGETS
 
 
 @pytest.fixture(scope="module")
@@ -121,7 +121,7 @@ async def test_csv_export_from_the_app(store):
 async def test_invalid_form_is_refused_with_the_reason(tmp_path, tiny_llama):
     root = tmp_path / "runs"
     root.mkdir()
-    app = MptApp(root, data_dir=str(require_shared_data()))
+    app = MptApp(root, data_dir=str(DEMO_DATA))
     async with app.run_test(size=(120, 40)) as pilot:
         await pilot.press("3")
         await pilot.pause()
@@ -136,16 +136,16 @@ async def test_invalid_form_is_refused_with_the_reason(tmp_path, tiny_llama):
 async def test_launch_watch_cancel_and_resume_from_the_app(tmp_path, tiny_llama):
     root = tmp_path / "runs"
     root.mkdir()
-    app = MptApp(root, data_dir=str(require_shared_data()), refresh_hz=10)
+    app = MptApp(root, data_dir=str(DEMO_DATA), refresh_hz=10)
     async with app.run_test(size=(120, 40)) as pilot:
         await pilot.press("3")
         await pilot.pause()
         screen = app.screen
         screen.query_one("#model").value = str(tiny_llama)
         screen.query_one("#setting").value = ""
-        screen.query_one("#sources").value = "glue-sst2, trec"
+        screen.query_one("#sources").value = ", ".join(SMALL_SOURCES)
         screen.query_one("#targets").value = ", ".join(TARGETS)
-        screen.query_one("#seeds").value = "13, 42"
+        screen.query_one("#seeds").value = ", ".join(map(str, SMALL_SEEDS))
         screen.query_one("#length").value = "4"
         screen.query_one("#steps").value = "300"
         screen.query_one("#up_steps").value = "3"
@@ -208,20 +208,19 @@ def test_the_app_never_imports_torch():
 
 
 async def test_launch_form_builds_task_lists_with_type_to_filter(tmp_path):
-    data = require_shared_data()
     root = tmp_path / "runs"
     root.mkdir()
-    app = MptApp(root, data_dir=str(data))
+    app = MptApp(root, data_dir=str(DEMO_DATA))
     async with app.run_test(size=(120, 40)) as pilot:
         await pilot.press("3")
         await settle(pilot)
         screen = app.screen
         screen.query_one("#targets").value = ""
-        screen.query_one("#task-filter").value = "tweet_eval-stance"
+        screen.query_one("#task-filter").value = "sentiment"
         await settle(pilot)
         listing = screen.query_one("#task-list")
         shown = [listing.get_option_at_index(i).value for i in range(listing.option_count)]
-        assert shown and all("tweet_eval-stance" in t for t in shown)
+        assert shown == ["demo-movie_sentiment", "demo-product_sentiment"]
         listing.toggle(shown[0])
         await pilot.pause()
         assert screen.query_one("#targets").value == shown[0]

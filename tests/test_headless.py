@@ -18,7 +18,7 @@ from engine.prompt import load_prompt, save_prompt
 from engine.runs import list_runs, read_json
 from engine.store import RunIndex
 
-from conftest import REPO, require_shared_data
+from conftest import DEMO_DATA, REPO, require_shared_data
 
 TARGETS = ["superglue-cb", "tweet_eval-hate", "ethos-race"]
 SEEDS = list(PAPER_SEEDS)
@@ -175,15 +175,14 @@ METHODS = list(REGISTERED)  # every upstream method
 
 
 def _preset(tmp_path, model, maml_extra: str = "", methods=METHODS) -> str:
-    data = require_shared_data()
     path = tmp_path / "cmp.toml"
     path.write_text(f"""
 name = "cmp"
 [data]
-dir = "{data}"
-sources = ["glue-sst2", "trec", "emotion"]
-targets = ["poem_sentiment", "tweet_eval-stance_atheism"]
-seeds = [13, 42]
+dir = "{DEMO_DATA}"
+sources = ["demo-movie_sentiment", "demo-spam", "demo-news_topic"]
+targets = ["demo-emotion", "demo-formality"]
+seeds = [1, 2]
 [model]
 name = "{model}"
 max_input_length = 40
@@ -224,7 +223,7 @@ def test_comparison_table_has_every_method(tmp_path, tiny_llama):
     for method in METHODS:
         prompt, meta = load_prompt(run.prompts_dir / f"upstream-{method}.safetensors")
         assert meta["method"] == method and prompt.shape[0] == 4
-        assert read_json(run.cells_dir / f"{method}__poem_sentiment__s13__lr0.3.json")["method"] == method
+        assert read_json(run.cells_dir / f"{method}__demo-emotion__s1__lr0.3.json")["method"] == method
     learned = [load_prompt(run.prompts_dir / f"upstream-{m}.safetensors")[0] for m in METHODS]
     assert all(not torch.equal(learned[0], other) for other in learned[1:])  # each method learned its own
     events = run.events()
@@ -246,10 +245,10 @@ def test_downstream_reuses_a_given_upstream_prompt(tmp_path, tiny_llama):
     (run,) = list_runs(runs)
     assert not (run.path / "checkpoints" / "upstream-maml.pt").exists()  # nothing was retrained
     assert not any(e.get("stage") == "upstream" for e in run.events())
-    for seed in (13, 42):
-        cell = read_json(run.cells_dir / f"maml__poem_sentiment__s{seed}__lr0.json")
+    for seed in (1, 2):
+        cell = read_json(run.cells_dir / f"maml__demo-emotion__s{seed}__lr0.json")
         assert torch.equal(load_prompt(run.path / cell["prompt"])[0], given)
-        pt_cell = read_json(run.cells_dir / f"pt__poem_sentiment__s{seed}__lr0.json")
+        pt_cell = read_json(run.cells_dir / f"pt__demo-emotion__s{seed}__lr0.json")
         assert not torch.equal(load_prompt(run.path / pt_cell["prompt"])[0], given)
 
 
@@ -269,11 +268,11 @@ def test_bad_upstream_settings_are_refused_before_anything_runs(tmp_path, tiny_l
 
 def test_empty_source_list_is_refused(tmp_path, tiny_llama):
     setting = tmp_path / "nosource.json"
-    setting.write_text(json.dumps({"train": [], "test": ["poem_sentiment"]}))
+    setting.write_text(json.dumps({"train": [], "test": ["demo-emotion"]}))
     preset = _preset(tmp_path, tiny_llama)
     preset_path = tmp_path / "p.toml"
-    preset_path.write_text(open(preset).read().replace('sources = ["glue-sst2", "trec", "emotion"]\n', "")
-                           .replace('targets = ["poem_sentiment", "tweet_eval-stance_atheism"]',
+    preset_path.write_text(open(preset).read().replace('sources = ["demo-movie_sentiment", "demo-spam", "demo-news_topic"]\n', "")
+                           .replace('targets = ["demo-emotion", "demo-formality"]',
                                     f'setting = "{setting}"'))
     proc = _run("--preset", str(preset_path), "--runs-dir", str(tmp_path / "runs"))
     assert proc.returncode == 2, proc.stdout + proc.stderr
@@ -283,8 +282,8 @@ def test_empty_source_list_is_refused(tmp_path, tiny_llama):
 def test_overlapping_sources_and_targets_warn(tmp_path, tiny_llama):
     path = tmp_path / "cmp.toml"
     _preset(tmp_path, tiny_llama, methods=["mtl"])
-    path.write_text(path.read_text().replace('sources = ["glue-sst2", "trec", "emotion"]',
-                                             'sources = ["glue-sst2", "poem_sentiment"]'))
+    path.write_text(path.read_text().replace('sources = ["demo-movie_sentiment", "demo-spam", "demo-news_topic"]',
+                                             'sources = ["demo-spam", "demo-emotion"]'))
     proc = _run("--preset", str(path), "--runs-dir", str(tmp_path / "runs"))
     assert proc.returncode == 0, proc.stderr
-    assert "warning: source and target tasks overlap: poem_sentiment" in proc.stderr
+    assert "warning: source and target tasks overlap: demo-emotion" in proc.stderr

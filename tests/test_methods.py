@@ -19,7 +19,7 @@ import sys
 import pytest
 import torch
 
-from conftest import REPO, small_run
+from conftest import REPO, SMALL_SEEDS, SMALL_TARGETS, small_run
 from engine.algorithms.base import Algorithm, batch_loss  # the toy's base class (imports torch)
 from engine.config import PresetError, load_preset, preset_from_dict
 from engine.fields import option
@@ -289,11 +289,10 @@ def test_a_registered_toy_method_runs_through_the_upstream_stage(toy, tmp_path, 
     stored = read_json(run.results_path)
     assert stored["tasks"] == results["tasks"] and stored["mean"] == results["mean"]
     assert set(stored["tasks"]) == {PT, "toy"}
-    assert set(stored["tasks"]["toy"]) == {"poem_sentiment", "tweet_eval-stance_atheism"}
+    assert set(stored["tasks"]["toy"]) == set(SMALL_TARGETS)
     toy_splits = [s for s in stored["splits"] if s["method"] == "toy"]
-    assert sorted((s["task"], s["seed"]) for s in toy_splits) == [
-        ("poem_sentiment", 13), ("poem_sentiment", 42),
-        ("tweet_eval-stance_atheism", 13), ("tweet_eval-stance_atheism", 42)]
+    assert sorted((s["task"], s["seed"]) for s in toy_splits) == sorted(
+        (task, seed) for task in SMALL_TARGETS for seed in SMALL_SEEDS)
     for split in toy_splits:
         assert (run.path / split["prompt"]).is_file()
         assert run.cell_path(Cell("toy", split["task"], split["seed"], split["lr"]).id).is_file()

@@ -10,7 +10,7 @@ import uuid
 
 import pytest
 
-from conftest import REPO, require_shared_data
+from conftest import DEMO_DATA, REPO, SMALL_SEEDS, SMALL_SOURCES, SMALL_TARGETS
 from engine.runs import list_runs
 
 pytestmark = pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed")
@@ -48,7 +48,7 @@ def _app(runs, data) -> Tmux:
 
 
 def test_a_run_launched_from_the_app_outlives_the_app(tmp_path, tiny_llama):
-    data = require_shared_data()
+    data = DEMO_DATA
     runs = tmp_path / "runs"
     app = _app(runs, data)
     try:
@@ -57,7 +57,7 @@ def test_a_run_launched_from_the_app_outlives_the_app(tmp_path, tiny_llama):
         app.wait_for("data directory")
         time.sleep(1.0)
         app.keys("Tab")  # focus the preset select; then tab through the form, replacing each field
-        values = [str(data), str(tiny_llama), "cpu", "", "glue-sst2, trec", "poem_sentiment", "13", "4",
+        values = [str(data), str(tiny_llama), "cpu", "", ", ".join(SMALL_SOURCES), SMALL_TARGETS[0], str(SMALL_SEEDS[0]), "4",
                   "0.3", "600", "2"]
         for value in values:
             app.keys("Tab")
