@@ -21,6 +21,7 @@ import dataclasses
 import random
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Protocol
 
 from engine.checkpoint import remove_checkpoint, saved_step
@@ -149,8 +150,6 @@ class Executor:
                               file=init.file or None, seed=init.seed)
 
     def learn_init(self, unit: LearnInit, events: UnitEvents) -> dict:
-        from pathlib import Path
-
         from engine.algorithms.base import MetaTask
         from engine.prompt import save_prompt
         from engine.upstream import learn_initialisation
@@ -172,8 +171,6 @@ class Executor:
         return {"method": unit.method, "steps": result.steps, "last_loss": result.last_loss, "prompt": unit.output}
 
     def _job(self, preset: Preset, data, work: CellWork):
-        from pathlib import Path
-
         from engine.tuning import Job, TuningConfig
 
         down, cell = preset.downstream, work.cell
@@ -190,8 +187,6 @@ class Executor:
 
     def train_cells(self, unit: TrainCells, events: UnitEvents) -> list[dict]:
         """Prompt-tune the unit's cells as one group, test each one's best prompt; one record per cell."""
-        from pathlib import Path
-
         from engine.prompt import save_prompt
         from engine.tuning import EvalItem, evaluate_many, prompt_tune_group
 
