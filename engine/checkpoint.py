@@ -3,11 +3,20 @@
 A checkpoint is a torch file replaced atomically (temporary file, then rename) with
 a small JSON beside it that holds the step it was saved after, so progress can be
 counted without unpickling anything. Importing this module does not import torch.
+
+The jobs of a multi-prompt group are saved together, one file each, as a *round*
+(`save_round`): each file's JSON names the round and all its member files, and the
+previous round's file is kept as `<name>.prev.pt`. A worker killed halfway through a
+round leaves some members new and some old; `resume_path` then sends the new ones
+back to their previous file, so a group always resumes from one consistent round
+(its float rounding depends on all its members being at the same step).
 """
 
 from __future__ import annotations
 
 import json
+import os
+import uuid
 from pathlib import Path
 
 
@@ -15,7 +24,11 @@ def _step_file(path: Path) -> Path:
     return path.with_suffix(".json")
 
 
-def save_checkpoint(path: Path, state: dict) -> None:
+def _prev(path: Path) -> Path:
+    return path.with_name(path.stem + ".prev" + path.suffix)
+
+
+def save_checkpoint(path: Path, state: dict, round_info: dict | None = None) -> None:
     """`state` must have a "step"; the .json beside it is written last, so it never runs ahead."""
     import torch
 
@@ -23,10 +36,41 @@ def save_checkpoint(path: Path, state: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     torch.save(state, tmp)
+    if round_info is not None and path.is_file():  # keep the previous round to fall back on
+        os.replace(path, _prev(path))
+        if _step_file(path).is_file():
+            os.replace(_step_file(path), _step_file(_prev(path)))
     tmp.replace(path)
     step_tmp = path.with_name(path.name + ".json.tmp")
-    step_tmp.write_text(json.dumps({"step": int(state["step"])}), encoding="utf-8")
+    step_tmp.write_text(json.dumps({"step": int(state["step"]), **(round_info or {})}), encoding="utf-8")
     step_tmp.replace(_step_file(path))
+
+
+def save_round(states: list[tuple[Path, dict]]) -> None:
+    """Save the checkpoints of a group's jobs as one round (see the module docstring)."""
+    info = {"round": uuid.uuid4().hex, "members": [str(path) for path, _ in states]}
+    for path, state in states:
+        save_checkpoint(path, state, info)
+
+
+def _round_of(path: Path) -> dict:
+    try:
+        return json.loads(_step_file(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+
+
+def resume_path(path: Path) -> Path | None:
+    """The checkpoint a job resumes from: its file, or the previous round's when its round is incomplete."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    info = _round_of(path)
+    members = [Path(m) for m in info.get("members", [])]
+    # a round is whole when every member holds it, as its file or (having moved on) as its .prev
+    if all(info["round"] in (_round_of(m).get("round"), _round_of(_prev(m)).get("round")) for m in members):
+        return path
+    return _prev(path) if _prev(path).is_file() else None  # the first round was cut: start over
 
 
 def load_checkpoint(path: Path) -> dict:
@@ -46,6 +90,13 @@ def saved_step(path: Path) -> int:
         return int(load_checkpoint(path)["step"])
 
 
+def resume_step(path: Path) -> int:
+    """The step a job resumes after (0: from the start): its consistent round's step."""
+    resume = resume_path(path)
+    return saved_step(resume) if resume is not None else 0
+
+
 def remove_checkpoint(path: Path) -> None:
-    Path(path).unlink(missing_ok=True)
-    _step_file(Path(path)).unlink(missing_ok=True)
+    for p in (Path(path), _prev(Path(path))):
+        p.unlink(missing_ok=True)
+        _step_file(p).unlink(missing_ok=True)

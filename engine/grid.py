@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from engine.checkpoint import remove_checkpoint, saved_step
+from engine.checkpoint import remove_checkpoint, resume_step, saved_step
 from engine.config import Preset, preset_from_dict
 from engine.data import TaskData
 from engine.methods import PT
@@ -196,7 +196,7 @@ class Executor:
         work = [self._job(preset, data, w) for w in unit.cells]
         jobs, tests = [job for job, _ in work], [test for _, test in work]
         started = time.time()
-        resumed = [saved_step(w.checkpoint) for w in unit.cells]
+        resumed = [resume_step(w.checkpoint) for w in unit.cells]
         events.message(f"group of {len(cells)} cells: " + ", ".join(
             c.id + (f" (resuming after step {r})" if r else "") for c, r in zip(cells, resumed)))
         results = prompt_tune_group(
@@ -320,7 +320,7 @@ def run_grid(run: Run, preset: Preset, plan: Plan, executor: Executor, events: G
         learned = [m for m in to_learn if run.upstream_prompt(m).is_file()]
         return (len(learned) * up.steps + len(done) * down.steps
                 + sum(saved_step(run.upstream_checkpoint(m)) for m in to_learn if m not in learned)
-                + sum(saved_step(run.cell_checkpoint(c.id)) for c in cells if c.id not in done))
+                + sum(resume_step(run.cell_checkpoint(c.id)) for c in cells if c.id not in done))
 
     events.begin(len(to_learn) * up.steps + len(cells) * down.steps, steps_done())
     for method in plan.methods:

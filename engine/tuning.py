@@ -22,7 +22,7 @@ from typing import Callable
 import torch
 
 from engine.bank_optim import BankOptimizer
-from engine.checkpoint import load_checkpoint, save_checkpoint
+from engine.checkpoint import load_checkpoint, resume_path, save_round
 from engine.data import Example, TaskInfo
 from engine.metrics import compute_metric, metric_for_task
 from engine.stopping import RunCancelled
@@ -197,9 +197,9 @@ def prompt_tune_group(backbone, jobs: list[Job], *, on_step: OnJobStep | None = 
                for j in range(len(jobs))]
     steps = [0] * len(jobs)
     for j, job in enumerate(jobs):
-        if job.checkpoint is not None and job.checkpoint.is_file():
-            steps[j] = _load_job_state(job.checkpoint, j, bank, optimizers[job.cfg.optimizer], samplers[j],
-                                       results[j])
+        resume = resume_path(job.checkpoint) if job.checkpoint is not None else None
+        if resume is not None:
+            steps[j] = _load_job_state(resume, j, bank, optimizers[job.cfg.optimizer], samplers[j], results[j])
     active = [j for j, job in enumerate(jobs) if steps[j] < job.cfg.steps and not results[j].stopped]
     while active:
         inputs, targets, owner_rows = [], [], []
@@ -245,16 +245,14 @@ def prompt_tune_group(backbone, jobs: list[Job], *, on_step: OnJobStep | None = 
                     result.best_dev, result.best_step = score, steps[j]
                     result.best_prompt = bank[j].detach().cpu().clone()
         active = [j for j in stepping if steps[j] < jobs[j].cfg.steps]
-        for j in active:  # periodic checkpoints: a killed worker loses at most checkpoint_every steps
-            every = jobs[j].cfg.checkpoint_every
-            if jobs[j].checkpoint is not None and every and steps[j] % every == 0:
-                _save_job_state(jobs[j].checkpoint, j, bank, optimizers[jobs[j].cfg.optimizer], samplers[j],
-                                results[j], steps[j])
+        # periodic checkpoints, one round for the group: a killed worker loses at most checkpoint_every steps
+        due = [j for j in active if jobs[j].checkpoint is not None and jobs[j].cfg.checkpoint_every
+               and steps[j] % jobs[j].cfg.checkpoint_every == 0]
+        if due:
+            save_round([_job_state(jobs[j], j, bank, optimizers, samplers[j], results[j], steps[j]) for j in due])
         if active and should_stop is not None and should_stop():
-            for j, job in enumerate(jobs):
-                if job.checkpoint is not None:
-                    _save_job_state(job.checkpoint, j, bank, optimizers[job.cfg.optimizer], samplers[j],
-                                    results[j], steps[j])
+            save_round([_job_state(job, j, bank, optimizers, samplers[j], results[j], steps[j])
+                        for j, job in enumerate(jobs) if job.checkpoint is not None])
             raise RunCancelled(f"stopped with {len(active)} of {len(jobs)} jobs in progress")
     return results
 
@@ -307,13 +305,15 @@ def prompt_tune(backbone, init_prompt: torch.Tensor, train: list[Example], dev: 
                              should_stop=should_stop)[0]
 
 
-def _save_job_state(path: Path, row: int, bank, optimizer: BankOptimizer, sampler: BatchSampler,
-                    result: TuningResult, step: int) -> None:
-    save_checkpoint(path, {"step": step, "prompt": bank[row].detach().cpu(), "optimizer": optimizer.row_state(row),
-                           "generator": sampler.generator.get_state(), "queue": sampler.state(),
-                           "best": {"prompt": result.best_prompt, "step": result.best_step, "dev": result.best_dev,
-                                    "history": list(result.dev_history), "final_loss": result.final_loss,
-                                    "stopped": result.stopped}})
+def _job_state(job: Job, row: int, bank, optimizers: dict[str, BankOptimizer], sampler: BatchSampler,
+               result: TuningResult, step: int) -> tuple[Path, dict]:
+    """(checkpoint path, state) of one job of the group: enough to continue it exactly."""
+    optimizer = optimizers[job.cfg.optimizer]
+    return job.checkpoint, {
+        "step": step, "prompt": bank[row].detach().cpu(), "optimizer": optimizer.row_state(row),
+        "generator": sampler.generator.get_state(), "queue": sampler.state(),
+        "best": {"prompt": result.best_prompt, "step": result.best_step, "dev": result.best_dev,
+                 "history": list(result.dev_history), "final_loss": result.final_loss, "stopped": result.stopped}}
 
 
 def _load_job_state(path: Path, row: int, bank, optimizer: BankOptimizer, sampler: BatchSampler,

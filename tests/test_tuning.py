@@ -116,3 +116,48 @@ def test_a_checkpoint_from_before_per_row_optimizers_restarts_its_job(tiny_llama
                           checkpoint=old)
     assert resumed.dev_history == fresh.dev_history
     torch.testing.assert_close(resumed.best_prompt, fresh.best_prompt)
+
+
+class _Killed(BaseException):
+    """A SIGKILL stand-in: nothing after it runs (no cancel save)."""
+
+
+def test_a_kill_in_the_middle_of_a_checkpoint_round_resumes_from_the_last_whole_round(tiny_llama, tmp_path,
+                                                                                      monkeypatch):
+    """Periodic checkpoints of a group are one round: a worker killed after saving some jobs of a round
+    resumes every job from the previous round, so the group ends exactly (bit for bit) as if never killed."""
+    from engine import checkpoint
+
+    backbone = Backbone.load(str(tiny_llama))
+
+    def jobs_with_checkpoints():
+        jobs = _jobs(backbone)
+        for j, job in enumerate(jobs):
+            job.cfg = dataclasses.replace(job.cfg, steps=6, checkpoint_every=2)
+            job.checkpoint = tmp_path / f"job{j}.pt"
+        return jobs
+
+    reference = prompt_tune_group(backbone, [dataclasses.replace(j, checkpoint=None) for j in _jobs(backbone)
+                                             for j in [dataclasses.replace(j, cfg=dataclasses.replace(
+                                                 j.cfg, steps=6, checkpoint_every=2))]])
+    real_save, saves = checkpoint.save_checkpoint, []
+
+    def save_then_die(path, state, round_info=None):
+        saves.append((path.name, state["step"]))
+        real_save(path, state, round_info)
+        if len(saves) == 4:  # round 1 (step 2) is whole; round 2 (step 4) has one member saved
+            raise _Killed
+
+    monkeypatch.setattr(checkpoint, "save_checkpoint", save_then_die)
+    with pytest.raises(_Killed):
+        prompt_tune_group(backbone, jobs_with_checkpoints())
+    monkeypatch.setattr(checkpoint, "save_checkpoint", real_save)
+    assert saves == [("job0.pt", 2), ("job1.pt", 2), ("job2.pt", 2), ("job0.pt", 4)]
+    assert [checkpoint.saved_step(tmp_path / f"job{j}.pt") for j in range(3)] == [4, 2, 2]  # torn round
+    assert [checkpoint.resume_step(tmp_path / f"job{j}.pt") for j in range(3)] == [2, 2, 2]
+
+    resumed = prompt_tune_group(backbone, jobs_with_checkpoints())
+    for got, want in zip(resumed, reference):
+        assert got.dev_history == want.dev_history and got.best_step == want.best_step
+        assert got.final_loss == want.final_loss
+        assert torch.equal(got.best_prompt, want.best_prompt)
