@@ -36,6 +36,9 @@ class DataConfig:
     targets: list[str] = _field([], help="target tasks; overrides the setting's list")
     k: int = _field(16, minimum=1)
     seeds: list[int] = _field(list(PAPER_SEEDS))
+    input_format: str = _field("plain", choices=("plain", "crossfit"),
+                               help="plain: the input as stored; crossfit: ' [task] ' + input, multiple-choice "
+                                    "options written into the text as ' (A) ... (B) ...' (the authors' code)")
 
 
 @dataclass
@@ -48,13 +51,24 @@ class ModelConfig:
                             help="auto: bf16 weights on a GPU that has bf16, fp32 elsewhere; autocast: fp32 "
                                  "weights with bf16 matrix products (GPU)")
     compile: bool = _field(False, help="torch.compile the frozen model (GPU; the first steps pay the compile time)")
+    dropout: str = _field("off", choices=("off", "config"),
+                          help="config: the model's own dropout rates while training a prompt (off in evaluation), "
+                               "as the authors' model.train(); off: no dropout anywhere")
 
 
 @dataclass
 class PromptConfig:
     length: int = _field(100, minimum=1)
-    placement: str = _field("before", choices=("before", "after"))
-    init: str = _field("vocab", choices=("vocab", "task_name", "file"))
+    placement: str = _field("before", choices=("before", "after", "after_eos"),
+                            help="where the prompt goes: before the input, after it, or after the input's "
+                                 "end-of-sequence token (the authors' code)")
+    init: str = _field("vocab", choices=("vocab", "task_name", "task_words", "file"),
+                       help="vocab: sampled tokens; task_name: one slot per task name (mean embedding of its "
+                            "tokens; upstream: every source name), the rest sampled (the authors' rule); "
+                            "task_words: one slot per word of the target task's name, the rest sampled")
+    vocab_pool: str = _field("first_5000", choices=("first_5000", "t5_c4_top5000"),
+                             help="tokens sampled (without replacement) into the prompt: the first 5000 ids of "
+                                  "the vocabulary, or the authors' 5000 most frequent T5 tokens in C4")
     file: str = _field("", help="prompt .safetensors when init = 'file'")
 
 
@@ -70,6 +84,14 @@ class DownstreamConfig:
     prediction: str = _field("auto", choices=("auto", "rank", "generate"),
                              help="auto: rank classification where a task has options, generation otherwise")
     max_new_tokens: int = _field(32, minimum=1)
+    num_beams: int = _field(1, minimum=1, help="generation: 1 is greedy; the authors used beam search with 4")
+    repetition_penalty: float = _field(1.0, minimum=0.0, help="generation (the authors: 2.5)")
+    early_stopping: bool = _field(False, help="beam search ends when num_beams candidates are finished")
+    max_epochs: int = _field(0, minimum=0, help="a job also stops after this many passes over its train split "
+                             "(0: no cap; the authors' 1000 epochs end 16-example jobs at 1000 steps)")
+    test_prompt: str = _field("best_dev", choices=("best_dev", "last"),
+                              help="the prompt tested: the one with the best dev score, or the last one (what "
+                                   "the authors' code tests: its saved 'best' state aliases the live prompt)")
     max_test_examples: int = _field(0, minimum=0, help="0: the whole test file")
     grad_clip: float = _field(1.0, minimum=0.0)
     weight_decay: float = _field(1e-5, minimum=0.0)
@@ -89,6 +111,7 @@ class UpstreamConfig:
     steps: int = _field(5000, minimum=1, help="meta-updates (MTL: optimizer steps)")
     outer_optimizer: str = _field("adafactor", choices=("adafactor", "adamw", "sgd"))
     outer_lr: float = _field(0.5, minimum=0.0)
+    outer_weight_decay: float = _field(1e-5, minimum=0.0, help="the outer optimizer's weight decay (the authors: 1e-5)")
     checkpoint_every: int = _field(500, minimum=1)
     log_every: int = _field(10, minimum=1)
     seed: int = _field(0)

@@ -39,11 +39,24 @@ class InnerLoopConfig(MethodConfig):
     support_batch: int = option(2, minimum=1)
     query_batch: int = option(2, minimum=1)
     tasks_per_step: int = option(2, minimum=1)
+    task_reduction: str = option("sum", choices=("sum", "mean"),
+                                 help="how the meta-batch's per-task gradients combine (the authors' MAML and "
+                                      "FoMAML sum them, their Reptile averages)")
+
+
+@dataclass
+class ReptileConfig(InnerLoopConfig):
+    pseudo_gradient: str = option("scaled", choices=("scaled", "difference"),
+                                  help="scaled: (theta - theta') / inner_lr, the authors' formula (under SGD, the "
+                                       "sum of the inner gradients); difference: theta - theta'")
 
 
 @dataclass
 class MTLConfig(MethodConfig):
     batch_size: int = option(4, minimum=1)
+    use_dev: bool = option(False, help="train on the source tasks' dev files too (the authors' MTL does)")
+    epochs: int = option(0, minimum=0, help="passes over the pooled source examples (the authors: 20); "
+                                            "0: upstream.steps optimizer steps")
 
 
 @dataclass(frozen=True)
@@ -82,8 +95,8 @@ register_method(Method("mtl", "MTL", MTLConfig, "engine.algorithms.mtl:MTL"))
 register_method(Method("maml", "MAML", InnerLoopConfig, "engine.algorithms.maml:MAML", second_order=True))
 register_method(Method("fomaml", "FoMAML", InnerLoopConfig, "engine.algorithms.fomaml:FoMAML",
                        defaults={"support_batch": 4, "query_batch": 4}))
-register_method(Method("reptile", "Reptile", InnerLoopConfig, "engine.algorithms.reptile:Reptile",
-                       defaults={"inner_steps": 10, "support_batch": 4}))
+register_method(Method("reptile", "Reptile", ReptileConfig, "engine.algorithms.reptile:Reptile",
+                       defaults={"inner_steps": 10, "support_batch": 4, "task_reduction": "mean"}))
 
 
 def method_names() -> tuple[str, ...]:
