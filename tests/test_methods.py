@@ -9,22 +9,22 @@ subclass and one `Method` entry, nothing else edited.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import dataclasses
 import json
 import subprocess
 import sys
+from dataclasses import dataclass
 
 import pytest
 import torch
 
-from conftest import REPO, SMALL_SEEDS, SMALL_TARGETS, small_run
 from engine.algorithms.base import Algorithm, batch_loss  # the toy's base class (imports torch)
 from engine.config import PresetError, load_preset, preset_from_dict
 from engine.fields import option
-from engine.methods import (METHODS, PT, InnerLoopConfig, Method, MethodConfig, MTLConfig, in_display_order, label,
-                            method_names, needs_second_order, register_method)
+from engine.methods import (METHODS, PT, InnerLoopConfig, Method, MethodConfig, MTLConfig, ReptileConfig,
+                            in_display_order, label, method_names, needs_second_order, register_method)
+
+from conftest import REPO, SMALL_SEEDS, SMALL_TARGETS, small_run
 
 PAPER_METHODS = ["mtl", "maml", "fomaml", "reptile"]
 
