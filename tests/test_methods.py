@@ -137,7 +137,7 @@ def test_register_method_refuses_a_bad_config_at_registration():
 
 def test_make_config_applies_the_method_defaults_then_overrides():
     assert METHODS["fomaml"].make_config() == InnerLoopConfig(support_batch=4, query_batch=4)
-    assert METHODS["reptile"].make_config() == InnerLoopConfig(inner_steps=10, support_batch=4)
+    assert METHODS["reptile"].make_config() == ReptileConfig(inner_steps=10, support_batch=4, task_reduction="mean")
     assert METHODS["maml"].make_config() == InnerLoopConfig()
     assert METHODS["reptile"].make_config(inner_steps=3).support_batch == 4
     assert METHODS["reptile"].make_config(inner_steps=3).inner_steps == 3
