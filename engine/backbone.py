@@ -15,7 +15,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-PLACEMENTS = ("before", "after")
+# where the prompt P goes around the input x (encoder-decoder models end the input with </s>):
+#   before: P x </s>;  after: x P </s>;  after_eos: x </s> P (the authors' T5Prompt.py: cat(embed(x </s>), P))
+PLACEMENTS = ("before", "after", "after_eos")
 # how the frozen model computes (prompts and optimizer state are float32 in every case):
 #   bf16: weights stored in bfloat16 (half the memory, no per-layer casts; GPU default)
 #   autocast: float32 weights, bfloat16 matrix products under torch.autocast (CUDA only)
@@ -52,9 +54,10 @@ class TokenTotals:
 class Backbone:
     def __init__(self, model, tokenizer, name: str, *, device: str = "cpu",
                  max_input_length: int = 256, max_output_length: int = 64,
-                 precision: str = "fp32", compile: bool = False):
+                 precision: str = "fp32", compile: bool = False, dropout: bool = False):
         model.requires_grad_(False)  # frozen: no gradient, so no optimizer state either
-        model.eval()  # no dropout: the same prompt always gives the same loss
+        model.eval()  # evaluation never drops out; training does only inside `training()` with dropout on
+        self.dropout = dropout
         self.precision = resolve_precision(precision, str(device))
         self.model = model.to(device)
         if self.precision == "bf16":  # parameters only: buffers such as RoPE's inv_freq keep float32
@@ -78,13 +81,13 @@ class Backbone:
     @classmethod
     def load(cls, name: str, *, device: str = "cpu", attn_implementation: str | None = None,
              max_input_length: int = 256, max_output_length: int = 64, progress=None,
-             compile: bool = False, precision: str = "auto") -> "Backbone":
+             compile: bool = False, precision: str = "auto", dropout: bool = False) -> "Backbone":
         from engine.models import load_pretrained
 
         kwargs = {"progress": progress} if progress else {}
         model, tokenizer, _ = load_pretrained(name, attn_implementation=attn_implementation, **kwargs)
         return cls(model, tokenizer, name, device=device, max_input_length=max_input_length,
-                   max_output_length=max_output_length, precision=precision, compile=compile)
+                   max_output_length=max_output_length, precision=precision, compile=compile, dropout=dropout)
 
     # ---- tokens -------------------------------------------------------------------
 
@@ -100,6 +103,25 @@ class Backbone:
                 ids = ids + [self.eos_id]
             self._token_cache[key] = ids
         return ids
+
+    @contextlib.contextmanager
+    def training(self, generator: torch.Generator | None = None):
+        """The forward passes of a training step. With dropout on, the model is in train mode (the
+        authors' model.train(): the config's dropout rates) and its masks come from a seed drawn from
+        `generator`, so a run that keeps its generator (checkpointed by the caller) is reproducible;
+        the global random state is left as it was. With dropout off this does nothing."""
+        if not self.dropout:
+            yield
+            return
+        devices = [self.device] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            if generator is not None:
+                torch.manual_seed(int(torch.randint(2**62, (1,), generator=generator)))
+            self.model.train()
+            try:
+                yield
+            finally:
+                self.model.eval()
 
     def autocast(self):
         if self.precision == "autocast":
@@ -148,8 +170,10 @@ class Backbone:
         return embeds, mask
 
     def _prompted_input(self, input_ids: list[int], placement: str) -> list:
-        tail = [self.eos_id] if self.is_encoder_decoder else []
-        return (["P", input_ids] if placement == "before" else [input_ids, "P"]) + ([tail] if tail else [])
+        if placement == "after_eos":  # decoder-only models get the </s> too: the row reads x </s> P
+            return [input_ids, [self.eos_id], "P"]
+        tail = [[self.eos_id]] if self.is_encoder_decoder else []
+        return (["P", input_ids] if placement == "before" else [input_ids, "P"]) + tail
 
     # ---- scoring ------------------------------------------------------------------
 
@@ -231,9 +255,15 @@ class Backbone:
 
     @torch.no_grad()
     def generate(self, prompt: torch.Tensor, inputs: list[str], placement: str = "before",
-                 max_new_tokens: int = 32, batch_rows: int = 32, owner: torch.Tensor | None = None) -> list[str]:
-        """Greedy generation for free-form tasks, batched (a bank with `owner` too), capped at max_new_tokens."""
+                 max_new_tokens: int = 32, batch_rows: int = 32, owner: torch.Tensor | None = None,
+                 num_beams: int = 1, repetition_penalty: float = 1.0, early_stopping: bool = False) -> list[str]:
+        """Generated answers, batched (a bank with `owner` too: each row reads its own prompt, and beam search
+        keeps each example's beams on its row's prompt), capped at max_new_tokens. num_beams=1 is greedy;
+        the authors used 4 beams, repetition_penalty 2.5 and early stopping."""
         results: list[str] = []
+        settings = {"num_beams": num_beams, "repetition_penalty": repetition_penalty}
+        if num_beams > 1:  # beam-only flags (greedy generation warns about them)
+            settings.update(early_stopping=early_stopping, length_penalty=1.0)
         for s in range(0, len(inputs), batch_rows):
             chunk = [self._prompted_input(self._ids(t, "input"), placement) for t in inputs[s:s + batch_rows]]
             rows = owner[s:s + batch_rows] if owner is not None else None
@@ -241,8 +271,8 @@ class Backbone:
             embeds, mask = self._embed_rows(prompt, rows, chunk, left_pad=not self.is_encoder_decoder)
             with self.autocast():
                 out = self.model.generate(inputs_embeds=embeds, attention_mask=mask, max_new_tokens=max_new_tokens,
-                                          do_sample=False, num_beams=1, pad_token_id=self.pad_id,
-                                          eos_token_id=self.eos_id)
+                                          do_sample=False, pad_token_id=self.pad_id, eos_token_id=self.eos_id,
+                                          **settings)
             results.extend(t.strip() for t in self.tokenizer.batch_decode(out, skip_special_tokens=True))
         return results
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
 
@@ -22,6 +22,7 @@ from engine.tomlcompat import tomllib
 PAPER_SEEDS = (100, 13, 21, 42, 87)  # the five k-shot splits of CrossFit, MetaICL and the paper
 
 TASK_TYPES = ("classification", "multi-choice", "free-form")
+INPUT_FORMATS = ("plain", "crossfit")
 SPLITS = ("train", "dev", "test")
 _SPLIT_FILE = re.compile(r"^(?P<task>.+)_(?P<k>\d+)_(?P<seed>\d+)_(?P<split>train|dev|test)\.(?P<ext>jsonl|tsv)$")
 
@@ -65,6 +66,27 @@ class Setting:
     name: str
     source: list[str] = field(default_factory=list)
     target: list[str] = field(default_factory=list)
+
+
+def format_input(example: Example, info: TaskInfo, input_format: str) -> str:
+    """The model's input text. `crossfit` is what the authors' code feeds T5 (their
+    fewshot_gym_singletask.py: " [task] " + input): CrossFit's task files write a
+    multiple-choice question's options into the input as " (A) ... (B) ...", which
+    MetaICL's files moved to `options`, so they are written back here (at the end:
+    CrossFit put a few tasks' context after the options). Classification labels are
+    not part of CrossFit's input."""
+    if input_format == "plain":
+        return example.input
+    if input_format != "crossfit":
+        raise ValueError(f"unknown input format {input_format!r} (known: {', '.join(INPUT_FORMATS)})")
+    text = f" [{info.name}] {example.input}"
+    if info.task_type == "multi-choice":
+        text += "".join(f" ({_choice_letter(i)}) {option}" for i, option in enumerate(example.options))
+    return text
+
+
+def _choice_letter(i: int) -> str:
+    return chr(ord("A") + i) if i < 26 else str(i + 1)
 
 
 def _parse_jsonl(path: Path) -> list[Example]:
@@ -192,7 +214,9 @@ class TaskData:
             raise TaskDataError(f"task '{task}': task_type {task_type!r} is not one of {', '.join(TASK_TYPES)}")
         return TaskInfo(task, task_type, tuple(options), layout)
 
-    def load_split(self, task: str, k: int, seed: int, *, need_test: bool = True) -> Split:
+    def load_split(self, task: str, k: int, seed: int, *, need_test: bool = True,
+                   input_format: str = "plain") -> Split:
+        """The split's examples, their inputs written in `input_format` (see `format_input`)."""
         info = self.task_info(task)
         parts: dict[str, list[Example] | None] = {}
         for split in SPLITS:
@@ -210,6 +234,8 @@ class TaskData:
                                         f"(none in the lines and no task config with 'options')")
                 if info.options and not examples[0].options:  # CrossFit TSV: options from the config
                     examples = [Example(e.input, e.output, info.options, e.answers) for e in examples]
+            if input_format != "plain":
+                examples = [replace(e, input=format_input(e, info, input_format)) for e in examples]
             parts[split] = examples
         return Split(task, k, seed, parts["train"], parts["dev"], parts["test"])
 

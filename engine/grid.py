@@ -18,6 +18,8 @@ directory as soon as its group ends; then the paper's selection and aggregation.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import random
 import time
 from dataclasses import dataclass, field
@@ -38,13 +40,14 @@ CPU_GROUP_SIZE = 8  # on CPU a bigger pass gains little (bench/speed.py) and del
 
 @dataclass
 class PromptInit:
-    """How a unit's initial prompt is made: loaded from `file`, or drawn from the backbone's vocabulary
-    (`vocab`, `task_name`: see engine.prompt.initial_prompt) with `seed`."""
+    """How a unit's initial prompt is made: loaded from `file`, or built from the backbone's vocabulary
+    (`vocab`, `task_name`, `task_words`: see engine.prompt.initial_prompt) with `seed`."""
 
     method: str
     file: str = ""
-    task_name: str = ""
+    task_names: list[str] = field(default_factory=list)  # the target task downstream, the sources upstream
     seed: int = 0
+    pool: str = "first_5000"  # prompt.vocab_pool
 
 
 @dataclass
@@ -146,8 +149,8 @@ class Executor:
     def initial_prompt(self, init: PromptInit, length: int):
         from engine.prompt import initial_prompt
 
-        return initial_prompt(self.backbone, length=length, method=init.method, task_name=init.task_name or None,
-                              file=init.file or None, seed=init.seed)
+        return initial_prompt(self.backbone, length=length, method=init.method, task_names=init.task_names,
+                              file=init.file or None, seed=init.seed, pool=init.pool)
 
     def learn_init(self, unit: LearnInit, events: UnitEvents) -> dict:
         from engine.algorithms.base import MetaTask
@@ -156,8 +159,9 @@ class Executor:
 
         preset = preset_from_dict(unit.preset)
         data = self.data(unit)
+        fmt = preset.data.input_format
         tasks = [MetaTask(task, seed, split.train, split.dev) for task, seed in unit.meta_tasks
-                 for split in [data.load_split(task, preset.data.k, seed, need_test=False)]]
+                 for split in [data.load_split(task, preset.data.k, seed, need_test=False, input_format=fmt)]]
         init = self.initial_prompt(unit.init, preset.prompt.length)
         events.message(f"upstream {unit.method}: {len(tasks)} meta-tasks from "
                        f"{len({t for t, _ in unit.meta_tasks})} source tasks")
@@ -171,22 +175,24 @@ class Executor:
         return {"method": unit.method, "steps": result.steps, "last_loss": result.last_loss, "prompt": unit.output}
 
     def _job(self, preset: Preset, data, work: CellWork):
-        from engine.tuning import Job, TuningConfig
+        from engine.tuning import Job, TuningConfig, job_steps
 
         down, cell = preset.downstream, work.cell
-        split = data.load_split(cell.task, preset.data.k, cell.seed)
-        cfg = TuningConfig(learning_rate=cell.lr, steps=down.steps, batch_size=down.batch_size,
-                           optimizer=down.optimizer, eval_every=down.eval_every,
+        split = data.load_split(cell.task, preset.data.k, cell.seed, input_format=preset.data.input_format)
+        cfg = TuningConfig(learning_rate=cell.lr, steps=job_steps(down.steps, down.max_epochs, len(split.train),
+                                                                  down.batch_size),
+                           batch_size=down.batch_size, optimizer=down.optimizer, eval_every=down.eval_every,
                            eval_batch_size=down.eval_batch_size, prediction=down.prediction,
-                           max_new_tokens=down.max_new_tokens, grad_clip=down.grad_clip,
-                           weight_decay=down.weight_decay, placement=preset.prompt.placement,
-                           checkpoint_every=down.checkpoint_every)
+                           max_new_tokens=down.max_new_tokens, num_beams=down.num_beams,
+                           repetition_penalty=down.repetition_penalty, early_stopping=down.early_stopping,
+                           grad_clip=down.grad_clip, weight_decay=down.weight_decay,
+                           placement=preset.prompt.placement, checkpoint_every=down.checkpoint_every)
         job = Job(self.initial_prompt(work.init, preset.prompt.length), split.train, split.dev,
                   data.task_info(cell.task), cfg, down.train_seed + cell.seed, checkpoint=Path(work.checkpoint))
         return job, subsample(split.test, down.max_test_examples)
 
     def train_cells(self, unit: TrainCells, events: UnitEvents) -> list[dict]:
-        """Prompt-tune the unit's cells as one group, test each one's best prompt; one record per cell."""
+        """Prompt-tune the unit's cells as one group, test each one's chosen prompt; one record per cell."""
         from engine.prompt import save_prompt
         from engine.tuning import EvalItem, evaluate_many, prompt_tune_group
 
@@ -201,18 +207,22 @@ class Executor:
             c.id + (f" (resuming after step {r})" if r else "") for c, r in zip(cells, resumed)))
         results = prompt_tune_group(
             self.backbone, jobs, on_step=lambda j, step, loss: events.cell_step(cells[j].id, step, loss),
-            on_eval=lambda j, step, score: events.cell_dev(cells[j].id, step, score), should_stop=events.should_stop)
-        evaluations = evaluate_many(self.backbone, [EvalItem(r.best_prompt, test, job.task, job.cfg)
-                                                    for r, job, test in zip(results, jobs, tests)])
+            on_eval=lambda j, step, score: events.cell_dev(cells[j].id, step, score), should_stop=events.should_stop,
+            dropout_seed=group_seed(preset, cells))
+        last = preset.downstream.test_prompt == "last"
+        tested = [r.last_prompt if last else r.best_prompt for r in results]
+        evaluations = evaluate_many(self.backbone, [EvalItem(prompt, test, job.task, job.cfg)
+                                                    for prompt, job, test in zip(tested, jobs, tests)])
         seconds = round(time.time() - started, 2)
         records = []
-        for w, result, evaluation in zip(unit.cells, results, evaluations):
+        for w, result, job, prompt, evaluation in zip(unit.cells, results, jobs, tested, evaluations):
             cell = w.cell
-            save_prompt(Path(w.output), result.best_prompt, model=preset.model.name,
+            save_prompt(Path(w.output), prompt, model=preset.model.name,
                         extra={"task": cell.task, "seed": str(cell.seed)})
             records.append({"method": cell.method, "task": cell.task, "seed": cell.seed, "lr": cell.lr,
                             "metric": evaluation.metric, "dev": result.best_dev, "test": evaluation.score,
-                            "best_step": result.best_step, "dev_history": result.dev_history,
+                            "best_step": result.best_step, "tested": preset.downstream.test_prompt,
+                            "steps": job.cfg.steps, "dev_history": result.dev_history,
                             "final_loss": result.final_loss, "stopped": result.stopped,
                             "seconds": seconds, "group_size": len(cells), "prompt": w.output})
         events.message(f"group of {len(cells)} cells done in {seconds:.1f}s")
@@ -230,8 +240,10 @@ class Executor:
 
         # the probe's batch: the longest train examples of any pending cell
         splits = {(c.task, c.seed) for c in pending}
-        examples = [e for task, seed in splits for e in data.load_split(task, preset.data.k, seed).train]
-        prompt = initial_prompt(self.backbone, length=preset.prompt.length, method="vocab", seed=0)
+        fmt = preset.data.input_format
+        examples = [e for task, seed in splits for e in data.load_split(task, preset.data.k, seed, input_format=fmt).train]
+        prompt = initial_prompt(self.backbone, length=preset.prompt.length, method="vocab", seed=0,
+                                pool=preset.prompt.vocab_pool)
         fits, probe = group_size_that_fits(self.backbone, examples, down.batch_size, prompt,
                                            preset.prompt.placement, down.group_memory_fraction)
         size = min(len(pending), fits)
@@ -250,13 +262,18 @@ class GridEvents(UnitEvents, Protocol):
     def stage(self, stage: str, **fields) -> None: ...
 
 
+def meta_task_keys(plan: Plan, data: TaskData, k: int) -> list[tuple[str, int]]:
+    """The upstream meta-tasks: every (source task, split seed) of the plan that the data has."""
+    return [(t, s) for t in plan.sources for s in data.seeds(t, k) if s in plan.seeds]
+
+
 def upstream_unit(run: Run, preset: Preset, plan: Plan, method: str) -> LearnInit:
     """The unit that learns `method`'s initialisation on the plan's sources (every listed seed of each)."""
-    data = TaskData(plan.data_dir, plan.config_dir)
-    meta_tasks = [(t, s) for t in plan.sources for s in data.seeds(t, preset.data.k) if s in plan.seeds]
-    # no single task name upstream: the task-name init falls back to sampled vocabulary
-    init_method = "vocab" if preset.prompt.init == "task_name" else preset.prompt.init
-    init = PromptInit(init_method, file=preset.prompt.file, seed=preset.upstream.seed)
+    meta_tasks = meta_task_keys(plan, TaskData(plan.data_dir, plan.config_dir), preset.data.k)
+    # upstream, the task-name init reads every source name (the authors' rule); task_words has no one name
+    init_method = "vocab" if preset.prompt.init == "task_words" else preset.prompt.init
+    init = PromptInit(init_method, file=preset.prompt.file, task_names=list(plan.sources), seed=preset.upstream.seed,
+                      pool=preset.prompt.vocab_pool)
     return LearnInit(method, preset.to_dict(), plan.data_dir, plan.config_dir, meta_tasks, init,
                      str(run.upstream_checkpoint(method)), str(run.upstream_prompt(method)))
 
@@ -264,8 +281,8 @@ def upstream_unit(run: Run, preset: Preset, plan: Plan, method: str) -> LearnIni
 def cell_init(run: Run, preset: Preset, cell: Cell) -> PromptInit:
     """PT starts from the plain initialisation; every other method from its learned (or reused) prompt."""
     if cell.method == PT:
-        return PromptInit(preset.prompt.init, file=preset.prompt.file, task_name=cell.task,
-                          seed=preset.downstream.train_seed + cell.seed)
+        return PromptInit(preset.prompt.init, file=preset.prompt.file, task_names=[cell.task],
+                          seed=preset.downstream.train_seed + cell.seed, pool=preset.prompt.vocab_pool)
     reuse = preset.upstream.hyperparameters[cell.method].prompt_file
     return PromptInit("file", file=reuse or str(run.upstream_prompt(cell.method)))
 
@@ -302,6 +319,35 @@ def cell_groups(run: Run, preset: Preset, executor: Executor, data, cells: list[
     return groups
 
 
+def upstream_steps(preset: Preset, plan: Plan, data: TaskData, method: str) -> int:
+    """The outer updates `method` makes in this run (MTL with `epochs` counts passes over its pool)."""
+    from engine.algorithms.base import MetaTask
+    from engine.upstream import make_algorithm
+
+    algorithm = make_algorithm(method, preset.upstream, preset.prompt.placement)
+    k = preset.data.k
+    tasks = [MetaTask(t, s, split.train, split.dev) for t, s in meta_task_keys(plan, data, k)
+             for split in [data.load_split(t, k, s, need_test=False)]]
+    return algorithm.total_steps(preset.upstream.steps, tasks)
+
+
+def cell_steps(preset: Preset, data: TaskData, cells: list[Cell]) -> dict[str, int]:
+    """Each cell's optimizer steps (`downstream.steps`, or fewer under `max_epochs`)."""
+    from engine.tuning import job_steps
+
+    down = preset.downstream
+    n_train = {(c.task, c.seed): len(data.load_split(c.task, preset.data.k, c.seed, need_test=False).train)
+               for c in cells} if down.max_epochs else {}
+    return {c.id: job_steps(down.steps, down.max_epochs, n_train.get((c.task, c.seed), 0), down.batch_size)
+            for c in cells}
+
+
+def group_seed(preset: Preset, cells: list[Cell]) -> int:
+    """The seed of a group's dropout generator: from the run's train seed and the group's members."""
+    digest = hashlib.sha256(json.dumps([preset.downstream.train_seed, [c.id for c in cells]]).encode()).digest()
+    return int.from_bytes(digest[:7], "little")
+
+
 def save_groups(run: Run, groups: list[list[Cell]]) -> None:
     write_json_atomic(run.groups_path, [[c.id for c in g] for g in groups])
 
@@ -315,14 +361,18 @@ def run_grid(run: Run, preset: Preset, plan: Plan, executor: Executor, events: G
     done = run.finished_cell_records([c.id for c in cells])
     to_learn = methods_to_learn(run, preset, plan)
 
+    data = TaskData(plan.data_dir, plan.config_dir)
+    method_steps = {m: upstream_steps(preset, plan, data, m) for m in to_learn}
+    steps_of_cell = cell_steps(preset, data, cells)
+
     def steps_done() -> int:
         """Finished work plus what the checkpoints hold, from the run directory (a few small files)."""
         learned = [m for m in to_learn if run.upstream_prompt(m).is_file()]
-        return (len(learned) * up.steps + len(done) * down.steps
+        return (sum(method_steps[m] for m in learned) + sum(steps_of_cell[c] for c in done)
                 + sum(saved_step(run.upstream_checkpoint(m)) for m in to_learn if m not in learned)
                 + sum(resume_step(run.cell_checkpoint(c.id)) for c in cells if c.id not in done))
 
-    events.begin(len(to_learn) * up.steps + len(cells) * down.steps, steps_done())
+    events.begin(sum(method_steps.values()) + sum(steps_of_cell.values()), steps_done())
     for method in plan.methods:
         if method != PT and up.hyperparameters[method].prompt_file:
             events.message(f"upstream {method}: reusing {up.hyperparameters[method].prompt_file}")
@@ -332,8 +382,7 @@ def run_grid(run: Run, preset: Preset, plan: Plan, executor: Executor, events: G
         events.progress_to(steps_done())
 
     events.stage("downstream", total_cells=len(cells), done_cells=len(done))
-    groups = cell_groups(run, preset, executor, TaskData(plan.data_dir, plan.config_dir), cells, done,
-                         events)
+    groups = cell_groups(run, preset, executor, data, cells, done, events)
     i = 0
     while i < len(groups):
         group = groups[i]

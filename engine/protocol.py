@@ -5,17 +5,23 @@ before anything runs), the plan into downstream grid cells (method x target
 task x split seed x learning rate), and finished cells into the paper's table:
 per split the learning rate with the best dev score, per task mean and std of
 the chosen test scores over splits, and the mean over tasks.
+
+`data.setting = "qin2023:<name>"` takes the authors' own source/target lists
+(presets/paper-settings/<name>.json, with where in their code each list comes from).
 """
 
 from __future__ import annotations
 
+import json
 import math
 import statistics
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from engine.config import Preset, PresetError
+from engine.config import Preset, PresetError, builtin_presets_dir
 from engine.data import TaskData, TaskDataError
+
+PAPER_SETTING_PREFIX = "qin2023:"  # data.setting = "qin2023:<name>": the authors' own source/target lists
 
 
 @dataclass
@@ -28,9 +34,45 @@ class Plan:
     seeds: list[int]
     methods: list[str] = field(default_factory=lambda: ["pt"])
     warnings: list[str] = field(default_factory=list)
+    # a paper setting's tasks that this data lacks (skipped; absent from plans stored before they existed)
+    missing_sources: list[str] = field(default_factory=list)
+    missing_targets: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+@dataclass(frozen=True)
+class PaperSetting:
+    """One of the paper's settings: the authors' source and target task lists, and where they come from."""
+
+    name: str
+    sources: list[str]
+    targets: list[str]
+    source: str
+
+    @property
+    def key(self) -> str:
+        return PAPER_SETTING_PREFIX + self.name
+
+
+def paper_settings_dir() -> Path:
+    return builtin_presets_dir() / "paper-settings"
+
+
+def paper_setting_names() -> list[str]:
+    return sorted(p.stem for p in paper_settings_dir().glob("*.json"))
+
+
+def load_paper_setting(name: str) -> PaperSetting:
+    """`name` with or without the "qin2023:" prefix; an unknown one is a one-line PresetError."""
+    name = name.removeprefix(PAPER_SETTING_PREFIX)
+    path = paper_settings_dir() / f"{name}.json"
+    if not name or "/" in name or not path.is_file():
+        raise PresetError(f"data.setting: unknown paper setting '{PAPER_SETTING_PREFIX}{name}' (known: "
+                          f"{', '.join(PAPER_SETTING_PREFIX + n for n in paper_setting_names())})")
+    raw = json.loads(path.read_text(encoding="utf-8"))
+    return PaperSetting(name, list(raw["train"]), list(raw["test"]), str(raw.get("source", "")))
 
 
 def open_data(preset: Preset) -> TaskData:
@@ -41,10 +83,41 @@ def open_data(preset: Preset) -> TaskData:
 
 
 def make_plan(preset: Preset) -> Plan:
-    """Check the preset against the data; every problem is a one-line PresetError."""
+    """Check the preset against the data; every problem is a one-line PresetError.
+
+    A paper setting's own lists are taken as far as the data has them: a source task the data
+    lacks, or a target task it lacks (or without a test file, or without some of data.seeds), is
+    skipped, recorded on the plan and said in one warning. Lists written in the preset stay strict.
+    """
     data = open_data(preset)
+    k = preset.data.k
     setting_name, sources, targets = "", list(preset.data.sources), list(preset.data.targets)
-    if preset.data.setting:
+    paper: PaperSetting | None = None
+    missing_sources: list[str] = []
+    missing_targets: list[str] = []
+    skipped_targets: dict[str, list[str]] = {}  # why -> tasks, in the paper's order
+    if preset.data.setting.startswith(PAPER_SETTING_PREFIX):
+        paper = load_paper_setting(preset.data.setting)
+        setting_name = paper.key
+        if not sources:
+            sources = [t for t in paper.sources if data.has_task(t)]
+            missing_sources = [t for t in paper.sources if not data.has_task(t)]
+        if not targets:
+            for task in paper.targets:
+                why = _unusable_target(data, task, k, preset.data.seeds)
+                if why:
+                    skipped_targets.setdefault(why, []).append(task)
+                    missing_targets.append(task)
+                else:
+                    targets.append(task)
+            if not targets:
+                raise PresetError(f"data.setting: none of the {len(paper.targets)} target tasks of paper setting "
+                                  f"{paper.name} is usable in {data.tasks_dir} ({_why_list(skipped_targets)})")
+        if missing_sources and not sources and preset.upstream.methods:
+            raise PresetError(f"data.setting: none of the {len(paper.sources)} source tasks of paper setting "
+                              f"{paper.name} is in {data.tasks_dir}, but upstream.methods "
+                              f"({', '.join(preset.upstream.methods)}) learn on source tasks")
+    elif preset.data.setting:
         try:
             setting = data.load_setting(preset.data.setting)
         except TaskDataError as exc:
@@ -58,7 +131,6 @@ def make_plan(preset: Preset) -> Plan:
         for task in tasks:
             if not data.has_task(task):
                 raise PresetError(f"{key}: unknown task '{task}' (not found in {data.tasks_dir})")
-    k = preset.data.k
     for task in targets:
         if not data.has_test(task, k):
             raise PresetError(f"data.targets: task '{task}' has no test file for k={k}; it can serve as a source task only")
@@ -85,11 +157,49 @@ def make_plan(preset: Preset) -> Plan:
         if reuse and not Path(reuse).is_file():
             raise PresetError(f"upstream.{method}.prompt_file: {reuse} does not exist")
     warnings = []
+    if paper and (missing_targets or missing_sources):
+        warnings.append(_missing_warning(paper, skipped_targets, missing_sources, bool(preset.upstream.methods)))
     overlap = sorted(set(sources) & set(targets))
     if overlap:
-        warnings.append(f"source and target tasks overlap: {', '.join(overlap)} (the paper keeps them disjoint)")
+        authors = paper and set(overlap) <= set(paper.sources) & set(paper.targets)
+        why = (f"the authors' own split, {paper.key}, lists {'it' if len(overlap) == 1 else 'them'} on both sides"
+               if authors else "the paper keeps them disjoint")
+        warnings.append(f"source and target tasks overlap: {', '.join(overlap)} ({why})")
     return Plan(str(data.tasks_dir), str(data.config_dir) if data.config_dir else None, setting_name,
-                sources, targets, list(preset.data.seeds), methods=methods, warnings=warnings)
+                sources, targets, list(preset.data.seeds), methods=methods, warnings=warnings,
+                missing_sources=missing_sources, missing_targets=missing_targets)
+
+
+def _unusable_target(data: TaskData, task: str, k: int, seeds: list[int]) -> str:
+    """Why a paper setting's target task cannot be run on this data ("" when it can)."""
+    if not data.has_task(task):
+        return "absent"
+    if not data.has_test(task, k):
+        return f"no k={k} test file"
+    lacking = [s for s in seeds if s not in data.seeds(task, k)]
+    if lacking:
+        return f"no k={k} split for seed(s) {', '.join(map(str, lacking))}"
+    return ""
+
+
+def _why_list(skipped: dict[str, list[str]]) -> str:
+    return "; ".join(f"{why}: {', '.join(tasks)}" for why, tasks in skipped.items())
+
+
+def _missing_warning(paper: PaperSetting, skipped: dict[str, list[str]], missing_sources: list[str],
+                     upstream: bool) -> str:
+    """One line: which of the paper's tasks this run skips and what that does to its comparison with the paper."""
+    parts, consequences = [], []
+    n_targets = sum(len(tasks) for tasks in skipped.values())
+    if n_targets:
+        parts.append(f"{n_targets} of {len(paper.targets)} targets missing from the data ({_why_list(skipped)})")
+        consequences.append("results are not comparable to the paper's table for the missing rows")
+    if missing_sources:
+        parts.append(f"{len(missing_sources)} of {len(paper.sources)} sources"
+                     f"{'' if n_targets else ' missing from the data'} ({', '.join(missing_sources)})")
+        consequences.append("the upstream prompts are learned on fewer sources" if upstream
+                            else "the source list is shorter than the paper's")
+    return f"paper setting {paper.name}: skipping {' and '.join(parts)}: {' and '.join(consequences)}"
 
 
 @dataclass(frozen=True)

@@ -38,6 +38,9 @@ class TuningConfig:
     eval_batch_size: int = 64
     prediction: str = "auto"
     max_new_tokens: int = 32
+    num_beams: int = 1
+    repetition_penalty: float = 1.0
+    early_stopping: bool = False
     grad_clip: float = 1.0
     weight_decay: float = 1e-5
     placement: str = "before"
@@ -59,6 +62,15 @@ class TuningResult:
     dev_history: list[tuple[int, float]] = field(default_factory=list)
     final_loss: float = math.nan
     stopped: str = ""  # why training ended early ("nan loss"), empty when it ran all steps
+    last_prompt: torch.Tensor | None = None  # the prompt after the last step taken
+
+
+def job_steps(steps: int, max_epochs: int, n_train: int, batch_size: int) -> int:
+    """A job's optimizer steps: `steps`, or fewer when `max_epochs` passes over its train split end first
+    (the authors' loop stops at whichever of total_steps and num_train_epochs comes first)."""
+    if not max_epochs:
+        return steps
+    return min(steps, max_epochs * math.ceil(n_train / batch_size))
 
 
 def make_optimizer(name: str, params: list[torch.Tensor], lr: float, weight_decay: float):
@@ -139,7 +151,8 @@ def evaluate_many(backbone, items: list[EvalItem]) -> list[Evaluation]:
             flat = [e.options[p] for (_, e), p in zip(examples, picks)]
         else:
             flat = backbone.generate(bank, inputs, placement=cfg.placement, max_new_tokens=cfg.max_new_tokens,
-                                     batch_rows=cfg.eval_batch_size, owner=owner)
+                                     batch_rows=cfg.eval_batch_size, owner=owner, num_beams=cfg.num_beams,
+                                     repetition_penalty=cfg.repetition_penalty, early_stopping=cfg.early_stopping)
         for (row, _), text in zip(examples, flat):
             predictions[chosen[row]].append(text)
     results = []
@@ -172,14 +185,18 @@ OnJobEval = Callable[[int, int, float], None]  # (job index, step, dev score)
 
 
 def prompt_tune_group(backbone, jobs: list[Job], *, on_step: OnJobStep | None = None,
-                      on_eval: OnJobEval | None = None,
-                      should_stop: Callable[[], bool] | None = None) -> list[TuningResult]:
+                      on_eval: OnJobEval | None = None, should_stop: Callable[[], bool] | None = None,
+                      dropout_seed: int = 0) -> list[TuningResult]:
     """Train all jobs; return each one's prompt with the best dev score (ties keep the earlier one).
 
     Jobs with a checkpoint resume from it, each at its own step, and save their state
     there every `cfg.checkpoint_every` steps. When `should_stop()` turns true, every
     job with a checkpoint path saves its state there (finished ones too: trained but
     not yet tested) and `RunCancelled` is raised.
+
+    With the backbone's dropout on, the group's masks come from one generator seeded with
+    `dropout_seed` and saved in the checkpoints: a group's masks depend on its padded width,
+    so dropout results are reproducible for the same grouping, not equal to one-by-one runs.
     """
     if len({job.cfg.placement for job in jobs}) != 1:
         raise ValueError("all jobs of a group must place the prompt the same way")
@@ -196,10 +213,12 @@ def prompt_tune_group(backbone, jobs: list[Job], *, on_step: OnJobStep | None = 
     results = [TuningResult(best_prompt=bank[j].detach().cpu().clone(), best_step=0, best_dev=-math.inf)
                for j in range(len(jobs))]
     steps = [0] * len(jobs)
+    dropout_rng = torch.Generator().manual_seed(dropout_seed)
     for j, job in enumerate(jobs):
         resume = resume_path(job.checkpoint) if job.checkpoint is not None else None
         if resume is not None:
-            steps[j] = _load_job_state(resume, j, bank, optimizers[job.cfg.optimizer], samplers[j], results[j])
+            steps[j] = _load_job_state(resume, j, bank, optimizers[job.cfg.optimizer], samplers[j], results[j],
+                                       dropout_rng)
     active = [j for j, job in enumerate(jobs) if steps[j] < job.cfg.steps and not results[j].stopped]
     while active:
         inputs, targets, owner_rows = [], [], []
@@ -209,7 +228,8 @@ def prompt_tune_group(backbone, jobs: list[Job], *, on_step: OnJobStep | None = 
             targets += [e.output for e in batch]
             owner_rows += [j] * len(batch)
         owner = torch.tensor(owner_rows, device=backbone.device)
-        totals = backbone.token_totals(bank, inputs, targets, placement, owner=owner)
+        with backbone.training(dropout_rng):
+            totals = backbone.token_totals(bank, inputs, targets, placement, owner=owner)
         zeros = torch.zeros(len(jobs), device=backbone.device, dtype=totals.nll.dtype)
         nll = zeros.index_add(0, owner, totals.nll)
         tokens = zeros.index_add(0, owner, totals.tokens.to(totals.nll.dtype))
@@ -249,11 +269,14 @@ def prompt_tune_group(backbone, jobs: list[Job], *, on_step: OnJobStep | None = 
         due = [j for j in active if jobs[j].checkpoint is not None and jobs[j].cfg.checkpoint_every
                and steps[j] % jobs[j].cfg.checkpoint_every == 0]
         if due:
-            save_round([_job_state(jobs[j], j, bank, optimizers, samplers[j], results[j], steps[j]) for j in due])
+            save_round([_job_state(jobs[j], j, bank, optimizers, samplers[j], results[j], steps[j], dropout_rng)
+                        for j in due])
         if active and should_stop is not None and should_stop():
-            save_round([_job_state(job, j, bank, optimizers, samplers[j], results[j], steps[j])
+            save_round([_job_state(job, j, bank, optimizers, samplers[j], results[j], steps[j], dropout_rng)
                         for j, job in enumerate(jobs) if job.checkpoint is not None])
             raise RunCancelled(f"stopped with {len(active)} of {len(jobs)} jobs in progress")
+    for j, result in enumerate(results):
+        result.last_prompt = bank[j].detach().cpu().clone()
     return results
 
 
@@ -273,8 +296,9 @@ def measure_group_memory(backbone, examples: list[Example], batch_size: int, pro
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
         before = torch.cuda.memory_allocated(device)
-        totals = backbone.token_totals(bank, [e.input for e in longest] * copies,
-                                       [e.output for e in longest] * copies, placement, owner=owner)
+        with backbone.training():  # dropout keeps its masks for the backward
+            totals = backbone.token_totals(bank, [e.input for e in longest] * copies,
+                                           [e.output for e in longest] * copies, placement, owner=owner)
         totals.mean_loss().backward()
         torch.cuda.synchronize(device)
         peaks.append(torch.cuda.max_memory_allocated(device) - before)
@@ -306,21 +330,24 @@ def prompt_tune(backbone, init_prompt: torch.Tensor, train: list[Example], dev: 
 
 
 def _job_state(job: Job, row: int, bank, optimizers: dict[str, BankOptimizer], sampler: BatchSampler,
-               result: TuningResult, step: int) -> tuple[Path, dict]:
+               result: TuningResult, step: int, dropout_rng: torch.Generator) -> tuple[Path, dict]:
     """(checkpoint path, state) of one job of the group: enough to continue it exactly."""
     optimizer = optimizers[job.cfg.optimizer]
     return job.checkpoint, {
         "step": step, "prompt": bank[row].detach().cpu(), "optimizer": optimizer.row_state(row),
         "generator": sampler.generator.get_state(), "queue": sampler.state(),
+        "dropout_generator": dropout_rng.get_state(),  # the group's, the same in every member of a round
         "best": {"prompt": result.best_prompt, "step": result.best_step, "dev": result.best_dev,
                  "history": list(result.dev_history), "final_loss": result.final_loss, "stopped": result.stopped}}
 
 
 def _load_job_state(path: Path, row: int, bank, optimizer: BankOptimizer, sampler: BatchSampler,
-                    result: TuningResult) -> int:
+                    result: TuningResult, dropout_rng: torch.Generator) -> int:
     state = load_checkpoint(path)
     if "param_groups" in state["optimizer"]:  # a checkpoint from before per-row optimizers: start over
         return 0
+    if "dropout_generator" in state:
+        dropout_rng.set_state(state["dropout_generator"])
     with torch.no_grad():
         bank[row] = state["prompt"].to(bank.device)
     optimizer.load_row_state(row, state["optimizer"])

@@ -26,10 +26,10 @@ class UpstreamError(ValueError):
     pass
 
 
-def make_outer_optimizer(name: str, params, lr: float):
+def make_outer_optimizer(name: str, params, lr: float, weight_decay: float = 0.0):
     if name == "sgd":
-        return torch.optim.SGD(params, lr=lr)
-    return make_optimizer(name, params, lr, weight_decay=0.0)
+        return torch.optim.SGD(params, lr=lr, weight_decay=weight_decay)
+    return make_optimizer(name, params, lr, weight_decay=weight_decay)
 
 
 def make_algorithm(method: str, upstream_cfg, placement: str):
@@ -73,13 +73,18 @@ OnStep = Callable[[int, float], None]
 def learn_initialisation(backbone, method: str, tasks: list[MetaTask], init_prompt: torch.Tensor, upstream_cfg,
                          *, placement: str, checkpoint: Path | None = None, on_step: OnStep | None = None,
                          should_stop: Callable[[], bool] | None = None) -> UpstreamResult:
-    """Run `upstream_cfg.steps` outer updates of `method` from `init_prompt`, resuming from `checkpoint`."""
+    """Run the method's outer updates (`upstream_cfg.steps`, or its own count) from `init_prompt`, resuming
+    from `checkpoint`. With the backbone's dropout on, every pass of a meta-update (inner loop included)
+    drops out, its masks drawn from a generator seeded with `upstream.seed` and checkpointed."""
     if method not in METHODS:
         raise UpstreamError(f"unknown algorithm '{method}' (known: {', '.join(METHODS)})")
     algorithm = make_algorithm(method, upstream_cfg, placement)
     sampler = MetaSampler(tasks, upstream_cfg.seed)
     prompt = init_prompt.detach().clone().float().to(backbone.device).requires_grad_(True)
-    optimizer = make_outer_optimizer(upstream_cfg.outer_optimizer, [prompt], upstream_cfg.outer_lr)
+    optimizer = make_outer_optimizer(upstream_cfg.outer_optimizer, [prompt], upstream_cfg.outer_lr,
+                                     upstream_cfg.outer_weight_decay)
+    dropout_rng = torch.Generator().manual_seed(upstream_cfg.seed)
+    total = algorithm.total_steps(upstream_cfg.steps, tasks)
     start, loss = 0, float("nan")
     if checkpoint is not None and checkpoint.is_file():
         state = load_checkpoint(checkpoint)
@@ -87,24 +92,28 @@ def learn_initialisation(backbone, method: str, tasks: list[MetaTask], init_prom
             prompt.copy_(state["prompt"].to(prompt.device))
         optimizer.load_state_dict(state["optimizer"])
         sampler.generator.set_state(state["generator"])
+        if "dropout_generator" in state:
+            dropout_rng.set_state(state["dropout_generator"])
         start, loss = state["step"], state["loss"]
     check_second_order(backbone) if algorithm.second_order else None
-    for step in range(start + 1, upstream_cfg.steps + 1):
-        with second_order_context(backbone) if algorithm.second_order else contextlib.nullcontext():
+    for step in range(start + 1, total + 1):
+        with second_order_context(backbone) if algorithm.second_order else contextlib.nullcontext(), \
+                backbone.training(dropout_rng):
             grad, loss = algorithm.meta_gradient(backbone, prompt, sampler)
         optimizer.zero_grad(set_to_none=True)
         prompt.grad = grad.to(prompt.dtype)
         optimizer.step()
         if on_step:
             on_step(step, loss)
-        stop = should_stop is not None and should_stop() and step < upstream_cfg.steps
-        if checkpoint is not None and (step % upstream_cfg.checkpoint_every == 0 or step == upstream_cfg.steps or stop):
-            _save_state(checkpoint, prompt, optimizer, sampler, step, loss)
+        stop = should_stop is not None and should_stop() and step < total
+        if checkpoint is not None and (step % upstream_cfg.checkpoint_every == 0 or step == total or stop):
+            _save_state(checkpoint, prompt, optimizer, sampler, dropout_rng, step, loss)
         if stop:
             raise RunCancelled(f"stopped after meta-update {step}")
-    return UpstreamResult(prompt.detach().cpu().clone(), upstream_cfg.steps, loss)
+    return UpstreamResult(prompt.detach().cpu().clone(), total, loss)
 
 
-def _save_state(path: Path, prompt, optimizer, sampler: MetaSampler, step: int, loss: float) -> None:
+def _save_state(path: Path, prompt, optimizer, sampler: MetaSampler, dropout_rng, step: int, loss: float) -> None:
     save_checkpoint(path, {"prompt": prompt.detach().cpu(), "optimizer": optimizer.state_dict(),
-                           "generator": sampler.generator.get_state(), "step": step, "loss": loss})
+                           "generator": sampler.generator.get_state(), "dropout_generator": dropout_rng.get_state(),
+                           "step": step, "loss": loss})

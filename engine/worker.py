@@ -27,7 +27,7 @@ from engine.config import preset_from_dict
 from engine.devices import acquire_device, candidate_devices
 from engine.methods import needs_second_order
 from engine.protocol import Plan
-from engine.runs import Run
+from engine.runs import Run, read_json
 from engine.stopping import RunCancelled, StopFlag
 from engine.store import RunIndex
 
@@ -87,6 +87,13 @@ def _logger(run: Run) -> logging.Logger:
     return logger
 
 
+def _first_start(run: Run) -> bool:
+    """No worker has taken this run up yet (status.json has neither the plan's warnings nor a start time)."""
+    status = read_json(run.status_path)
+    status = status if isinstance(status, dict) else {}
+    return "warnings" not in status and "started" not in status
+
+
 def _quiet_libraries() -> None:
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
@@ -108,8 +115,13 @@ def execute(run: Run, reporter: Reporter | None = None, stop: StopFlag | None = 
     config = run.config()
     preset = preset_from_dict(config["preset"])
     plan = Plan(**config["plan"])
+    first_start = _first_start(run)
     log = _logger(run)
     status = StatusWriter(run)
+    if first_start:  # the plan's warnings head the log and stay in status.json; a resume does not repeat them
+        for warning in plan.warnings:
+            log.warning("%s", warning)
+        status.set(warnings=list(plan.warnings))
     status.set(state="queued", pid=os.getpid(), host=socket.gethostname(), stage="waiting for a device", error=None)
     status.start()
     index = RunIndex(run.path.parent)

@@ -15,6 +15,7 @@ from engine.prompt import (
     initial_prompt,
     load_prompt,
     save_prompt,
+    vocab_pool,
 )
 
 
@@ -143,13 +144,62 @@ def test_vocab_init_never_samples_special_tokens(backbone):
     assert len(set(ids)) > vocab // 2  # and the draw spreads over the vocabulary
 
 
+def test_vocab_init_samples_without_replacement_from_the_pool(backbone):
+    """The authors draw the sampled slots with random.sample: distinct tokens of the 5000 most frequent."""
+    weights = backbone.embeddings.weight.detach().float()
+    pool = vocab_pool("first_5000", weights.shape[0], set(backbone.tokenizer.all_special_ids))
+    length = len(pool) - 1  # nearly the whole pool: drawing with replacement would repeat a token
+    ids = _row_ids(weights, initial_prompt(backbone, length=length, method="vocab", seed=3))
+    assert None not in ids and len(set(ids)) == length
+    assert set(ids) <= set(pool)
+
+
+def test_the_authors_vocabulary_pool_is_their_c4_top5000_list():
+    pool = vocab_pool("t5_c4_top5000", 32128)
+    assert len(pool) == len(set(pool)) == 5000
+    assert pool[:5] == [3, 5, 6, 8, 7] and 2 not in pool and max(pool) == 8857  # utils.py skips id 2
+    with pytest.raises(ValueError, match="t5_c4_top5000.*vocabulary has 800"):
+        vocab_pool("t5_c4_top5000", 800)  # another tokenizer's ids mean other tokens
+
+
+@pytest.mark.parametrize("task, text", [("tweet_eval-hate", "tweet eval hate"), ("glue-sst2", "glue sst2"),
+                                        ("superglue-cb", "superglue cb")])
+def test_task_name_init_is_the_authors_rule(backbone, task, text):
+    """One slot = the mean embedding of all tokens of the name ('_' and '-' read as spaces), then
+    distinct sampled tokens (CrossFit/utils.py getpromptembedding)."""
+    weights = backbone.embeddings.weight.detach().float()
+    length = 6
+    prompt = initial_prompt(backbone, length=length, method="task_name", task_names=[task], seed=0)
+    assert prompt.shape == (length, backbone.hidden_size)
+    ids = backbone.tokenizer(text, add_special_tokens=False)["input_ids"]
+    assert len(ids) > 1
+    torch.testing.assert_close(prompt[0], weights[torch.tensor(ids)].mean(0), rtol=1e-6, atol=1e-6)
+    rest = _row_ids(weights, prompt[1:])
+    assert None not in rest and len(set(rest)) == length - 1, "the other slots: distinct vocabulary rows"
+    again = initial_prompt(backbone, length=length, method="task_name", task_names=[task], seed=0)
+    assert torch.equal(prompt, again)
+
+
+def test_upstream_task_name_init_has_one_slot_per_source_name_in_order(backbone):
+    weights = backbone.embeddings.weight.detach().float()
+    names = ["glue-sst2", "tweet_eval-hate", "ag_news"]
+    prompt = initial_prompt(backbone, length=5, method="task_name", task_names=names, seed=0)
+    for slot, name in enumerate(names):
+        ids = backbone.tokenizer(name.replace("_", " ").replace("-", " "), add_special_tokens=False)["input_ids"]
+        torch.testing.assert_close(prompt[slot], weights[torch.tensor(ids)].mean(0), rtol=1e-6, atol=1e-6)
+    assert None not in _row_ids(weights, prompt[3:])
+    # as many names as slots or more: names only (the authors' "initialize finish early")
+    short = initial_prompt(backbone, length=2, method="task_name", task_names=names, seed=0)
+    assert torch.equal(short, prompt[:2])
+
+
 @pytest.mark.parametrize("task, words", [("tweet_eval-hate", ["tweet", "eval", "hate"]),
                                          ("glue-sst2", ["glue", "sst2"])])
-def test_task_name_init_puts_word_means_first(backbone, task, words):
+def test_task_words_init_puts_word_means_first(backbone, task, words):
     weights = backbone.embeddings.weight.detach().float()
     tok = backbone.tokenizer
     length = 6
-    prompt = initial_prompt(backbone, length=length, method="task_name", task_name=task, seed=0)
+    prompt = initial_prompt(backbone, length=length, method="task_words", task_names=[task], seed=0)
     assert prompt.shape == (length, backbone.hidden_size)
     for slot, word in enumerate(words):
         ids = tok(word, add_special_tokens=False)["input_ids"]
@@ -158,13 +208,13 @@ def test_task_name_init_puts_word_means_first(backbone, task, words):
         torch.testing.assert_close(prompt[slot], expected, rtol=1e-6, atol=1e-6)
     for slot in range(len(words), length):
         assert _row_index(weights, prompt[slot]) is not None, f"slot {slot} should be a vocabulary row"
-    again = initial_prompt(backbone, length=length, method="task_name", task_name=task, seed=0)
+    again = initial_prompt(backbone, length=length, method="task_words", task_names=[task], seed=0)
     assert torch.equal(prompt, again)
 
 
-def test_task_name_init_shorter_prompt_than_words(backbone):
+def test_task_words_init_shorter_prompt_than_words(backbone):
     weights = backbone.embeddings.weight.detach().float()
-    prompt = initial_prompt(backbone, length=2, method="task_name", task_name="tweet_eval-hate", seed=0)
+    prompt = initial_prompt(backbone, length=2, method="task_words", task_names=["tweet_eval-hate"], seed=0)
     assert prompt.shape == (2, backbone.hidden_size)
     for slot, word in enumerate(["tweet", "eval"]):
         ids = backbone.tokenizer(word, add_special_tokens=False)["input_ids"]
@@ -191,6 +241,6 @@ def test_file_init_checks_hidden_size_and_length(backbone, tmp_path):
 
 
 def test_unknown_init_method(backbone):
-    assert set(INIT_METHODS) == {"vocab", "task_name", "file"}
+    assert set(INIT_METHODS) == {"vocab", "task_name", "task_words", "file"}
     with pytest.raises(ValueError, match="unknown prompt init"):
         initial_prompt(backbone, length=3, method="gaussian")

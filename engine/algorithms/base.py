@@ -123,6 +123,14 @@ class Algorithm:
     def meta_gradient(self, backbone, prompt: torch.Tensor, sampler: MetaSampler) -> tuple[torch.Tensor, float]:
         raise NotImplementedError
 
+    def total_steps(self, steps: int, tasks: list[MetaTask]) -> int:
+        """Outer updates this method makes: `upstream.steps` unless its own settings say otherwise."""
+        return steps
+
+    def combine(self, per_task: torch.Tensor, n_tasks: int) -> torch.Tensor:
+        """The meta-batch's gradient from the sum of its tasks' gradients (`task_reduction`)."""
+        return per_task if getattr(self.hp, "task_reduction", "mean") == "sum" else per_task / n_tasks
+
     def chunks(self, batches: list[TaskBatches]) -> list[list[TaskBatches]]:
         """All tasks in one chunk, or one task per chunk when `batch_tasks` is off."""
         return [batches] if self.batch_tasks else [[b] for b in batches]

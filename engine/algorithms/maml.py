@@ -3,7 +3,8 @@
 Per task of the meta-batch: `inner_steps` SGD steps on support batches of its
 train split, then the query loss on a dev batch at the adapted prompt; the
 meta-gradient flows back through the inner loop into the initial prompt and is
-averaged over the meta-batch. The tasks run together on a prompt bank (one row
+summed over the meta-batch (the authors' dev_loss.backward() per task) or averaged
+(`task_reduction`). The tasks run together on a prompt bank (one row
 per task, see `engine.algorithms.base`); since the initial bank is the prompt
 repeated, the meta-gradient is the sum of its rows' gradients.
 """
@@ -27,7 +28,7 @@ class MAML(Algorithm):
             with self.adapted(backbone, prompt, chunk, track_higher_grads=self.second_order) as (holder, fmodel, _):
                 query_losses = task_losses(backbone, fmodel.prompt, [b.query for b in chunk], self.placement)
                 # the sum: each row's gradient is its own task's; summing rows gives the prompt's
-                grad += self._bank_gradient(query_losses.sum(), holder, fmodel).sum(dim=0) / len(tasks)
+                grad += self.combine(self._bank_gradient(query_losses.sum(), holder, fmodel).sum(dim=0), len(tasks))
             for loss in query_losses.detach().tolist():
                 total_loss += loss / len(tasks)
         return grad, total_loss

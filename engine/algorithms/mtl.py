@@ -1,19 +1,32 @@
 """Multi-task learning (MTL): one prompt trained on the union of the source tasks.
 
-Each step draws a batch from the pooled train examples of all (task, seed)
-meta-tasks; the gradient is the plain loss gradient.
+Each step draws a batch from the pooled train examples (and dev examples, with
+`use_dev`, as the authors' MTL) of all (task, seed) meta-tasks; the gradient is
+the plain loss gradient. With `epochs`, the number of steps is that many passes
+over the pool (batches are still drawn at random, not as epoch permutations).
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
 
-from engine.algorithms.base import Algorithm, MetaSampler, batch_loss
+from engine.algorithms.base import Algorithm, MetaSampler, MetaTask, batch_loss
+from engine.data import Example
 
 
 class MTL(Algorithm):
+    def pool(self, tasks: list[MetaTask]) -> list[Example]:
+        return [e for task in tasks for e in task.train + (task.dev if self.hp.use_dev else [])]
+
+    def total_steps(self, steps: int, tasks: list[MetaTask]) -> int:
+        if not self.hp.epochs:
+            return steps
+        return self.hp.epochs * math.ceil(len(self.pool(tasks)) / self.hp.batch_size)
+
     def meta_gradient(self, backbone, prompt, sampler: MetaSampler):
-        pool = [e for task in sampler.tasks for e in task.train]  # rebuilt each step: algorithms hold no state
+        pool = self.pool(sampler.tasks)  # rebuilt each step: algorithms hold no state
         examples = sampler.batch(pool, self.hp.batch_size)
         p = prompt.detach().clone().requires_grad_(True)
         loss = batch_loss(backbone, p, examples, self.placement)
