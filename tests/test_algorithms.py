@@ -31,7 +31,7 @@ import engine.upstream as upstream
 from engine.algorithms.base import Algorithm, MetaSampler, MetaTask
 from engine.backbone import Backbone
 from engine.config import UpstreamConfig
-from engine.methods import METHODS, InnerLoopConfig, MTLConfig
+from engine.methods import METHODS, InnerLoopConfig, MTLConfig, ReptileConfig
 from engine.data import TaskData
 from engine.upstream import UpstreamError, learn_initialisation, second_order_context
 
@@ -225,7 +225,8 @@ def test_registry_covers_the_paper_methods():
 
 def _check_maml_against_reference(backbone, tasks, inner_steps, *, use_context: bool, rtol: float = 1e-6,
                                   placement: str = PLACEMENT, batch_tasks: bool = True):
-    hp = InnerLoopConfig(inner_lr=2.0, inner_steps=inner_steps, support_batch=2, query_batch=2, tasks_per_step=3)
+    hp = InnerLoopConfig(inner_lr=2.0, inner_steps=inner_steps, support_batch=2, query_batch=2, tasks_per_step=3,
+                         task_reduction="mean")
     prompt = _prompt(backbone)
     sampler = RecordingSampler(tasks, seed=3)
     algorithm = METHODS["maml"].algorithm()(hp, placement, batch_tasks=batch_tasks)
@@ -283,7 +284,8 @@ def test_maml_with_eager_attention_needs_no_context(tiny_llama, tiny_t5, meta_ta
 @pytest.mark.parametrize("kind", ["llama", "t5"])
 def test_fomaml_is_query_gradient_at_adapted_prompt_and_differs_from_maml(tiny_llama, tiny_t5, meta_tasks, kind):
     backbone = _load(_models(tiny_llama, tiny_t5)[kind], double=True)
-    hp = InnerLoopConfig(inner_lr=2.0, inner_steps=2, support_batch=2, query_batch=2, tasks_per_step=2)
+    hp = InnerLoopConfig(inner_lr=2.0, inner_steps=2, support_batch=2, query_batch=2, tasks_per_step=2,
+                         task_reduction="mean")
     prompt = _prompt(backbone, seed=1)
 
     fo_sampler = RecordingSampler(meta_tasks, seed=5)
@@ -320,16 +322,37 @@ def test_fomaml_is_query_gradient_at_adapted_prompt_and_differs_from_maml(tiny_l
     assert not _close(maml_grad, fo_grad, rtol=1e-3)  # ... different gradients
 
 
+@pytest.mark.parametrize("method", INNER_LOOP_METHODS)
+def test_task_reduction_sum_is_the_meta_batch_size_times_the_mean(tiny_t5, meta_tasks, method):
+    """The authors' MAML and FoMAML run dev_loss.backward() task by task: their meta-gradient is the sum
+    over the meta-batch (the default for both); their Reptile averages."""
+    backbone = _load(tiny_t5, double=True)
+    grads = {}
+    for reduction in ("sum", "mean"):
+        hp = METHODS[method].make_config(inner_lr=2.0, inner_steps=2, support_batch=2, query_batch=2,
+                                         tasks_per_step=3, task_reduction=reduction)
+        grads[reduction], _, _ = _meta_gradient(backbone, method, hp, _prompt(backbone), meta_tasks, batch_tasks=True)
+    assert float(grads["mean"].abs().max()) > 0
+    torch.testing.assert_close(grads["sum"], 3 * grads["mean"])
+    expected = "mean" if method == "reptile" else "sum"
+    assert METHODS[method].make_config().task_reduction == expected
+
+
 # ---------------------------------------------------------------- 3. Reptile outer step
 
 
+@pytest.mark.parametrize("pseudo_gradient", ["difference", "scaled"])
 @pytest.mark.parametrize("placement", ["before", "after"])
 @pytest.mark.parametrize("kind", ["llama", "t5"])
 def test_reptile_sgd_step_moves_prompt_by_outer_lr_times_mean_displacement(tiny_llama, tiny_t5, meta_tasks,
-                                                                          monkeypatch, kind, placement):
+                                                                          monkeypatch, kind, placement,
+                                                                          pseudo_gradient):
+    """difference: theta <- theta + lr * mean(theta' - theta); scaled, the authors' formula
+    (run_reptile_ddp_prompt.py: (theta - theta') / inner_lr / tasks as the gradient): lr / inner_lr times that."""
     backbone = _load(_models(tiny_llama, tiny_t5)[kind])
     samplers = record_samplers(monkeypatch)
-    inner = InnerLoopConfig(inner_lr=0.8, inner_steps=3, support_batch=2, tasks_per_step=3)
+    inner = ReptileConfig(inner_lr=0.8, inner_steps=3, support_batch=2, tasks_per_step=3, task_reduction="mean",
+                          pseudo_gradient=pseudo_gradient)
     outer_lr = 0.7
     cfg = _cfg("reptile", steps=1, outer_optimizer="sgd", outer_lr=outer_lr, reptile=inner)
     init = _prompt(backbone, seed=2)
@@ -351,7 +374,7 @@ def test_reptile_sgd_step_moves_prompt_by_outer_lr_times_mean_displacement(tiny_
             (g,) = torch.autograd.grad(loss, p)
             p = (p - inner.inner_lr * g).detach().requires_grad_(True)
         displacement += (p.detach() - init) / len(batches)
-    expected = init + outer_lr * displacement
+    expected = init + outer_lr * displacement / (inner.inner_lr if pseudo_gradient == "scaled" else 1.0)
 
     assert float(displacement.abs().max()) > 1e-3, "the inner loop barely moved the prompt"
     torch.testing.assert_close(result.prompt, expected, rtol=1e-5, atol=1e-5 * float(displacement.abs().max()))
