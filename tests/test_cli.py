@@ -18,6 +18,7 @@ from engine.runs import list_runs
 
 from conftest import REPO
 from test_config import DEMO_DATA, write_preset
+from test_protocol import paper_data
 
 
 def run_cli(*args: str, cwd: Path, timeout: float = 180) -> subprocess.CompletedProcess:
@@ -178,3 +179,66 @@ def test_prompt_file_of_the_wrong_size_is_refused_before_a_run(tmp_path, tiny_ll
     assert proc.returncode == 2
     assert "prompt.file" in proc.stderr and "size 7" in proc.stderr
     assert not list_runs(runs)
+
+
+# ---- paper settings (data.setting = "qin2023:<name>") with tasks missing from the data ------------------
+
+def test_cli_paper_setting_without_any_target_is_refused(tmp_path):
+    data = paper_data(tmp_path / "data", {"demo-spam": "sms_spam", "demo-emotion": "emotion"})  # sources only
+    path = write_preset(tmp_path, f'name = "x"\n[data]\ndir = "{data}"\nsetting = "qin2023:class_to_class"\n'
+                                  'seeds = [1]\n[upstream]\nmethods = []\n')
+    runs = tmp_path / "runs"
+    result = run_cli("--preset", str(path), "--runs-dir", str(runs), cwd=tmp_path)
+    assert_refused(result, "data.setting", "class_to_class", "none of the 10 target tasks")
+    assert not runs.exists() or list(runs.iterdir()) == []
+
+
+def test_paper_setting_warning_is_said_once_headless_in_the_log_and_in_status(tmp_path, tiny_llama):
+    from engine.runs import read_json
+    from engine.worker import execute
+
+    data = paper_data(tmp_path / "data", {"demo-emotion": "emo", "demo-spam": "sms_spam"}, seeds=(1,))
+    path = write_preset(tmp_path, f"""
+name = "paper-missing"
+[data]
+dir = "{data}"
+setting = "qin2023:class_to_class"
+seeds = [1]
+[model]
+name = "{tiny_llama}"
+device = "cpu"
+max_input_length = 40
+[prompt]
+length = 4
+[downstream]
+learning_rates = [0.3]
+steps = 1
+eval_every = 1
+batch_size = 4
+max_test_examples = 8
+[upstream]
+methods = []
+""")
+    runs = tmp_path / "runs"
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    proc = subprocess.run([sys.executable, "-m", "mpt_tui.cli", "--preset", str(path), "--runs-dir", str(runs)],
+                          cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          timeout=180)
+    assert proc.returncode == 0, proc.stdout
+    lines = proc.stdout.splitlines()
+    said = [i for i, line in enumerate(lines) if line.startswith("warning: paper setting class_to_class:")]
+    assert len(said) == 1, proc.stdout
+    warning = lines[said[0]].removeprefix("warning: ")
+    assert "9 of 10 targets" in warning and "44 of 45 sources" in warning and "dbpedia_14" in warning
+    assert said[0] < next(i for i, line in enumerate(lines) if line.startswith("run "))  # before training
+    (run,) = list_runs(runs)
+    assert run.config()["plan"]["missing_targets"][:2] == ["superglue-cb", "dbpedia_14"]
+    status = read_json(run.status_path)
+    assert status["state"] == "finished" and status["warnings"] == [warning]
+    log = run.log_path.read_text().splitlines()
+    assert log[0].endswith(f"WARNING {warning}")
+    assert sum(warning in line for line in log) == 1
+    execute(run)  # a resume (nothing left to do) does not repeat it
+    log = run.log_path.read_text().splitlines()
+    assert sum(warning in line for line in log) == 1 and log[0].endswith(warning)
+    assert read_json(run.status_path)["warnings"] == [warning]
