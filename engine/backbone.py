@@ -10,6 +10,7 @@ the whole batch, or a bank `[J, n, d]` with `owner[b]` naming the row each examp
 from __future__ import annotations
 
 import contextlib
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -269,7 +270,10 @@ class Backbone:
             rows = owner[s:s + batch_rows] if owner is not None else None
             # decoder-only models continue the row, so pad on the left; the encoder pads on the right
             embeds, mask = self._embed_rows(prompt, rows, chunk, left_pad=not self.is_encoder_decoder)
-            with self.autocast():
+            # the repetition penalty counts generated tokens only, for both kinds of model: what the
+            # authors' T5 did (its decoder never sees the input), and what transformers warns about here
+            with self.autocast(), warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message="Passing `repetition_penalty` with `inputs_embeds`")
                 out = self.model.generate(inputs_embeds=embeds, attention_mask=mask, max_new_tokens=max_new_tokens,
                                           do_sample=False, pad_token_id=self.pad_id, eos_token_id=self.eos_id,
                                           **settings)

@@ -92,7 +92,7 @@ def test_prompt_tune_leaves_backbone_bit_identical(tiny_model, optimizer, lr):
 # ---------------------------------------------------------------- padding
 
 
-@pytest.mark.parametrize("placement", ["before", "after"])
+@pytest.mark.parametrize("placement", ["before", "after", "after_eos"])
 def test_token_totals_batch_equals_each_example_alone(tiny_model, examples, placement):
     backbone = _load(tiny_model)
     prompt = _prompt(backbone)
@@ -146,23 +146,25 @@ def test_decoder_only_loss_reads_every_prompt_vector(tiny_llama, examples, place
 
 
 def _hf_prompted_loss(backbone: Backbone, prompt, text: str, target: str, placement: str) -> torch.Tensor:
-    """The Hugging Face model's own loss with the prompt spliced into the embeddings by hand."""
+    """The Hugging Face model's own loss with the prompt spliced into the embeddings by hand:
+    before: P x [</s>]; after: x P [</s>]; after_eos: x </s> P (the authors' T5Prompt.py), where
+    [</s>] ends an encoder's input only."""
     tok, emb = backbone.tokenizer, backbone.embeddings
     in_ids = tok(text, add_special_tokens=False)["input_ids"][: backbone.max_input_length]
     eos = tok.eos_token_id
+    x, end = emb(torch.tensor(in_ids)), emb(torch.tensor([eos]))
+    tail = [end] if backbone.is_encoder_decoder else []
+    parts = {"before": [prompt, x] + tail, "after": [x, prompt] + tail, "after_eos": [x, end, prompt]}[placement]
     if backbone.is_encoder_decoder:
         out_ids = tok(target, add_special_tokens=False)["input_ids"] + [eos]
-        parts = [prompt, emb(torch.tensor(in_ids))] if placement == "before" else [emb(torch.tensor(in_ids)), prompt]
-        embeds = torch.cat(parts + [emb(torch.tensor([eos]))])[None]
-        return backbone.model(inputs_embeds=embeds, labels=torch.tensor([out_ids])).loss
+        return backbone.model(inputs_embeds=torch.cat(parts)[None], labels=torch.tensor([out_ids])).loss
     out_ids = tok(" " + target, add_special_tokens=False)["input_ids"] + [eos]
-    parts = [prompt, emb(torch.tensor(in_ids))] if placement == "before" else [emb(torch.tensor(in_ids)), prompt]
     embeds = torch.cat(parts + [emb(torch.tensor(out_ids))])[None]
     labels = torch.tensor([[-100] * (embeds.shape[1] - len(out_ids)) + out_ids])
     return backbone.model(inputs_embeds=embeds, labels=labels).loss
 
 
-@pytest.mark.parametrize("placement", ["before", "after"])
+@pytest.mark.parametrize("placement", ["before", "after", "after_eos"])
 def test_mean_loss_matches_hugging_face_loss_for_one_example(tiny_model, examples, placement):
     backbone = _load(tiny_model)
     prompt = _prompt(backbone)
@@ -200,7 +202,7 @@ def test_token_totals_mean_loss_handles_no_tokens():
 # ---------------------------------------------------------------- bank of prompts
 
 
-@pytest.mark.parametrize("placement", ["before", "after"])
+@pytest.mark.parametrize("placement", ["before", "after", "after_eos"])
 def test_prompt_bank_matches_each_owner_prompt(tiny_model, examples, placement):
     backbone = _load(tiny_model)
     J = 3
@@ -341,7 +343,7 @@ def test_generate_returns_one_string_per_input_within_token_cap(tiny_model, exam
     assert not any(s in t for t in long_texts for s in special)
 
 
-@pytest.mark.parametrize("placement", ["before", "after"])
+@pytest.mark.parametrize("placement", ["before", "after", "after_eos"])
 def test_generate_batched_equals_alone(tiny_model, examples, placement):
     backbone = _load(tiny_model)
     prompt = _prompt(backbone)
@@ -431,3 +433,79 @@ def test_prompt_gradients_are_bitwise_reproducible_with_threads(tiny_llama, bank
         torch.set_num_threads(threads)
     for g in grads[1:]:
         assert torch.equal(g, grads[0])
+
+
+# ---------------------------------------------------------------- the authors' procedure: prompt position, beams, dropout
+
+
+def test_after_eos_puts_the_prompt_after_the_end_of_sequence_token(tiny_t5, examples):
+    """The authors' T5Prompt.py: cat(embed(" [task] x </s>"), P): input tokens, </s>, then the prompt."""
+    backbone = _load(tiny_t5)
+    prompt = _prompt(backbone)
+    ids = backbone._ids(examples[0].input, "input")
+    embeds, mask = backbone._embed_rows(prompt, None, [backbone._prompted_input(ids, "after_eos")])
+    n = len(ids)
+    expected = torch.cat([backbone.embeddings(torch.tensor(ids + [backbone.eos_id])), prompt])
+    assert embeds.shape[1] == n + 1 + PROMPT_LEN and mask.all()
+    torch.testing.assert_close(embeds[0], expected)
+    assert backbone._prompted_input(ids, "after") == [ids, "P", [backbone.eos_id]]  # ours: x P </s>
+
+
+@pytest.mark.parametrize("kind", ["llama", "t5"])
+def test_beam_search_over_a_prompt_bank_equals_one_prompt_at_a_time(tiny_llama, tiny_t5, examples, kind):
+    """The authors' decoding (4 beams, repetition penalty 2.5, early stopping) in a multi-prompt group:
+    every example's beams read its own job's prompt, so each job gets what generating alone gives.
+    One input text for every row keeps the padding equal (near-tied logits of a random model could
+    otherwise flip under different padding)."""
+    backbone = _load({"llama": tiny_llama, "t5": tiny_t5}[kind])
+    bank = torch.stack([_prompt(backbone, seed=j) for j in range(4)])
+    owner = torch.tensor([0, 1, 2, 3, 2, 0])
+    inputs = [examples[0].input] * len(owner)
+    settings = dict(max_new_tokens=6, num_beams=4, repetition_penalty=2.5, early_stopping=True, placement="after_eos")
+    seen = []
+    original = backbone.model.generate
+
+    def recording(*args, **kw):
+        seen.append({k: kw.get(k) for k in ("num_beams", "repetition_penalty", "early_stopping")})
+        return original(*args, **kw)
+
+    backbone.model.generate = recording
+    try:
+        together = backbone.generate(bank, inputs, owner=owner, batch_rows=8, **settings)
+    finally:
+        del backbone.model.generate
+    assert seen == [{"num_beams": 4, "repetition_penalty": 2.5, "early_stopping": True}]
+    alone = [backbone.generate(bank[j], [text], **settings)[0] for text, j in zip(inputs, owner.tolist())]
+    assert together == alone
+    assert len(set(together)) > 1, "the rows read different prompts, so they should not all agree"
+
+
+def test_dropout_is_on_in_training_and_off_in_evaluation(tiny_t5, examples):
+    """model.dropout = "config": the backbone's own rate (T5: dropout_rate) while a prompt trains, none
+    when it is evaluated; the masks come from the caller's generator, the global random state is untouched."""
+    backbone = Backbone.load(str(tiny_t5), dropout=True)
+    assert backbone.model.config.dropout_rate > 0
+    prompt = _prompt(backbone)
+    inputs, targets = _ios(examples)
+
+    def nll():
+        with torch.no_grad():
+            return backbone.token_totals(prompt, inputs, targets, "after_eos").nll
+
+    evaluation = nll()
+    torch.testing.assert_close(nll(), evaluation, rtol=0, atol=0)  # evaluation: no dropout, deterministic
+    global_state = torch.get_rng_state()
+    with backbone.training(torch.Generator().manual_seed(0)):
+        assert backbone.model.training
+        first = nll()
+        second = nll()  # the same pass, fresh masks
+    assert not backbone.model.training and torch.equal(torch.get_rng_state(), global_state)
+    assert not torch.allclose(first, evaluation) and not torch.allclose(first, second)
+    with backbone.training(torch.Generator().manual_seed(0)):
+        torch.testing.assert_close(nll(), first, rtol=0, atol=0)  # the same generator, the same masks
+    # dropout off: training passes are evaluation passes
+    off = Backbone.load(str(tiny_t5))
+    with off.training(torch.Generator().manual_seed(0)):
+        assert not off.model.training
+        with torch.no_grad():
+            torch.testing.assert_close(off.token_totals(prompt, inputs, targets, "after_eos").nll, evaluation)

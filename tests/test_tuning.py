@@ -161,3 +161,63 @@ def test_a_kill_in_the_middle_of_a_checkpoint_round_resumes_from_the_last_whole_
         assert got.dev_history == want.dev_history and got.best_step == want.best_step
         assert got.final_loss == want.final_loss
         assert torch.equal(got.best_prompt, want.best_prompt)
+
+
+# ---------------------------------------------------------------- the authors' procedure: dropout, epoch cap, tested prompt
+
+
+def _with_checkpoints(jobs, root):
+    return [dataclasses.replace(job, checkpoint=root / f"job{j}.pt") for j, job in enumerate(jobs)]
+
+
+def test_a_dropout_group_is_reproducible_and_resumes_to_the_same_end(tiny_t5, tmp_path):
+    """With dropout on (a tiny T5: Llama and SmolLM2 have none), one generator per group, seeded by the caller
+    and saved in each checkpoint round: the same seed gives the same group, another seed another one, and a
+    group stopped mid-way resumes to exactly the uninterrupted end."""
+    from engine.stopping import RunCancelled
+
+    backbone = Backbone.load(str(tiny_t5), dropout=True)
+    jobs = _jobs(backbone)
+    first = prompt_tune_group(backbone, jobs, dropout_seed=5)
+    again = prompt_tune_group(backbone, jobs, dropout_seed=5)
+    other = prompt_tune_group(backbone, jobs, dropout_seed=6)
+    without = prompt_tune_group(Backbone.load(str(tiny_t5)), jobs)
+    for a, b, c, d in zip(first, again, other, without):
+        assert torch.equal(a.last_prompt, b.last_prompt) and a.dev_history == b.dev_history
+        assert not torch.allclose(a.last_prompt, c.last_prompt)
+        assert not torch.allclose(a.last_prompt, d.last_prompt)
+
+    stopped = _with_checkpoints(jobs, tmp_path)
+    calls = []
+    with pytest.raises(RunCancelled):
+        prompt_tune_group(backbone, stopped, dropout_seed=5, should_stop=lambda: calls.append(1) or len(calls) >= 2)
+    resumed = prompt_tune_group(backbone, stopped, dropout_seed=5)
+    for a, r in zip(first, resumed):
+        assert torch.equal(a.last_prompt, r.last_prompt) and a.dev_history == r.dev_history
+
+
+def test_the_epoch_cap_ends_a_job_after_that_many_passes_over_its_train_split():
+    from engine.tuning import job_steps
+
+    # the authors: total_steps 3000, 1000 epochs, 16 examples per step: 32 examples -> 2000 steps
+    assert job_steps(3000, 1000, 32, 16) == 2000
+    assert job_steps(3000, 1000, 16, 16) == 1000  # this data's 16-example splits
+    assert job_steps(3000, 1000, 48, 16) == 3000
+    assert job_steps(3000, 0, 16, 16) == 3000  # no cap
+    assert job_steps(10, 3, 17, 16) == 6  # a partial last batch is a step
+
+
+def test_last_prompt_is_the_prompt_after_the_last_step(tiny_llama):
+    """What the authors' code tests (its 'best' state aliases the live prompt): the prompt after the last
+    step, which generally is not the best-dev one."""
+    backbone = Backbone.load(str(tiny_llama))
+    jobs = _jobs(backbone)
+    results = prompt_tune_group(backbone, jobs)
+    for job, result in zip(jobs, results):
+        longer = dataclasses.replace(job, cfg=dataclasses.replace(job.cfg, steps=job.cfg.steps + 1))
+        one_more = prompt_tune_group(backbone, [longer])[0]
+        assert result.best_step < job.cfg.steps or torch.equal(result.best_prompt, result.last_prompt)
+        assert not torch.equal(result.last_prompt, one_more.last_prompt)  # it is the end, not a saved state
+    shorter = [dataclasses.replace(job, cfg=dataclasses.replace(job.cfg, steps=job.cfg.steps - 1)) for job in jobs]
+    for result, short in zip(results, prompt_tune_group(backbone, shorter)):
+        assert not torch.equal(result.last_prompt, short.last_prompt)
