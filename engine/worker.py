@@ -220,7 +220,8 @@ def _execute(run: Run, preset, plan: Plan, device: str, reporter: Reporter, stat
     reporter.message(f"loading model {preset.model.name} on {device}")
     backbone = Backbone.load(preset.model.name, device=device, max_input_length=preset.model.max_input_length,
                              max_output_length=preset.model.max_output_length, progress=reporter.message,
-                             compile=preset.model.compile, precision=preset.model.precision)
+                             compile=preset.model.compile, precision=preset.model.precision,
+                             dropout=preset.model.dropout == "config")
     if needs_second_order(plan.methods):
         check_second_order(backbone)  # before any training
     return run_grid(run, preset, plan, Executor(backbone), RunEvents(run, preset, status, reporter, log, stop))

@@ -183,7 +183,8 @@ def _cfg(method: str, **kw) -> UpstreamConfig:
     hyperparameters, as its [upstream.<name>] table would; every other keyword is an UpstreamConfig field.
     """
     tables = {name: kw.pop(name) for name in list(kw) if name in METHODS}
-    base = dict(methods=[method], steps=3, outer_optimizer="adamw", outer_lr=0.05, checkpoint_every=1, seed=0)
+    base = dict(methods=[method], steps=3, outer_optimizer="adamw", outer_lr=0.05, outer_weight_decay=0.0,
+                checkpoint_every=1, seed=0)
     base.update(kw)
     cfg = UpstreamConfig(**base)
     cfg.hyperparameters.update({name: _tiny_hyperparameters(spec) for name, spec in METHODS.items()})
@@ -468,6 +469,35 @@ def test_mtl_gradient_is_plain_loss_gradient_on_drawn_batch(tiny_llama, tiny_t5,
     p = prompt.detach().clone().requires_grad_(True)
     (ref,) = torch.autograd.grad(_loss(backbone, p, drawn), p)
     torch.testing.assert_close(result.prompt, prompt - 0.3 * ref, rtol=1e-5, atol=1e-6)
+
+
+def test_mtl_with_use_dev_trains_on_train_and_dev_files_for_its_epochs(tiny_llama, meta_tasks):
+    """The authors' MTL (CrossFit_multi, data_split="all"): every source split's train and dev examples,
+    20 passes over them with batch 4, whatever upstream.steps says."""
+    backbone = _load(tiny_llama)
+    with_dev = [e for task in meta_tasks for e in task.train + task.dev]
+    sampler = RecordingSampler(meta_tasks, seed=9)
+    algorithm = METHODS["mtl"].algorithm()(MTLConfig(batch_size=4, use_dev=True, epochs=3), PLACEMENT)
+    algorithm.meta_gradient(backbone, _prompt(backbone), sampler)
+    assert sampler.batches[-1][0] == with_dev and len(with_dev) > len([e for t in meta_tasks for e in t.train])
+    assert algorithm.total_steps(5000, meta_tasks) == 3 * math.ceil(len(with_dev) / 4)
+    assert METHODS["mtl"].algorithm()(MTLConfig(batch_size=4), PLACEMENT).total_steps(5000, meta_tasks) == 5000
+    cfg = _cfg("mtl", steps=1000, mtl=MTLConfig(batch_size=len(with_dev), use_dev=True, epochs=2))
+    steps = []
+    _run(backbone, "mtl", meta_tasks, _prompt(backbone), cfg, on_step=lambda s, _: steps.append(s))
+    assert steps == [1, 2]
+
+
+def test_the_outer_optimizer_applies_its_weight_decay(tiny_llama, meta_tasks):
+    """upstream.outer_weight_decay (the authors' Adafactor: 1e-5). Under SGD one step with decay wd is the
+    step without it minus lr * wd * prompt."""
+    backbone = _load(tiny_llama)
+    init = _prompt(backbone, seed=6)
+    plain = _run(backbone, "mtl", meta_tasks, init, _cfg("mtl", steps=1, outer_optimizer="sgd", outer_lr=0.3))
+    decayed = _run(backbone, "mtl", meta_tasks, init, _cfg("mtl", steps=1, outer_optimizer="sgd", outer_lr=0.3,
+                                                            outer_weight_decay=0.1))
+    torch.testing.assert_close(decayed.prompt, plain.prompt - 0.3 * 0.1 * init, rtol=1e-5, atol=1e-6)
+    assert UpstreamConfig().outer_weight_decay == 1e-5
 
 
 # ---------------------------------------------------------------- 5. the backbone stays frozen

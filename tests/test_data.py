@@ -306,3 +306,33 @@ def test_missing_data_directory(tmp_path):
     with pytest.raises(TaskDataError, match="does not exist") as info:
         TaskData(tmp_path / "nope")
     assert str(tmp_path / "nope") in str(info.value)
+
+
+# ---- input formats ---------------------------------------------------------------------
+
+def test_crossfit_input_format_of_a_classification_task(shared):
+    """The authors' fewshot_gym_singletask.py: " [task] " + input; CrossFit's classification inputs do not
+    list the labels, so the options stay out of the text (and in `options`, for rank classification)."""
+    plain = shared.load_split("superglue-cb", 16, 13)
+    crossfit = shared.load_split("superglue-cb", 16, 13, input_format="crossfit")
+    for p, c in zip(plain.train + plain.test, crossfit.train + crossfit.test):
+        assert c.input == " [superglue-cb] " + p.input
+        assert (c.output, c.options, c.answers) == (p.output, p.options, p.answers)
+    assert crossfit.train[0].input.startswith(" [superglue-cb] premise: ")
+
+
+def test_crossfit_input_format_of_a_multiple_choice_task(shared):
+    """CrossFit writes a question's choices into its input (" (A) ... (B) ..."), as the authors' logs show:
+    "[ai2_arc] Mrs. Gordon's class studies maple trees. Which property ...? (A) the mass of a leaf (B) ..."."""
+    plain = shared.load_split("ai2_arc", 16, 13)
+    crossfit = shared.load_split("ai2_arc", 16, 13, input_format="crossfit")
+    for p, c in zip(plain.train, crossfit.train):
+        letters = "".join(f" ({chr(65 + i)}) {option}" for i, option in enumerate(p.options))
+        assert c.input == f" [ai2_arc] {p.input}{letters}"
+        assert c.output == p.output and c.output in c.options  # the target stays the answer text
+    example = crossfit.train[0]
+    assert " (A) " + example.options[0] + " (B) " + example.options[1] in example.input
+
+
+def test_plain_input_format_is_the_stored_text(shared):
+    assert shared.load_split("ai2_arc", 16, 13).train == shared.load_split("ai2_arc", 16, 13, input_format="plain").train

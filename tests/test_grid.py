@@ -56,7 +56,7 @@ def test_units_are_plain_data_that_survive_json_and_pickle(tmp_path):
     learn = LearnInit("maml", {"name": "x"}, "/data", None, [("glue-sst2", 13), ("trec", 42)],
                       PromptInit("vocab", seed=3), "/runs/r/checkpoints/upstream-maml.pt", "/runs/r/prompts/m.st")
     train = TrainCells({"name": "x"}, "/data", "/cfg", [
-        CellWork(Cell("pt", "poem_sentiment", 13, 0.3), PromptInit("task_name", task_name="poem_sentiment", seed=13),
+        CellWork(Cell("pt", "poem_sentiment", 13, 0.3), PromptInit("task_name", task_names=["poem_sentiment"], seed=13),
                  "/runs/r/checkpoints/a.pt", "/runs/r/prompts/a.st"),
         CellWork(Cell("maml", "poem_sentiment", 13, 0.3), PromptInit("file", file="/runs/r/prompts/m.st"),
                  "/runs/r/checkpoints/b.pt", "/runs/r/prompts/b.st")])
