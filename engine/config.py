@@ -253,8 +253,10 @@ def find_preset(name_or_path: str) -> Path:
                       f"(built-in: {', '.join(list_builtin_presets())})")
 
 
-def load_preset(name_or_path: str, overrides: list[str] = (), data_dir: str | None = None) -> tuple[Preset, Path]:
-    """Read, override and type-check a preset. Paths in it are made absolute."""
+def load_preset(name_or_path: str, overrides: list[str] = (), data_dir: str | None = None,
+                require_data_dir: bool = True) -> tuple[Preset, Path]:
+    """Read, override and type-check a preset. Paths in it are made absolute. Without `require_data_dir`
+    (showing a preset), an unset data directory stays empty instead of being an error."""
     path = find_preset(name_or_path)
     try:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
@@ -271,7 +273,7 @@ def load_preset(name_or_path: str, overrides: list[str] = (), data_dir: str | No
         preset.data.dir = str((base / Path(preset.data.dir).expanduser()).resolve())
     elif os.environ.get(DATA_DIR_ENV):
         preset.data.dir = str(Path(os.environ[DATA_DIR_ENV]).expanduser().resolve())
-    else:
+    elif require_data_dir:
         raise PresetError(f"{path}: data.dir is not set: pass --data-dir DIR or set ${DATA_DIR_ENV}")
     relative = [(preset.data, "config_dir"), (preset.data, "setting"), (preset.prompt, "file")]
     relative += [(hp, "prompt_file") for hp in preset.upstream.hyperparameters.values()]

@@ -76,11 +76,23 @@ def run_preset(args) -> int:
 # ---- other commands ---------------------------------------------------------------------
 
 def cmd_presets(args) -> int:
-    from engine.config import builtin_presets_dir, list_builtin_presets
+    from engine.config import PresetError, builtin_presets_dir, list_builtin_presets, load_preset
 
+    if getattr(args, "presets_command", None) == "show":
+        from engine.paper import annotated_toml
+
+        try:
+            preset, path = load_preset(args.name, args.set or [], args.data_dir, require_data_dir=False)
+        except PresetError as exc:
+            raise CliError(str(exc)) from None
+        print(f"# {path}, every key resolved; '# paper:' marks a value that is not the authors' "
+              f"(docs/paper-fidelity.md)")
+        print(annotated_toml(preset.to_dict()), end="")
+        return 0
     print(f"built-in presets ({builtin_presets_dir()}):")
     for name in list_builtin_presets():
-        print(f"  {name}")
+        description = load_preset(name, require_data_dir=False)[0].description
+        print(f"  {name:<30} {description}")
     return 0
 
 
@@ -204,7 +216,14 @@ def build_parser() -> argparse.ArgumentParser:
         for name in names:
             p.add_argument(f"--{name}", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
-    sub.add_parser("presets", help="list the built-in presets")
+    presets = sub.add_parser("presets", help="list the built-in presets")
+    psub = presets.add_subparsers(dest="presets_command")
+    show = psub.add_parser("show", help="print a preset with every key resolved, marking values that differ "
+                                        "from the paper's (the authors' code)")
+    show.add_argument("name", help="built-in name or TOML file")
+    show.add_argument("--set", action="append", metavar="KEY=VALUE", default=argparse.SUPPRESS,
+                      help="override a preset key (repeatable)")
+    common(show, "data-dir")
     common(sub.add_parser("runs", help="list runs with their state"), "runs-dir")
 
     models = sub.add_parser("models", help="embedded models")

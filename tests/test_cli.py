@@ -11,14 +11,15 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_config import DEMO_DATA, write_preset
+from test_protocol import paper_data
 
 from engine.data import TaskData
 from engine.prompt import save_prompt
 from engine.runs import list_runs
+from engine.tomlcompat import tomllib
 
 from conftest import REPO
-from test_config import DEMO_DATA, write_preset
-from test_protocol import paper_data
 
 
 def run_cli(*args: str, cwd: Path, timeout: float = 180) -> subprocess.CompletedProcess:
@@ -124,8 +125,9 @@ def test_cli_runs_dir_that_cannot_be_created(tmp_path):
 def test_cli_presets_lists_demo(tmp_path):
     result = run_cli("presets", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    names = [line.strip() for line in result.stdout.splitlines()[1:]]
-    assert "demo" in names
+    listed = {line.split()[0]: line for line in result.stdout.splitlines()[1:]}
+    assert "demo" in listed and "not the paper's procedure" in listed["demo"]  # with its description
+    assert "authors' procedure" in listed["class_to_class"]
 
 
 def test_mpt_tui_entry_point_presets(tmp_path):
@@ -242,3 +244,30 @@ methods = []
     log = run.log_path.read_text().splitlines()
     assert sum(warning in line for line in log) == 1 and log[0].endswith(warning)
     assert read_json(run.status_path)["warnings"] == [warning]
+
+
+def test_presets_show_prints_every_key_and_marks_what_differs_from_the_paper(tmp_path):
+    from engine.paper import PAPER_VALUES
+
+    paper = run_cli("presets", "show", "class_to_class", cwd=tmp_path)
+    assert paper.returncode == 0, paper.stderr
+    body = tomllib.loads(paper.stdout)  # valid TOML: the marks are comments
+    assert body["data"]["setting"] == "qin2023:class_to_class" and body["data"]["dir"] == ""
+    assert body["downstream"]["num_beams"] == 4 and body["upstream"]["mtl"]["epochs"] == 20
+    assert "# paper:" not in paper.stdout.split("\n", 1)[1]  # the paper preset is the authors' procedure
+    for key in PAPER_VALUES:  # every key is printed
+        table, _, leaf = key.rpartition(".")
+        node = body
+        for part in table.split("."):
+            node = node[part]
+        assert leaf in node, key
+
+    changed = run_cli("presets", "show", "class_to_class", "--set", "downstream.num_beams=1", cwd=tmp_path)
+    assert "num_beams = 1    # paper: 4" in changed.stdout.splitlines()
+
+    demo = run_cli("presets", "show", "demo", cwd=tmp_path)
+    lines = demo.stdout.splitlines()
+    assert 'dropout = "off"    # paper: "config"' in lines and 'prediction = "auto"    # paper: "generate"' in lines
+    assert "weight_decay = 1e-05" in lines  # the same as the paper's: no mark
+
+    assert_refused(run_cli("presets", "show", "no-such-preset", cwd=tmp_path), "no-such-preset")

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from engine.config import DownstreamConfig, Preset, PresetError, builtin_presets_dir, list_builtin_presets, load_preset
+from engine.paper import PAPER_PRESETS, PAPER_VALUES, differs
 from engine.protocol import make_plan
 from engine.tomlcompat import tomllib
 
@@ -53,8 +54,40 @@ def test_every_builtin_preset_parses(path):
                 assert getattr(obj, key) == value, f"{where}{key}"
 
     check(preset, {k: v for k, v in raw.items() if isinstance(v, dict)}, "")
+    if path.stem == "non_paraphrase_to_paraphrase":  # the shared data has none of its four targets
+        with pytest.raises(PresetError, match="none of the 4 target tasks"):
+            make_plan(preset)
+        return
     plan = make_plan(preset)  # and it runs against its data
     assert plan.targets
+
+
+def _value(raw: dict, key: str):
+    for part in key.split("."):
+        raw = raw[part]
+    return raw
+
+
+@pytest.mark.parametrize("name", [*PAPER_PRESETS, "hr_to_lr"])
+def test_paper_presets_resolve_to_the_authors_procedure(name):
+    """Every key of engine.paper's table holds the authors' value (docs/paper-fidelity.md), among them
+    batch 16 on one device (their 2 GPUs x 8) and no gradient clipping."""
+    preset, _ = load_preset(name, require_data_dir=False)
+    raw = preset.to_dict()
+    wrong = {key: _value(raw, key) for key in PAPER_VALUES if differs(key, _value(raw, key))}
+    assert not wrong, f"{name} is not the authors' procedure for {wrong}"
+    assert preset.downstream.batch_size == 16 and preset.downstream.grad_clip == 0.0
+    assert preset.upstream.outer_weight_decay == 1e-5
+    if name != "hr_to_lr":
+        assert preset.data.setting == f"qin2023:{name}"
+    assert "not in the paper" in preset.description if name == "hr_to_lr" else "authors' procedure" in preset.description
+
+
+@pytest.mark.parametrize("name", ["demo", "class_to_class_cpu"])
+def test_the_cpu_presets_say_they_are_not_the_papers_procedure(name):
+    preset, _ = load_preset(name, require_data_dir=False)
+    assert "not the paper's procedure" in preset.description
+    assert preset.model.dropout == "off" and preset.downstream.prediction == "auto"  # fast: rank classification
 
 
 def test_demo_preset_values():
