@@ -185,13 +185,13 @@ class RunEvents:
         up = self.preset.upstream
         if step % up.log_every == 0 or step == up.steps:
             self.run.log_upstream_loss(method, step, loss)
-        self._step(f"upstream {method} step {step}/{up.steps} loss {loss:.3f}", f"upstream:{method}")
+        self._step(f"upstream {method} step {step} loss {loss:.3f}", f"upstream:{method}")
 
     def cell_step(self, cell_id: str, step: int, loss: float) -> None:
         down = self.preset.downstream
         if step % down.log_every == 0 or step == down.steps:
             self.run.log_cell_loss(cell_id, step, loss)
-        self._step(f"{cell_id} step {step}/{down.steps} loss {loss:.3f}", cell_id)
+        self._step(f"{cell_id} step {step} loss {loss:.3f}", cell_id)  # a unit's own count varies (max_epochs)
 
     def cell_dev(self, cell_id: str, step: int, score: float) -> None:
         self.run.log_cell_dev(cell_id, step, score)

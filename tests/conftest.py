@@ -104,9 +104,16 @@ def build_tiny_model(kind: str, out: Path) -> Path:
     return out
 
 
-def small_run(root: Path, model: Path, *, name: str = "small", downstream: str = "", upstream: str = ""):
+def _defaults(lines: str, **values: str) -> str:
+    """TOML lines for the keys `lines` does not set itself (a key may appear once per table)."""
+    given = {line.split("=")[0].strip() for line in lines.splitlines() if "=" in line}
+    return "\n".join(f"{k} = {v}" for k, v in values.items() if k not in given)
+
+
+def small_run(root: Path, model: Path, *, name: str = "small", downstream: str = "", upstream: str = "",
+              data: str = "", model_keys: str = "", prompt: str = ""):
     """A run directory for a small two-target run on the shipped demo data (the CLI's own path:
-    engine.prepare), with `downstream`/`upstream` TOML lines added to those tables."""
+    engine.prepare), with `data`/`model_keys`/`prompt`/`downstream`/`upstream` TOML lines added to those tables."""
     from engine.prepare import check_preset, prepare_run
 
     preset_file = Path(root).parent / f"{name}.toml"
@@ -118,17 +125,17 @@ dir = "{DEMO_DATA}"
 sources = {json.dumps(SMALL_SOURCES)}
 targets = {json.dumps(SMALL_TARGETS)}
 seeds = {SMALL_SEEDS}
+{data}
 [model]
 name = "{model}"
 device = "cpu"
 max_input_length = 40
+{model_keys}
 [prompt]
 length = 4
+{prompt}
 [downstream]
-learning_rates = [0.3]
-batch_size = 4
-max_test_examples = 20
-log_every = 1
+{_defaults(downstream, learning_rates="[0.3]", batch_size="4", max_test_examples="20", log_every="1")}
 {downstream}
 [upstream]
 {upstream}

@@ -17,6 +17,7 @@ from engine.checkpoint import resume_step, saved_step
 from engine.config import preset_from_dict
 from engine.grid import (CellWork, Executor, LearnInit, PromptInit, TrainCells, cells_unit, unit_from_dict,
                          unit_to_dict, upstream_unit)
+from engine.data import TaskData
 from engine.protocol import Cell, Plan, grid_cells
 from engine.runs import read_json
 from engine.worker import execute
@@ -153,3 +154,60 @@ def test_a_group_out_of_gpu_memory_is_split_and_the_split_is_kept(tmp_path, tiny
     assert [len(g) for g in read_json(run.groups_path)] == [1, 1, 1, 1]
     assert "out of GPU memory with 4 cells" in run.log_path.read_text()
     assert progresses[-1].done == progresses[-1].total  # failed attempts' steps are not counted twice
+
+
+# ---------------------------------------------------------------- the authors' procedure through a whole run
+
+
+def _cell_records(run) -> dict:
+    return {p.stem: read_json(p) for p in run.cells_dir.glob("*.json")}
+
+
+def test_test_prompt_last_tests_the_prompt_after_the_last_step(tmp_path, tiny_llama):
+    """downstream.test_prompt = "last" (what the authors' code tests): the same training as "best_dev", but
+    the tested and saved prompt is the one after the last step wherever the best dev score came earlier."""
+    keys = "steps = 4\neval_every = 1"
+    best = small_run(tmp_path / "best", tiny_llama, name="best", downstream=keys)
+    last = small_run(tmp_path / "last", tiny_llama, name="last", downstream=keys + '\ntest_prompt = "last"')
+    execute(best)
+    execute(last)
+    from engine.prompt import load_prompt
+
+    earlier = 0
+    for cell, b in _cell_records(best).items():
+        lr = _cell_records(last)[cell]
+        assert (b["tested"], lr["tested"]) == ("best_dev", "last")
+        assert b["dev_history"] == lr["dev_history"] and b["best_step"] == lr["best_step"]  # same training
+        same = (load_prompt(best.path / b["prompt"])[0] == load_prompt(last.path / lr["prompt"])[0]).all()
+        assert bool(same) == (b["best_step"] == 4)
+        earlier += b["best_step"] < 4
+    assert earlier, "no cell had its best dev score before the last step: the test shows nothing"
+
+
+def test_a_run_with_the_authors_procedure_trains_and_tests_as_configured(tmp_path, tiny_t5):
+    """Every paper key at once on a tiny T5 (which has dropout): CrossFit inputs, the prompt after </s>,
+    task-name initialisation (upstream: the source names), dropout, batch 16 without clipping, the epoch
+    cap, beam search, the last prompt tested, MTL on train + dev files for its epochs."""
+    from engine.grid import meta_task_keys, upstream_unit
+
+    run = small_run(tmp_path / "runs", tiny_t5, name="paper", data='input_format = "crossfit"',
+                    model_keys='dropout = "config"', prompt='placement = "after_eos"\ninit = "task_name"',
+                    downstream='steps = 50\nmax_epochs = 2\neval_every = 1\nbatch_size = 16\ngrad_clip = 0.0\n'
+                               'prediction = "generate"\nnum_beams = 2\nrepetition_penalty = 2.5\n'
+                               'early_stopping = true\nmax_new_tokens = 4\ntest_prompt = "last"\nmax_test_examples = 6',
+                    upstream='methods = ["mtl"]\nsteps = 1000\nlog_every = 1\n[upstream.mtl]\nuse_dev = true\nepochs = 1\n'
+                             'batch_size = 16')
+    preset, plan = _run_parts(run)
+    unit = upstream_unit(run, preset, plan, "mtl")
+    assert (unit.init.method, unit.init.task_names) == ("task_name", plan.sources)
+    execute(run)
+    status = run.status()
+    assert status["state"] == "finished" and status["progress"] == 1.0
+    records = _cell_records(run)
+    assert len(records) == 2 * len(plan.targets) * len(plan.seeds)  # PT and MTL
+    for record in records.values():
+        assert record["steps"] == 2  # 16 training examples, 16 per step, 2 epochs
+        assert [s for s, _ in record["dev_history"]] == [1, 2] and record["tested"] == "last"
+    splits = meta_task_keys(plan, TaskData(plan.data_dir, plan.config_dir), preset.data.k)
+    mtl_steps = [e["step"] for e in run.events() if e.get("stage") == "upstream"]
+    assert mtl_steps == list(range(1, len(splits) * (16 + 16) // 16 + 1))  # one epoch of train + dev, not 1000
