@@ -172,6 +172,15 @@ DEVIATIONS: tuple[str, ...] = (
     "which, once, at the top of its log, in its status and in the headless output)",
 )
 
+def t5_c4_top5000() -> list[int]:
+    """The authors' prompt-initialisation vocabulary: the 5000 most frequent T5 token ids in C4, most
+    frequent first (presets/vocab/t5_c4_top5000.txt, from their allnumber.pickle)."""
+    from engine.config import builtin_presets_dir
+
+    text = (builtin_presets_dir() / "vocab" / "t5_c4_top5000.txt").read_text(encoding="utf-8")
+    return [int(line) for line in text.splitlines() if line.strip() and not line.startswith("#")]
+
+
 PAPER_VALUES: dict = {key: value for aspect in ASPECTS for key, value in aspect.keys.items()}
 
 

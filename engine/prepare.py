@@ -40,6 +40,7 @@ def check_preset(name_or_path: str, overrides: list[str] = (), data_dir: str | N
     plan = make_plan(preset)
     model_config = model_config_json(preset.model.name)
     check_prompt_files(preset, hidden_size(model_config) if model_config else None)
+    plan.warnings += check_vocab_pool(preset, model_config or {})
     return Prepared(preset, plan, path, list(overrides))
 
 
@@ -106,6 +107,24 @@ def prompt_file_shape(path: Path) -> tuple[tuple[int, ...], dict]:
         raise ValueError(f"prompt file {path} is not a readable safetensors prompt ({type(exc).__name__}: {exc})") \
             from None
     return shape, header.get("__metadata__") or {}
+
+
+def check_vocab_pool(preset: Preset, model_config: dict) -> list[str]:
+    """The authors' token list is T5's: refused for a smaller vocabulary, a warning for another model type."""
+    if preset.prompt.vocab_pool != "t5_c4_top5000" or preset.prompt.init == "file":
+        return []
+    from engine.paper import t5_c4_top5000
+
+    top = max(t5_c4_top5000())
+    vocab = model_config.get("vocab_size")
+    if isinstance(vocab, int) and vocab <= top:
+        raise PresetError(f"prompt.vocab_pool: 't5_c4_top5000' holds T5 token ids up to {top}, but model "
+                          f"{preset.model.name} has {vocab} tokens (use 'first_5000')")
+    kind = model_config.get("model_type")
+    if kind and kind != "t5":
+        return [f"prompt.vocab_pool 't5_c4_top5000' lists T5 token ids; in model {preset.model.name} "
+                f"({kind}) they name other tokens"]
+    return []
 
 
 def check_prompt_files(preset: Preset, dim: int | None) -> None:

@@ -26,10 +26,9 @@ def vocab_pool(pool: str, vocab_size: int, special_ids: set[int] = frozenset()) 
     if pool == "first_5000":
         return [i for i in range(min(VOCAB_SAMPLE_SIZE, vocab_size)) if i not in special_ids]
     if pool == "t5_c4_top5000":
-        from engine.config import builtin_presets_dir
+        from engine.paper import t5_c4_top5000
 
-        text = (builtin_presets_dir() / "vocab" / "t5_c4_top5000.txt").read_text(encoding="utf-8")
-        ids = [int(line) for line in text.splitlines() if line.strip() and not line.startswith("#")]
+        ids = t5_c4_top5000()
         if max(ids) >= vocab_size:
             raise ValueError(f"prompt.vocab_pool 't5_c4_top5000' holds T5 token ids up to {max(ids)}, but this "
                              f"model's vocabulary has {vocab_size} tokens (use 'first_5000')")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 
@@ -11,6 +12,8 @@ from engine.config import PresetError, preset_from_dict
 from engine.prepare import check_preset, model_config_json, prepare_run, prompt_file_shape
 from engine.protocol import Plan
 from engine.runs import list_runs
+
+from conftest import DEMO_DATA
 
 
 def test_prepare_run_writes_a_config_the_worker_reads_back(tmp_path):
@@ -81,3 +84,20 @@ def test_prompt_files_are_checked_from_their_header(tmp_path, tiny_llama):
     with pytest.raises(PresetError, match=r"^upstream\.maml\.prompt_file: "):
         check_preset("demo", [f'model.name="{tiny_llama}"', "prompt.length=4",
                               f'upstream.maml.prompt_file="{good}"'])
+
+
+def test_the_authors_vocabulary_pool_is_checked_against_the_model_before_a_run_exists(tmp_path, tiny_llama):
+    """t5_c4_top5000 names T5 token ids: a smaller vocabulary is refused (one line, nothing written), another
+    model type gets a warning."""
+    preset = tmp_path / "p.toml"
+    preset.write_text(f'[data]\ndir = "{DEMO_DATA}"\nsetting = "demo"\nseeds = [1]\n[model]\nname = "{tiny_llama}"\n'
+                      f'[prompt]\nvocab_pool = "t5_c4_top5000"\n', encoding="utf-8")
+    with pytest.raises(PresetError, match=r"prompt.vocab_pool: .*up to 8857, but model .* has \d+ tokens"):
+        check_preset(str(preset))
+    big = tmp_path / "big"
+    shutil.copytree(tiny_llama, big)
+    config = json.loads((big / "config.json").read_text())
+    (big / "config.json").write_text(json.dumps({**config, "vocab_size": 32128}))
+    preset.write_text(preset.read_text().replace(str(tiny_llama), str(big)), encoding="utf-8")
+    warnings = check_preset(str(preset)).plan.warnings
+    assert any("t5_c4_top5000" in w and "llama" in w for w in warnings)
