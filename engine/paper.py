@@ -78,12 +78,12 @@ ASPECTS: tuple[Aspect, ...] = (
            "1.0, decay_rate -0.8, weight_decay 1e-5, no scheduler (run_singletask_ddp_prompt.py:84-90)",
            {"downstream.optimizer": "adafactor", "downstream.learning_rates": [0.5, 0.4, 0.3, 0.2],
             "downstream.weight_decay": 1e-5},
-           "tests/test_bank_optim.py"),
+           "tests/test_bank_optim.py::test_bank_optimizer_steps_each_row_as_its_own_optimizer"),
     Aspect("gradient clipping",
            "none: clip_grad_norm is commented out (run_singletask_ddp_prompt.py:203-208; upstream "
            "run_maml_ddp_prompt.py:173); only Adafactor's own update clipping remains",
            {"downstream.grad_clip": 0.0},
-           "tests/test_config.py::test_paper_presets_resolve_to_the_authors_procedure"),
+           "tests/test_bank_optim.py::test_bank_optimizer_steps_each_row_as_its_own_optimizer"),
     Aspect("training length",
            "--total_steps 3000 --num_train_epochs 1000 --eval_period 50: a job stops at whichever comes first, "
            "so 32 training examples on 2 GPUs x 8 end at step 2000 (the log: 'Global step 2000 ... epoch=999'); "
