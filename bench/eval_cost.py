@@ -85,13 +85,14 @@ def main() -> int:
             timings[split_name] = time.perf_counter() - started
         rows.append({"mode": name, "examples": {"dev": sum(len(e) for _, e, _ in dev),
                                                  "test": sum(len(e) for _, e, _ in test)}, "seconds": timings})
+        print(f"  {name}: dev {timings['dev']:.1f} s, test {timings['test']:.1f} s", flush=True)
     base = rows[0]["seconds"]
     print(f"model {backbone.name}, {len(dev)} prompts in one group, torch threads {torch.get_num_threads()}")
     print(f"{'prediction':<30} {'dev s':>8} {'test s':>8} {'dev x rank':>11} {'test x rank':>12}")
     for row in rows:
         s = row["seconds"]
         row["ratio"] = {k: s[k] / base[k] for k in s}
-        print(f"{row['mode']:<30} {s['dev']:8.2f} {s['test']:8.2f} {row['ratio']['dev']:11.1f} "
+        print(f"{row["mode"]:<30} {s['dev']:8.2f} {s['test']:8.2f} {row['ratio']['dev']:11.1f} "
               f"{row['ratio']['test']:12.1f}")
     if args.json:
         Path(args.json).write_text(json.dumps({"model": backbone.name, "rows": rows}, indent=2))

@@ -29,7 +29,7 @@ from typing import Protocol
 from engine.checkpoint import remove_checkpoint, resume_step, saved_step
 from engine.config import Preset, preset_from_dict
 from engine.data import TaskData
-from engine.methods import PT
+from engine.methods import METHODS, PT
 from engine.protocol import Cell, Plan, grid_cells, select_and_aggregate
 from engine.runs import Run, read_json, write_json_atomic
 
@@ -322,13 +322,12 @@ def cell_groups(run: Run, preset: Preset, executor: Executor, data, cells: list[
 def upstream_steps(preset: Preset, plan: Plan, data: TaskData, method: str) -> int:
     """The outer updates `method` makes in this run (MTL with `epochs` counts passes over its pool)."""
     from engine.algorithms.base import MetaTask
-    from engine.upstream import make_algorithm
 
-    algorithm = make_algorithm(method, preset.upstream, preset.prompt.placement)
     k = preset.data.k
     tasks = [MetaTask(t, s, split.train, split.dev) for t, s in meta_task_keys(plan, data, k)
              for split in [data.load_split(t, k, s, need_test=False)]]
-    return algorithm.total_steps(preset.upstream.steps, tasks)
+    return METHODS[method].algorithm().total_steps(preset.upstream.hyperparameters[method], preset.upstream.steps,
+                                                   tasks)
 
 
 def cell_steps(preset: Preset, data: TaskData, cells: list[Cell]) -> dict[str, int]:

@@ -84,7 +84,7 @@ def learn_initialisation(backbone, method: str, tasks: list[MetaTask], init_prom
     optimizer = make_outer_optimizer(upstream_cfg.outer_optimizer, [prompt], upstream_cfg.outer_lr,
                                      upstream_cfg.outer_weight_decay)
     dropout_rng = torch.Generator().manual_seed(upstream_cfg.seed)
-    total = algorithm.total_steps(upstream_cfg.steps, tasks)
+    total = algorithm.total_steps(algorithm.hp, upstream_cfg.steps, tasks)
     start, loss = 0, float("nan")
     if checkpoint is not None and checkpoint.is_file():
         state = load_checkpoint(checkpoint)

@@ -477,11 +477,12 @@ def test_mtl_with_use_dev_trains_on_train_and_dev_files_for_its_epochs(tiny_llam
     backbone = _load(tiny_llama)
     with_dev = [e for task in meta_tasks for e in task.train + task.dev]
     sampler = RecordingSampler(meta_tasks, seed=9)
-    algorithm = METHODS["mtl"].algorithm()(MTLConfig(batch_size=4, use_dev=True, epochs=3), PLACEMENT)
+    hp = MTLConfig(batch_size=4, use_dev=True, epochs=3)
+    algorithm = METHODS["mtl"].algorithm()(hp, PLACEMENT)
     algorithm.meta_gradient(backbone, _prompt(backbone), sampler)
     assert sampler.batches[-1][0] == with_dev and len(with_dev) > len([e for t in meta_tasks for e in t.train])
-    assert algorithm.total_steps(5000, meta_tasks) == 3 * math.ceil(len(with_dev) / 4)
-    assert METHODS["mtl"].algorithm()(MTLConfig(batch_size=4), PLACEMENT).total_steps(5000, meta_tasks) == 5000
+    assert algorithm.total_steps(hp, 5000, meta_tasks) == 3 * math.ceil(len(with_dev) / 4)
+    assert algorithm.total_steps(MTLConfig(batch_size=4), 5000, meta_tasks) == 5000
     cfg = _cfg("mtl", steps=1000, mtl=MTLConfig(batch_size=len(with_dev), use_dev=True, epochs=2))
     steps = []
     _run(backbone, "mtl", meta_tasks, _prompt(backbone), cfg, on_step=lambda s, _: steps.append(s))

@@ -123,8 +123,9 @@ class Algorithm:
     def meta_gradient(self, backbone, prompt: torch.Tensor, sampler: MetaSampler) -> tuple[torch.Tensor, float]:
         raise NotImplementedError
 
-    def total_steps(self, steps: int, tasks: list[MetaTask]) -> int:
-        """Outer updates this method makes: `upstream.steps` unless its own settings say otherwise."""
+    @classmethod
+    def total_steps(cls, hp, steps: int, tasks: list[MetaTask]) -> int:
+        """Outer updates the method makes with hyperparameters `hp`: `upstream.steps` unless they say otherwise."""
         return steps
 
     def combine(self, per_task: torch.Tensor, n_tasks: int) -> torch.Tensor:

@@ -17,16 +17,18 @@ from engine.data import Example
 
 
 class MTL(Algorithm):
-    def pool(self, tasks: list[MetaTask]) -> list[Example]:
-        return [e for task in tasks for e in task.train + (task.dev if self.hp.use_dev else [])]
+    @staticmethod
+    def pool(hp, tasks: list[MetaTask]) -> list[Example]:
+        return [e for task in tasks for e in task.train + (task.dev if hp.use_dev else [])]
 
-    def total_steps(self, steps: int, tasks: list[MetaTask]) -> int:
-        if not self.hp.epochs:
+    @classmethod
+    def total_steps(cls, hp, steps: int, tasks: list[MetaTask]) -> int:
+        if not hp.epochs:
             return steps
-        return self.hp.epochs * math.ceil(len(self.pool(tasks)) / self.hp.batch_size)
+        return hp.epochs * math.ceil(len(cls.pool(hp, tasks)) / hp.batch_size)
 
     def meta_gradient(self, backbone, prompt, sampler: MetaSampler):
-        pool = self.pool(sampler.tasks)  # rebuilt each step: algorithms hold no state
+        pool = self.pool(self.hp, sampler.tasks)  # rebuilt each step: algorithms hold no state
         examples = sampler.batch(pool, self.hp.batch_size)
         p = prompt.detach().clone().requires_grad_(True)
         loss = batch_loss(backbone, p, examples, self.placement)
