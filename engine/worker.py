@@ -224,6 +224,10 @@ def _execute(run: Run, preset, plan: Plan, device: str, reporter: Reporter, stat
                              dropout=preset.model.dropout == "config")
     if needs_second_order(plan.methods):
         check_second_order(backbone)  # before any training
+    from engine.estimate import device_name
+
+    # what stored timings are matched on (engine.estimate): the device's model, not just its index
+    status.set(device_name=device_name(device), precision=backbone.precision)
     return run_grid(run, preset, plan, Executor(backbone), RunEvents(run, preset, status, reporter, log, stop))
 
 

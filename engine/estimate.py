@@ -1,0 +1,270 @@
+"""What a preset will train, before anything is spent: counts, the group size, and an estimated time.
+
+`dry_run` takes a checked preset (engine.prepare.check_preset: everything the real start checks) and
+counts what `engine.grid.run_grid` would run: upstream meta-updates per method, grid cells and their
+steps (under `downstream.max_epochs`), the groups. The time comes from, in this order:
+  1. stored timings: finished work of earlier runs in the runs root with the same model, device name
+     (e.g. the GPU's model), precision and group size: seconds per group pass (evaluations included)
+     and seconds per meta-update of each method;
+  2. a probe, when the device is free and `probe` is on: the model loads and trains a few steps of a
+     group and a few meta-updates of each method, with the preset's own settings;
+  3. otherwise no estimate, and the reason.
+It never waits for a busy device and writes nothing to the runs root. Shared by `mpt-tui --dry-run`
+(and meant for the Launch form's plan line).
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from engine.config import Preset
+from engine.protocol import Plan, grid_cells
+
+PROBE_PASSES = 3  # timed group passes (after one untimed warm-up pass)
+PROBE_UPDATES = 2  # timed meta-updates per method (after one untimed)
+
+
+@dataclass
+class DryRun:
+    sources: list[str]
+    targets: list[str]
+    missing_sources: list[str]
+    missing_targets: list[str]
+    seeds: list[int]
+    methods: list[str]
+    upstream_steps: dict[str, int]  # meta-updates per method learned upstream
+    cells: int
+    cell_steps: int  # optimizer steps over all cells
+    group_size: int
+    groups: int
+    group_passes: int  # passes over the backbone downstream (each group runs as long as its longest job)
+    device: str
+    device_name: str
+    precision: str
+    timings: dict = field(default_factory=dict)  # {"pass_s": ..., "update_s": {method: s}}
+    estimate_s: float | None = None
+    estimate_from: str = ""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def device_name(device: str) -> str:
+    """The device's model ("NVIDIA H100 80GB HBM3"), or the CPU with its core count."""
+    if device.startswith("cuda"):
+        import torch
+
+        return torch.cuda.get_device_name(torch.device(device))
+    return f"cpu ({os.cpu_count()} cores)"
+
+
+def resolved_precision(preset: Preset, device: str) -> str:
+    from engine.backbone import resolve_precision
+
+    return resolve_precision(preset.model.precision, device)
+
+
+def dry_run(preset: Preset, plan: Plan, runs_root: Path, *, probe: bool = True) -> DryRun:
+    from engine.data import TaskData
+    from engine.devices import candidate_devices
+    from engine.grid import CPU_GROUP_SIZE, cell_steps, upstream_steps
+
+    data = TaskData(plan.data_dir, plan.config_dir)
+    learned = [m for m in plan.methods if m in preset.upstream.hyperparameters
+               and not preset.upstream.hyperparameters[m].prompt_file]
+    updates = {m: upstream_steps(preset, plan, data, m) for m in learned}
+    cells = grid_cells(plan, preset.downstream.learning_rates)
+    steps = cell_steps(preset, data, cells)
+    device = candidate_devices(preset.model.device)[0]
+    free = _device_free(runs_root, device)
+    size = preset.downstream.group_size or (CPU_GROUP_SIZE if device == "cpu" else 0)
+    backbone = None
+    if not size:  # a GPU's group size comes from the memory probe, on a free device only
+        if free and probe:
+            backbone = _load(preset, device)
+            size = _probed_group_size(backbone, preset, plan, data, cells)
+        else:
+            size = 1
+    size = max(1, min(size, len(cells)))
+    groups = [cells[i:i + size] for i in range(0, len(cells), size)]
+    passes = sum(max(steps[c.id] for c in g) for g in groups)
+    result = DryRun(plan.sources, plan.targets, list(getattr(plan, "missing_sources", [])),
+                    list(getattr(plan, "missing_targets", [])), plan.seeds, plan.methods, updates, len(cells),
+                    sum(steps.values()), size, len(groups), passes, device, "", "")
+    result.precision = resolved_precision(preset, device)
+    result.device_name = device_name(device)
+    stored = stored_timings(runs_root, preset.model.name, result.device_name, result.precision, size)
+    if stored["pass_s"] is not None and all(m in stored["update_s"] for m in updates):
+        result.timings = stored
+        result.estimate_from = f"stored timings of {stored['runs']} earlier run(s) on {result.device_name}"
+    elif not probe:
+        result.estimate_from = "no estimate: no stored timings match, and the probe is off"
+    elif not free:
+        result.estimate_from = f"no estimate: {device} is busy (no probe while another run holds it) and no " \
+                               f"stored timings match"
+    else:
+        backbone = backbone or _load(preset, device)
+        result.timings = probe_timings(backbone, preset, plan, data, cells[:size], list(updates))
+        result.estimate_from = f"a probe on {result.device_name}: {PROBE_PASSES} group passes, " \
+                               f"{PROBE_UPDATES} meta-updates per method"
+    if result.timings:
+        result.estimate_s = passes * result.timings["pass_s"] + sum(
+            n * result.timings["update_s"][m] for m, n in updates.items())
+    return result
+
+
+def _device_free(runs_root: Path, device: str) -> bool:
+    """Whether no run holds the device's lock (engine.devices); checked without taking it or waiting."""
+    lock = Path(runs_root) / ".devices" / f"{device.replace(':', '-')}.lock"
+    if not lock.exists():
+        return True
+    from filelock import FileLock, Timeout
+
+    probe = FileLock(str(lock))
+    try:
+        probe.acquire(timeout=0)
+    except Timeout:
+        return False
+    probe.release()
+    return True
+
+
+def _load(preset: Preset, device: str):
+    from engine.backbone import Backbone
+
+    return Backbone.load(preset.model.name, device=device, max_input_length=preset.model.max_input_length,
+                         max_output_length=preset.model.max_output_length, precision=preset.model.precision,
+                         dropout=preset.model.dropout == "config")
+
+
+def _probed_group_size(backbone, preset: Preset, plan: Plan, data, cells) -> int:
+    from engine.grid import Executor
+
+    class Quiet:
+        def message(self, text):
+            pass
+
+    return Executor(backbone).group_size(preset, data, cells, Quiet())
+
+
+def probe_timings(backbone, preset: Preset, plan: Plan, data, group, methods: list[str]) -> dict:
+    """Seconds per group pass (a pass of `group`'s jobs, its dev evaluations spread over eval_every passes)
+    and per meta-update of each method, measured with the preset's settings on a few steps."""
+    import dataclasses
+
+    from engine.grid import CellWork, Executor, PromptInit, meta_task_keys
+
+    executor = Executor(backbone)
+    work = [CellWork(c, PromptInit("vocab", pool=preset.prompt.vocab_pool), "", "") for c in group]
+    jobs = [executor._job(preset, data, w)[0] for w in work]
+    from engine.tuning import EvalItem, evaluate_many, prompt_tune_group
+
+    def train(passes: int) -> float:
+        started = time.perf_counter()
+        prompt_tune_group(backbone, [dataclasses.replace(j, checkpoint=None, cfg=dataclasses.replace(
+            j.cfg, steps=passes, eval_every=passes + 1)) for j in jobs])
+        return time.perf_counter() - started
+
+    train(1)  # warm-up: kernels, caches, allocator
+    pass_s = (train(1 + PROBE_PASSES) - train(1)) / PROBE_PASSES
+    started = time.perf_counter()
+    evaluate_many(backbone, [EvalItem(j.init_prompt, j.dev, j.task, j.cfg) for j in jobs])
+    eval_s = time.perf_counter() - started
+    pass_s += eval_s / preset.downstream.eval_every
+    update_s = {}
+    if methods:
+        from engine.algorithms.base import MetaTask
+        from engine.upstream import learn_initialisation
+
+        k = preset.data.k
+        tasks = [MetaTask(t, s, split.train, split.dev) for t, s in meta_task_keys(plan, data, k)
+                 for split in [data.load_split(t, k, s, need_test=False, input_format=preset.data.input_format)]]
+        init = executor.initial_prompt(PromptInit("vocab", pool=preset.prompt.vocab_pool), preset.prompt.length)
+        for method in methods:
+            def learn(n: int) -> float:
+                cfg = dataclasses.replace(preset.upstream, steps=n)
+                if hasattr(cfg.hyperparameters[method], "epochs"):  # MTL: a fixed number of steps here
+                    cfg.hyperparameters = {**cfg.hyperparameters,
+                                           method: dataclasses.replace(cfg.hyperparameters[method], epochs=0)}
+                started = time.perf_counter()
+                learn_initialisation(backbone, method, tasks, init, cfg, placement=preset.prompt.placement)
+                return time.perf_counter() - started
+
+            learn(1)
+            update_s[method] = (learn(1 + PROBE_UPDATES) - learn(1)) / PROBE_UPDATES
+    return {"pass_s": max(pass_s, 0.0), "update_s": {m: max(s, 0.0) for m, s in update_s.items()}}
+
+
+def stored_timings(runs_root: Path, model: str, device: str, precision: str, group_size: int) -> dict:
+    """Seconds per group pass and per meta-update from earlier runs' finished work with the same model,
+    device name, precision and group size (medians over what matches)."""
+    from engine.runs import list_runs, read_json
+
+    passes, updates, runs = [], {}, 0
+    root = Path(runs_root)
+    for run in list_runs(root) if root.is_dir() else []:
+        status, config = run.status(), read_json(run.config_path) or {}
+        if (config.get("preset", {}).get("model", {}).get("name") != model or status.get("device_name") != device
+                or status.get("precision") != precision):
+            continue
+        used = False
+        for path in run.cells_dir.glob("*.json") if run.cells_dir.is_dir() else []:
+            record = read_json(path) or {}
+            if record.get("group_size") == group_size and record.get("seconds") and record.get("steps"):
+                passes.append(record["seconds"] / record["steps"])
+                used = True
+        for method, rate in _upstream_rates(run).items():
+            updates.setdefault(method, []).append(rate)
+            used = True
+        runs += used
+    return {"pass_s": statistics.median(passes) if passes else None,
+            "update_s": {m: statistics.median(r) for m, r in updates.items()}, "runs": runs}
+
+
+def _upstream_rates(run) -> dict[str, float]:
+    """Seconds per meta-update of each method, from the timestamps of its logged upstream losses."""
+    points: dict[str, list[tuple[int, float]]] = {}
+    for event in run.events():
+        if event.get("stage") == "upstream" and "t" in event:
+            points.setdefault(event["method"], []).append((event["step"], event["t"]))
+    rates = {}
+    for method, pts in points.items():
+        (s0, t0), (s1, t1) = min(pts), max(pts)
+        if s1 > s0:
+            rates[method] = (t1 - t0) / (s1 - s0)
+    return rates
+
+
+def format_duration_estimate(seconds: float | None) -> str:
+    if seconds is None:
+        return "unknown"
+    hours = seconds / 3600
+    return f"{seconds:.0f} s" if seconds < 120 else (f"{seconds / 60:.0f} min" if hours < 2 else f"{hours:.1f} h")
+
+
+def render(d: DryRun) -> str:
+    """The dry run as the text `mpt-tui --dry-run` prints."""
+    lines = [f"sources ({len(d.sources)}): {', '.join(d.sources) or '-'}"]
+    if d.missing_sources:
+        lines.append(f"  missing from the data: {', '.join(d.missing_sources)}")
+    lines.append(f"targets ({len(d.targets)}): {', '.join(d.targets)}")
+    if d.missing_targets:
+        lines.append(f"  missing from the data: {', '.join(d.missing_targets)}")
+    lines.append(f"splits: {', '.join(map(str, d.seeds))}")
+    lines.append(f"methods: {', '.join(d.methods)}")
+    for method, n in d.upstream_steps.items():
+        lines.append(f"upstream {method}: {n} meta-updates")
+    lines.append(f"downstream: {d.cells} grid cells, {d.cell_steps} optimizer steps, in {d.groups} groups of "
+                 f"up to {d.group_size} ({d.group_passes} passes)")
+    lines.append(f"device: {d.device} ({d.device_name}), precision {d.precision}")
+    timing = ""
+    if d.timings:
+        timing = f" ({d.timings['pass_s']:.3f} s per group pass" + "".join(
+            f", {m} {s:.3f} s per update" for m, s in d.timings["update_s"].items()) + ")"
+    lines.append(f"estimated time: {format_duration_estimate(d.estimate_s)}, from {d.estimate_from}{timing}")
+    lines.append("nothing was written (dry run)")
+    return "\n".join(lines)

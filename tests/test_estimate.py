@@ -1,0 +1,86 @@
+"""The dry run (engine.estimate): what a preset will train, counted as the real run counts it, and its time
+from stored timings of earlier runs or a short probe; nothing is written."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from filelock import FileLock
+
+from engine.estimate import dry_run, render
+from engine.prepare import check_preset, prepare_run
+from engine.runs import read_json
+from engine.worker import execute
+
+from conftest import DEMO_DATA, SMALL_SEEDS, SMALL_SOURCES, SMALL_TARGETS
+
+
+@pytest.fixture
+def preset_file(tmp_path, tiny_llama):
+    path = tmp_path / "dry.toml"
+    path.write_text(f"""
+name = "dry"
+[data]
+dir = "{DEMO_DATA}"
+sources = {json.dumps(SMALL_SOURCES)}
+targets = {json.dumps(SMALL_TARGETS)}
+seeds = {SMALL_SEEDS}
+[model]
+name = "{tiny_llama}"
+device = "cpu"
+max_input_length = 40
+[prompt]
+length = 4
+[downstream]
+learning_rates = [0.3, 0.1]
+batch_size = 4
+steps = 6
+max_epochs = 1
+eval_every = 2
+max_test_examples = 8
+group_size = 3
+[upstream]
+methods = ["mtl"]
+steps = 1000
+log_every = 1
+[upstream.mtl]
+epochs = 1
+batch_size = 16
+""", encoding="utf-8")
+    return path
+
+
+def test_the_dry_run_counts_what_the_run_trains_and_writes_nothing(tmp_path, preset_file):
+    root = tmp_path / "runs"
+    prepared = check_preset(str(preset_file))
+    planned = dry_run(prepared.preset, prepared.plan, root)
+    assert not root.exists(), "a dry run writes nothing"
+    assert planned.estimate_s is not None and planned.estimate_s > 0 and "probe" in planned.estimate_from
+    text = render(planned)
+    assert "grid cells" in text and "estimated time" in text and "nothing was written" in text
+
+    run = prepare_run(root, prepared)
+    execute(run)
+    records = [read_json(p) for p in run.cells_dir.glob("*.json")]
+    assert planned.cells == len(records) == 2 * 2 * 2 * 2  # PT, MTL x 2 targets x 2 splits x 2 lrs
+    assert planned.cell_steps == sum(r["steps"] for r in records) == planned.cells * 4  # 16 examples / 4: 1 epoch
+    logged = [e["step"] for e in run.events() if e.get("stage") == "upstream"]
+    assert planned.upstream_steps == {"mtl": len(logged)} and len(logged) == 4  # 4 splits x 16 / 16, not 1000
+    assert planned.groups == len(read_json(run.groups_path)) and planned.group_size == 3
+
+    again = dry_run(prepared.preset, prepared.plan, root)  # now the runs root has matching timings
+    assert again.estimate_from.startswith("stored timings of 1 earlier run")
+    assert again.estimate_s > 0 and again.timings["update_s"]["mtl"] > 0
+
+
+def test_a_busy_device_is_not_waited_for(tmp_path, preset_file):
+    root = tmp_path / "runs"
+    (root / ".devices").mkdir(parents=True)
+    prepared = check_preset(str(preset_file))
+    with FileLock(str(root / ".devices" / "cpu.lock")):  # another run holds the CPU
+        planned = dry_run(prepared.preset, prepared.plan, root)
+    assert planned.estimate_s is None and "busy" in planned.estimate_from
+    assert planned.cells == 16  # the counts need no device
+    off = dry_run(prepared.preset, prepared.plan, root, probe=False)
+    assert off.estimate_s is None and "probe is off" in off.estimate_from
