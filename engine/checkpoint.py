@@ -28,22 +28,47 @@ def _prev(path: Path) -> Path:
     return path.with_name(path.stem + ".prev" + path.suffix)
 
 
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be loaded (damaged, not ours, or holding more than tensors and plain data)."""
+
+
+def _write_synced(path: Path, write) -> None:
+    """`write(file)` into `path`, flushed to the disk before returning: a rename that follows never
+    exposes an empty file after a power loss."""
+    with open(path, "wb") as f:
+        write(f)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _sync_dir(path: Path) -> None:
+    """Make the renames in directory `path` durable."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def save_checkpoint(path: Path, state: dict, round_info: dict | None = None) -> None:
-    """`state` must have a "step"; the .json beside it is written last, so it never runs ahead."""
+    """`state` (tensors and plain data only: it is loaded with weights_only) must have a "step"; the .json
+    beside it is written last, so it never runs ahead."""
     import torch
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
+    _write_synced(tmp, lambda f: torch.save(state, f))
     if round_info is not None and path.is_file():  # keep the previous round to fall back on
         os.replace(path, _prev(path))
         if _step_file(path).is_file():
             os.replace(_step_file(path), _step_file(_prev(path)))
     tmp.replace(path)
     step_tmp = path.with_name(path.name + ".json.tmp")
-    step_tmp.write_text(json.dumps({"step": int(state["step"]), **(round_info or {})}), encoding="utf-8")
+    info = json.dumps({"step": int(state["step"]), **(round_info or {})}).encode("utf-8")
+    _write_synced(step_tmp, lambda f: f.write(info))
     step_tmp.replace(_step_file(path))
+    _sync_dir(path.parent)
 
 
 def save_round(states: list[tuple[Path, dict]]) -> None:
@@ -74,9 +99,18 @@ def resume_path(path: Path) -> Path | None:
 
 
 def load_checkpoint(path: Path) -> dict:
+    """A checkpoint's state. Only tensors and plain data are read (`weights_only`): a tampered file in a
+    shared runs directory cannot run code here; anything else is a CheckpointError naming the file."""
     import torch
 
-    return torch.load(path, weights_only=False)
+    try:
+        state = torch.load(path, weights_only=True, map_location="cpu")
+    except Exception as exc:  # unpickling errors, truncation, a file that is not a torch file
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"checkpoint {path} cannot be loaded ({reason[:200]})") from None
+    if not isinstance(state, dict) or "step" not in state:
+        raise CheckpointError(f"checkpoint {path} is not a checkpoint of this project (no step)")
+    return state
 
 
 def saved_step(path: Path) -> int:
@@ -87,7 +121,10 @@ def saved_step(path: Path) -> int:
     try:
         return int(json.loads(_step_file(path).read_text(encoding="utf-8"))["step"])
     except (OSError, ValueError, KeyError, TypeError):  # a checkpoint from before the .json: read it
-        return int(load_checkpoint(path)["step"])
+        try:
+            return int(load_checkpoint(path)["step"])
+        except CheckpointError:
+            return 0  # unreadable: its job starts over
 
 
 def resume_step(path: Path) -> int:

@@ -9,6 +9,7 @@ same checks. The resolved preset is what a run directory stores as config.json.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import typing
 from dataclasses import dataclass, field
@@ -153,6 +154,8 @@ _TYPE_WORDS = {int: "an integer", float: "a number", str: "a string", bool: "tru
 def _check_scalar(value, kind, where: str):
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if kind is float and isinstance(value, float) and not math.isfinite(value):
+        raise PresetError(f"{where} must be a finite number, got {value!r}")
     if kind is int and isinstance(value, bool):
         raise PresetError(f"{where} must be an integer, got {value!r}")
     if not isinstance(value, kind):

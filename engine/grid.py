@@ -168,7 +168,7 @@ class Executor:
         result = learn_initialisation(self.backbone, unit.method, tasks, init, preset.upstream,
                                       placement=preset.prompt.placement, checkpoint=Path(unit.checkpoint),
                                       on_step=lambda step, loss: events.upstream_step(unit.method, step, loss),
-                                      should_stop=events.should_stop)
+                                      should_stop=events.should_stop, on_message=events.message)
         save_prompt(Path(unit.output), result.prompt, model=preset.model.name,
                     extra={"method": unit.method, "steps": str(result.steps)})
         events.message(f"upstream {unit.method}: done, last loss {result.last_loss:.4f}")
@@ -208,7 +208,7 @@ class Executor:
         results = prompt_tune_group(
             self.backbone, jobs, on_step=lambda j, step, loss: events.cell_step(cells[j].id, step, loss),
             on_eval=lambda j, step, score: events.cell_dev(cells[j].id, step, score), should_stop=events.should_stop,
-            dropout_seed=group_seed(preset, cells))
+            dropout_seed=group_seed(preset, cells), on_message=events.message)
         last = preset.downstream.test_prompt == "last"
         tested = [r.last_prompt if last else r.best_prompt for r in results]
         evaluations = evaluate_many(self.backbone, [EvalItem(prompt, test, job.task, job.cfg)

@@ -40,6 +40,7 @@ def check_preset(name_or_path: str, overrides: list[str] = (), data_dir: str | N
     plan = make_plan(preset)
     model_config = model_config_json(preset.model.name)
     check_prompt_files(preset, hidden_size(model_config) if model_config else None)
+    check_sequence_length(preset, model_config or {})
     plan.warnings += check_vocab_pool(preset, model_config or {})
     return Prepared(preset, plan, path, list(overrides))
 
@@ -107,6 +108,29 @@ def prompt_file_shape(path: Path) -> tuple[tuple[int, ...], dict]:
         raise ValueError(f"prompt file {path} is not a readable safetensors prompt ({type(exc).__name__}: {exc})") \
             from None
     return shape, header.get("__metadata__") or {}
+
+
+# A model with relative positions (T5) has no maximum, but its attention cost grows with the square of the
+# length and it was trained on 512 tokens: prompt plus input beyond this is refused as a mistake.
+MAX_RELATIVE_POSITIONS = 4096
+
+
+def check_sequence_length(preset: Preset, model_config: dict) -> None:
+    """The longest row a run builds must fit the model's positions: prompt + input (+ </s>) for an encoder,
+    and + the target for a decoder-only model. Checked from config.json, before any weights load."""
+    prompt, inputs, outputs = preset.prompt.length, preset.model.max_input_length, preset.model.max_output_length
+    limit = model_config.get("max_position_embeddings") or model_config.get("n_positions")
+    if model_config.get("is_encoder_decoder"):
+        longest, what = prompt + inputs + 1, "prompt.length + model.max_input_length + 1 (</s>)"
+    else:
+        longest, what = prompt + inputs + 1 + outputs, \
+            "prompt.length + model.max_input_length + 1 + model.max_output_length"
+    if isinstance(limit, int) and longest > limit:
+        raise PresetError(f"prompt.length: {what} = {longest} tokens, but model {preset.model.name} has "
+                          f"max_position_embeddings {limit}")
+    if not isinstance(limit, int) and model_config and longest > MAX_RELATIVE_POSITIONS:
+        raise PresetError(f"prompt.length: {what} = {longest} tokens, more than the {MAX_RELATIVE_POSITIONS} "
+                          f"allowed for a model without a position limit (relative positions)")
 
 
 def check_vocab_pool(preset: Preset, model_config: dict) -> list[str]:

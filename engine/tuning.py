@@ -22,7 +22,7 @@ from typing import Callable
 import torch
 
 from engine.bank_optim import BankOptimizer
-from engine.checkpoint import load_checkpoint, resume_path, save_round
+from engine.checkpoint import CheckpointError, load_checkpoint, resume_path, save_round
 from engine.data import Example, TaskInfo
 from engine.metrics import compute_metric, metric_for_task
 from engine.stopping import RunCancelled
@@ -186,11 +186,12 @@ OnJobEval = Callable[[int, int, float], None]  # (job index, step, dev score)
 
 def prompt_tune_group(backbone, jobs: list[Job], *, on_step: OnJobStep | None = None,
                       on_eval: OnJobEval | None = None, should_stop: Callable[[], bool] | None = None,
-                      dropout_seed: int = 0) -> list[TuningResult]:
+                      dropout_seed: int = 0, on_message: Callable[[str], None] | None = None) -> list[TuningResult]:
     """Train all jobs; return each one's prompt with the best dev score (ties keep the earlier one).
 
     Jobs with a checkpoint resume from it, each at its own step, and save their state
-    there every `cfg.checkpoint_every` steps. When `should_stop()` turns true, every
+    there every `cfg.checkpoint_every` steps; a job whose checkpoint cannot be loaded starts
+    over alone (said through `on_message`). When `should_stop()` turns true, every
     job with a checkpoint path saves its state there (finished ones too: trained but
     not yet tested) and `RunCancelled` is raised.
 
@@ -217,8 +218,12 @@ def prompt_tune_group(backbone, jobs: list[Job], *, on_step: OnJobStep | None = 
     for j, job in enumerate(jobs):
         resume = resume_path(job.checkpoint) if job.checkpoint is not None else None
         if resume is not None:
-            steps[j] = _load_job_state(resume, j, bank, optimizers[job.cfg.optimizer], samplers[j], results[j],
-                                       dropout_rng)
+            try:
+                steps[j] = _load_job_state(resume, j, bank, optimizers[job.cfg.optimizer], samplers[j], results[j],
+                                           dropout_rng)
+            except CheckpointError as exc:  # this job alone starts over; the rest of the group resumes
+                if on_message:
+                    on_message(f"{exc}: that job restarts from step 0")
     active = [j for j, job in enumerate(jobs) if steps[j] < job.cfg.steps and not results[j].stopped]
     while active:
         inputs, targets, owner_rows = [], [], []
@@ -343,18 +348,31 @@ def _job_state(job: Job, row: int, bank, optimizers: dict[str, BankOptimizer], s
 
 def _load_job_state(path: Path, row: int, bank, optimizer: BankOptimizer, sampler: BatchSampler,
                     result: TuningResult, dropout_rng: torch.Generator) -> int:
+    """Put a job's saved state back into its row; a checkpoint that does not fit this job (damaged, another
+    model's prompt size, another optimizer) is a CheckpointError, raised before anything is changed."""
     state = load_checkpoint(path)
-    if "param_groups" in state["optimizer"]:  # a checkpoint from before per-row optimizers: start over
-        return 0
+    try:
+        if "param_groups" in state["optimizer"]:  # a checkpoint from before per-row optimizers: start over
+            return 0
+        prompt, saved = state["prompt"], state["optimizer"]
+        if tuple(prompt.shape) != tuple(bank[row].shape):
+            raise CheckpointError(f"checkpoint {path} holds a prompt of shape {tuple(prompt.shape)}, this job's "
+                                  f"is {tuple(bank[row].shape)} (another model or prompt length)")
+        if set(saved) != {"step", *optimizer.state}:
+            raise CheckpointError(f"checkpoint {path} holds another optimizer's state ({sorted(saved)})")
+        b = state["best"]
+        best = (b["prompt"], b["step"], b["dev"], [tuple(h) for h in b["history"]], b["final_loss"],
+                b.get("stopped", ""))
+        generator, queue, step = state["generator"], list(state["queue"]), int(state["step"])
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise CheckpointError(f"checkpoint {path} lacks a job's state ({type(exc).__name__}: {exc})") from None
     if "dropout_generator" in state:
         dropout_rng.set_state(state["dropout_generator"])
     with torch.no_grad():
-        bank[row] = state["prompt"].to(bank.device)
-    optimizer.load_row_state(row, state["optimizer"])
-    sampler.generator.set_state(state["generator"])
-    sampler._queue = list(state["queue"])
-    b = state["best"]
-    result.best_prompt, result.best_step, result.best_dev = b["prompt"], b["step"], b["dev"]
-    result.dev_history, result.final_loss = [tuple(h) for h in b["history"]], b["final_loss"]
-    result.stopped = b.get("stopped", "")
-    return int(state["step"])
+        bank[row] = prompt.to(bank.device)
+    optimizer.load_row_state(row, saved)
+    sampler.generator.set_state(generator)
+    sampler._queue = queue
+    (result.best_prompt, result.best_step, result.best_dev, result.dev_history, result.final_loss,
+     result.stopped) = best
+    return step

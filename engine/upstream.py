@@ -16,7 +16,7 @@ from typing import Callable
 import torch
 
 from engine.algorithms.base import MetaSampler, MetaTask
-from engine.checkpoint import load_checkpoint, save_checkpoint
+from engine.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from engine.methods import METHODS
 from engine.stopping import RunCancelled
 from engine.tuning import make_optimizer
@@ -72,7 +72,8 @@ OnStep = Callable[[int, float], None]
 
 def learn_initialisation(backbone, method: str, tasks: list[MetaTask], init_prompt: torch.Tensor, upstream_cfg,
                          *, placement: str, checkpoint: Path | None = None, on_step: OnStep | None = None,
-                         should_stop: Callable[[], bool] | None = None) -> UpstreamResult:
+                         should_stop: Callable[[], bool] | None = None,
+                         on_message: Callable[[str], None] | None = None) -> UpstreamResult:
     """Run the method's outer updates (`upstream_cfg.steps`, or its own count) from `init_prompt`, resuming
     from `checkpoint`. With the backbone's dropout on, every pass of a meta-update (inner loop included)
     drops out, its masks drawn from a generator seeded with `upstream.seed` and checkpointed."""
@@ -87,14 +88,11 @@ def learn_initialisation(backbone, method: str, tasks: list[MetaTask], init_prom
     total = algorithm.total_steps(algorithm.hp, upstream_cfg.steps, tasks)
     start, loss = 0, float("nan")
     if checkpoint is not None and checkpoint.is_file():
-        state = load_checkpoint(checkpoint)
-        with torch.no_grad():
-            prompt.copy_(state["prompt"].to(prompt.device))
-        optimizer.load_state_dict(state["optimizer"])
-        sampler.generator.set_state(state["generator"])
-        if "dropout_generator" in state:
-            dropout_rng.set_state(state["dropout_generator"])
-        start, loss = state["step"], state["loss"]
+        try:
+            start, loss = _load_state(checkpoint, prompt, optimizer, sampler, dropout_rng)
+        except CheckpointError as exc:  # this method starts over; nothing was changed yet
+            if on_message:
+                on_message(f"{exc}: upstream {method} restarts from meta-update 0")
     check_second_order(backbone) if algorithm.second_order else None
     for step in range(start + 1, total + 1):
         with second_order_context(backbone) if algorithm.second_order else contextlib.nullcontext(), \
@@ -111,6 +109,30 @@ def learn_initialisation(backbone, method: str, tasks: list[MetaTask], init_prom
         if stop:
             raise RunCancelled(f"stopped after meta-update {step}")
     return UpstreamResult(prompt.detach().cpu().clone(), total, loss)
+
+
+def _load_state(path: Path, prompt, optimizer, sampler: MetaSampler, dropout_rng) -> tuple[int, float]:
+    state = load_checkpoint(path)
+    try:
+        saved, step, loss = state["prompt"], int(state["step"]), float(state["loss"])
+        if tuple(saved.shape) != tuple(prompt.shape):
+            raise CheckpointError(f"checkpoint {path} holds a prompt of shape {tuple(saved.shape)}, this run's "
+                                  f"is {tuple(prompt.shape)} (another model or prompt length)")
+        optimizer_state, generator = state["optimizer"], state["generator"]
+    except (KeyError, TypeError, AttributeError, ValueError) as exc:
+        if isinstance(exc, CheckpointError):
+            raise
+        raise CheckpointError(f"checkpoint {path} lacks the upstream state ({type(exc).__name__}: {exc})") from None
+    try:
+        optimizer.load_state_dict(optimizer_state)
+    except (ValueError, KeyError) as exc:
+        raise CheckpointError(f"checkpoint {path} holds another optimizer's state ({exc})") from None
+    with torch.no_grad():
+        prompt.copy_(saved.to(prompt.device))
+    sampler.generator.set_state(generator)
+    if "dropout_generator" in state:
+        dropout_rng.set_state(state["dropout_generator"])
+    return step, loss
 
 
 def _save_state(path: Path, prompt, optimizer, sampler: MetaSampler, dropout_rng, step: int, loss: float) -> None:

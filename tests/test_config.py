@@ -206,3 +206,14 @@ def test_defaults_match_dataclass():
     a, b = DownstreamConfig(), DownstreamConfig()
     a.learning_rates.append(0.1)
     assert b.learning_rates == [0.5, 0.4, 0.3, 0.2]  # list defaults are not shared
+
+
+@pytest.mark.parametrize("assignment, key", [("downstream.learning_rates=[nan]", "downstream.learning_rates[0]"),
+                                             ("downstream.learning_rates=[0.3, inf]", "downstream.learning_rates[1]"),
+                                             ("upstream.outer_lr=-inf", "upstream.outer_lr"),
+                                             ("upstream.maml.inner_lr=nan", "upstream.maml.inner_lr"),
+                                             ("downstream.weight_decay=inf", "downstream.weight_decay")])
+def test_non_finite_numbers_are_refused(assignment, key):
+    """A NaN learning rate used to be accepted and train the whole run on NaN."""
+    message = preset_error("demo", [assignment])
+    assert f"{key} must be a finite number" in message

@@ -101,3 +101,19 @@ def test_the_authors_vocabulary_pool_is_checked_against_the_model_before_a_run_e
     preset.write_text(preset.read_text().replace(str(tiny_llama), str(big)), encoding="utf-8")
     warnings = check_preset(str(preset)).plan.warnings
     assert any("t5_c4_top5000" in w and "llama" in w for w in warnings)
+
+
+@pytest.mark.parametrize("kind, length, needle", [("llama", 2000, "max_position_embeddings 1024"),
+                                                  ("t5", 100000, "more than the 4096 allowed")])
+def test_a_prompt_longer_than_the_model_takes_is_refused_before_a_run_exists(tmp_path, tiny_llama, tiny_t5, kind,
+                                                                             length, needle):
+    """--set prompt.length=100000 used to be accepted and then exhaust the memory."""
+    model = {"llama": tiny_llama, "t5": tiny_t5}[kind]
+    preset = tmp_path / "p.toml"
+    preset.write_text(f'[data]\ndir = "{DEMO_DATA}"\nsetting = "demo"\nseeds = [1]\n[model]\nname = "{model}"\n',
+                      encoding="utf-8")
+    with pytest.raises(PresetError, match=needle) as info:
+        check_preset(str(preset), [f"prompt.length={length}"])
+    assert str(info.value).startswith("prompt.length: ")
+    assert check_preset(str(preset), ["prompt.length=20"]).preset.prompt.length == 20
+    assert not (tmp_path / "runs").exists()

@@ -221,3 +221,43 @@ def test_last_prompt_is_the_prompt_after_the_last_step(tiny_llama):
     shorter = [dataclasses.replace(job, cfg=dataclasses.replace(job.cfg, steps=job.cfg.steps - 1)) for job in jobs]
     for result, short in zip(results, prompt_tune_group(backbone, shorter)):
         assert not torch.equal(result.last_prompt, short.last_prompt)
+
+
+# ---------------------------------------------------------------- checkpoints hold data, not code
+
+
+class _Payload:
+    """Unpickling this would create a file: what a tampered checkpoint in a shared runs directory could do."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+@pytest.mark.parametrize("damage", ["code", "garbage", "other_model"])
+def test_a_checkpoint_that_cannot_be_loaded_restarts_its_job_alone(tiny_llama, tmp_path, damage):
+    """Checkpoints load with weights_only: a pickled object is refused before it runs; a damaged file or one
+    from another model size is reported with its path, and only that job starts over."""
+    from engine.checkpoint import save_checkpoint
+
+    backbone = Backbone.load(str(tiny_llama))
+    reference = prompt_tune_group(backbone, _jobs(backbone))
+    jobs = _with_checkpoints(_jobs(backbone), tmp_path)
+    bad = jobs[1].checkpoint
+    marker = tmp_path / "pwned"
+    if damage == "code":
+        torch.save({"step": 2, "payload": _Payload(marker)}, bad)
+    elif damage == "garbage":
+        bad.write_bytes(b"not a torch file")
+    else:  # a valid checkpoint, for a wider prompt
+        save_checkpoint(bad, {"step": 2, "prompt": torch.zeros(4, backbone.hidden_size * 2), "optimizer": {},
+                              "generator": torch.Generator().get_state(), "queue": [], "best": {}})
+    messages = []
+    results = prompt_tune_group(backbone, jobs, on_message=messages.append)
+    assert not marker.exists(), "the checkpoint ran code while loading"
+    assert len(messages) == 1 and str(bad) in messages[0] and "restarts from step 0" in messages[0]
+    for result, ref in zip(results, reference):  # the bad job trained from scratch, the others never noticed
+        assert result.dev_history == ref.dev_history
+        torch.testing.assert_close(result.best_prompt, ref.best_prompt)
