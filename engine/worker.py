@@ -104,11 +104,50 @@ def _quiet_libraries() -> None:
     hf_logging.set_verbosity_error()
 
 
+RUN_LOCK = "worker.lock"
+
+
+class RunLocked(RuntimeError):
+    """Another worker is running this run (it holds the run's lock)."""
+
+
+def hold_run_lock(run: Run):
+    """The run's OS file lock, taken without waiting: one worker per run directory. The OS releases it when
+    the process dies, so a crashed worker never leaves a run locked."""
+    from filelock import FileLock, Timeout
+
+    lock = FileLock(str(run.path / RUN_LOCK))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        pid = run.status().get("pid")
+        raise RunLocked(f"run {run.id} is being run by another worker" + (f" (pid {pid})" if pid else "")) from None
+    return lock
+
+
+def run_locked(run: Run) -> bool:
+    """Whether a live worker holds the run's lock (checked without keeping it)."""
+    try:
+        hold_run_lock(run).release()
+    except RunLocked:
+        return True
+    return False
+
+
 def execute(run: Run, reporter: Reporter | None = None, stop: StopFlag | None = None) -> dict:
     """Run or resume the run; returns its results (per split, per task, mean).
 
-    SIGTERM or a first Ctrl-C checkpoints the work in progress and raises RunCancelled.
+    SIGTERM or a first Ctrl-C checkpoints the work in progress and raises RunCancelled. A run that
+    another worker holds raises RunLocked before anything of the run is touched.
     """
+    run_lock = hold_run_lock(run)
+    try:
+        return _execute_locked(run, reporter, stop)
+    finally:
+        run_lock.release()
+
+
+def _execute_locked(run: Run, reporter: Reporter | None, stop: StopFlag | None) -> dict:
     reporter = reporter or _Silent()
     stop = stop or StopFlag()
     stop.install_signal_handlers()
@@ -250,6 +289,9 @@ def main(argv: list[str] | None = None) -> int:
     _redirect_output_to(run.log_path)
     try:
         execute(run)
+    except RunLocked as exc:
+        print(f"mpt-tui worker: {exc}; this second worker exits", file=sys.stderr)
+        return 2
     except (RunCancelled, KeyboardInterrupt):
         return 130
     except Exception as exc:  # already recorded in status.json and the log
