@@ -37,6 +37,7 @@ class Example:
     output: str
     options: tuple[str, ...] = ()
     answers: tuple[str, ...] = ()  # every acceptable answer (CrossFit TSVs may list several)
+    line: int = field(default=0, compare=False)  # where it is in its file, for error messages
 
     @property
     def references(self) -> list[str]:
@@ -89,39 +90,50 @@ def _choice_letter(i: int) -> str:
     return chr(ord("A") + i) if i < 26 else str(i + 1)
 
 
+def _lines(path: Path):
+    """(line number, text) of a UTF-8 file; bytes that are not UTF-8 are a TaskDataError naming the line."""
+    with path.open("rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            try:
+                yield lineno, raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise TaskDataError(f"{path}:{lineno}: not UTF-8 text (byte {raw[exc.start]:#04x} at column "
+                                    f"{exc.start + 1})") from None
+
+
 def _parse_jsonl(path: Path) -> list[Example]:
     examples = []
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise TaskDataError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
-            if not isinstance(obj, dict):
-                raise TaskDataError(f"{path}:{lineno}: expected a JSON object")
-            for key in ("input", "output"):
-                if not isinstance(obj.get(key), str):
-                    raise TaskDataError(f"{path}:{lineno}: missing or non-string key '{key}'")
-            options = obj.get("options") or []
-            if not isinstance(options, list) or not all(isinstance(o, str) for o in options):
-                raise TaskDataError(f"{path}:{lineno}: 'options' must be a list of strings")
-            examples.append(Example(obj["input"], obj["output"], tuple(options), (obj["output"],)))
+    for lineno, line in _lines(path):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise TaskDataError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
+        if not isinstance(obj, dict):
+            raise TaskDataError(f"{path}:{lineno}: expected a JSON object")
+        for key in ("input", "output"):
+            if not isinstance(obj.get(key), str):
+                raise TaskDataError(f"{path}:{lineno}: missing or non-string key '{key}'")
+        options = obj.get("options") or []
+        if not isinstance(options, list) or not all(isinstance(o, str) for o in options):
+            raise TaskDataError(f"{path}:{lineno}: 'options' must be a list of strings")
+        if options and obj["output"] not in options:
+            raise TaskDataError(f"{path}:{lineno}: output {obj['output']!r} is not one of the line's options")
+        examples.append(Example(obj["input"], obj["output"], tuple(options), (obj["output"],), lineno))
     return examples
 
 
 def _parse_tsv(path: Path) -> list[Example]:
     examples = []
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            line = line.rstrip("\n")
-            if not line.strip():
-                continue
-            cols = line.split("\t")
-            if len(cols) < 2 or not cols[1]:
-                raise TaskDataError(f"{path}:{lineno}: expected input<TAB>output[<TAB>more answers]")
-            examples.append(Example(cols[0], cols[1], (), tuple(c for c in cols[1:] if c)))
+    for lineno, line in _lines(path):
+        line = line.rstrip("\r\n")
+        if not line.strip():
+            continue
+        cols = line.split("\t")
+        if len(cols) < 2 or not cols[1]:
+            raise TaskDataError(f"{path}:{lineno}: expected input<TAB>output[<TAB>more answers]")
+        examples.append(Example(cols[0], cols[1], (), tuple(c for c in cols[1:] if c), lineno))
     return examples
 
 
@@ -233,7 +245,11 @@ class TaskData:
                     raise TaskDataError(f"{path}: classification task '{task}' has no label options "
                                         f"(none in the lines and no task config with 'options')")
                 if info.options and not examples[0].options:  # CrossFit TSV: options from the config
-                    examples = [Example(e.input, e.output, info.options, e.answers) for e in examples]
+                    examples = [Example(e.input, e.output, info.options, e.answers, e.line) for e in examples]
+                for e in examples:
+                    if e.output not in e.options:
+                        raise TaskDataError(f"{path}:{e.line}: label {e.output!r} is not one of task '{task}''s "
+                                            f"options ({', '.join(e.options)})")
             if input_format != "plain":
                 examples = [replace(e, input=format_input(e, info, input_format)) for e in examples]
             parts[split] = examples

@@ -156,6 +156,7 @@ def make_plan(preset: Preset) -> Plan:
         reuse = preset.upstream.hyperparameters[method].prompt_file
         if reuse and not Path(reuse).is_file():
             raise PresetError(f"upstream.{method}.prompt_file: {reuse} does not exist")
+    check_task_files(preset, data, sources if preset.upstream.methods else [], targets)
     warnings = []
     if paper and (missing_targets or missing_sources):
         warnings.append(_missing_warning(paper, skipped_targets, missing_sources, bool(preset.upstream.methods)))
@@ -200,6 +201,22 @@ def _missing_warning(paper: PaperSetting, skipped: dict[str, list[str]], missing
         consequences.append("the upstream prompts are learned on fewer sources" if upstream
                             else "the source list is shorter than the paper's")
     return f"paper setting {paper.name}: skipping {' and '.join(parts)}: {' and '.join(consequences)}"
+
+
+def check_task_files(preset: Preset, data: TaskData, sources: list[str], targets: list[str]) -> None:
+    """Read every split the run will read (sources: train and dev; targets: train, dev and test), so bad
+    data (invalid JSON, non-UTF-8 bytes, a label outside the options, a config that does not parse) is
+    refused with its file and line before a run directory exists, not inside the worker."""
+    k, seeds = preset.data.k, set(preset.data.seeds)
+    try:
+        for task in sources:
+            for seed in sorted(set(data.seeds(task, k)) & seeds):
+                data.load_split(task, k, seed, need_test=False)
+        for task in targets:
+            for seed in preset.data.seeds:
+                data.load_split(task, k, seed)
+    except TaskDataError as exc:
+        raise PresetError(f"data: {exc}") from None
 
 
 @dataclass(frozen=True)

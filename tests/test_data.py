@@ -336,3 +336,61 @@ def test_crossfit_input_format_of_a_multiple_choice_task(shared):
 
 def test_plain_input_format_is_the_stored_text(shared):
     assert shared.load_split("ai2_arc", 16, 13).train == shared.load_split("ai2_arc", 16, 13, input_format="plain").train
+
+
+# ---- bad files, refused up front with file and line (through the real CLI: exit 2, no run directory) ----
+
+def _bad_data(tmp_path, damage: str) -> Path:
+    """A copy of two demo tasks with one damaged file."""
+    import shutil
+
+    from conftest import DEMO_DATA
+
+    root = tmp_path / "data"
+    for task in ("demo-spam", "demo-emotion"):
+        shutil.copytree(DEMO_DATA / "tasks" / task, root / "tasks" / task)
+    (root / "config" / "tasks").mkdir(parents=True)
+    for task in ("demo-spam", "demo-emotion"):
+        shutil.copy(DEMO_DATA / "config" / "tasks" / f"{task}.json", root / "config" / "tasks" / f"{task}.json")
+    target = root / "tasks" / "demo-emotion" / "demo-emotion_16_1_dev.jsonl"
+    lines = target.read_bytes().splitlines(keepends=True)
+    if damage == "non_utf8":
+        lines[2] = lines[2].replace(b"e", b"\xff", 1)
+    elif damage == "label":
+        obj = json.loads(lines[2])
+        obj["output"] = "boredom"
+        lines[2] = (json.dumps(obj) + "\n").encode()
+    elif damage == "config":
+        (root / "config" / "tasks" / "demo-emotion.json").write_text('{"task_type": "classification", ')
+    target.write_bytes(b"".join(lines))
+    return root
+
+
+@pytest.mark.parametrize("damage, needle", [
+    ("non_utf8", "demo-emotion_16_1_dev.jsonl:3: not UTF-8 text"),
+    ("label", "demo-emotion_16_1_dev.jsonl:3: output 'boredom' is not one of the line's options"),
+    ("config", "demo-emotion.json: cannot parse")])
+def test_bad_task_files_are_refused_before_a_run_exists(tmp_path, damage, needle):
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    root = _bad_data(tmp_path, damage)
+    preset = tmp_path / "p.toml"
+    preset.write_text(f'[data]\ndir = "{root}"\nsources = ["demo-spam"]\ntargets = ["demo-emotion"]\nseeds = [1]\n'
+                      f'[upstream]\nmethods = ["mtl"]\n', encoding="utf-8")
+    runs = tmp_path / "runs"
+    result = subprocess.run([sys.executable, "-m", "mpt_tui.cli", "--preset", str(preset), "--runs-dir", str(runs)],
+                            capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert result.returncode == 2, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and needle in lines[0] and "Traceback" not in result.stderr, result.stderr
+    assert not runs.exists() or not any(runs.iterdir())
+
+
+def test_a_classification_label_outside_the_configured_options_names_its_line(tmp_path):
+    write_tsv_task(tmp_path, "tsv-task", ["good one\tyes", "bad one\tmaybe"],
+                   config={"task_type": "classification", "options": ["yes", "no"]})
+    with pytest.raises(TaskDataError, match=r"tsv-task_16_13_train.tsv:2: label 'maybe' is not one of"):
+        TaskData(tmp_path).load_split("tsv-task", 16, 13)
