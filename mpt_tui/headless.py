@@ -9,7 +9,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from engine.report import Report, format_duration, gain_text, mean_text, score_text
+from engine.report import (DELTA_LABEL, P_LABEL, PAIRED_EXPLANATION, Report, delta_text, format_duration, gain_text,
+                           mean_text, p_text, score_text)
 
 
 class TerminalReporter:
@@ -70,8 +71,11 @@ class LineReporter:
 
 
 def results_table(report: Report, title: str = "") -> Table:
-    """Target tasks x methods, mean ± std over splits (x100), the mean row, and gains over PT."""
-    table = Table(title=title or None, caption="; ".join(report.notes) or None)
+    """Target tasks x methods, mean ± std over splits (x100), the mean row, gains over PT, and the paired
+    comparison with PT over all targets (Δ with its 95% bootstrap interval; Wilcoxon p and the pair count)."""
+    paired = report.has_paired()
+    caption = "; ".join(report.notes + ([PAIRED_EXPLANATION] if paired else []))
+    table = Table(title=title or None, caption=caption or None)
     table.add_column("target task", no_wrap=True)
     table.add_column("metric")
     for column in report.columns:
@@ -85,4 +89,9 @@ def results_table(report: Report, title: str = "") -> Table:
     table.add_row("mean", "", *[mean_text(report.means[c]) for c in report.columns], style="bold")
     if any(report.gains[c] is not None for c in report.columns) and len(report.columns) > 1:
         table.add_row("gain over PT", "", *[gain_text(report.gains[c]) for c in report.columns])
+    if paired:
+        # the interval on a second line keeps the columns as narrow as the scores
+        table.add_row(DELTA_LABEL.replace(" [", "\n["), "",
+                      *[delta_text(report.paired(c)).replace(" [", "\n[") for c in report.columns])
+        table.add_row(P_LABEL, "", *[p_text(report.paired(c)) for c in report.columns])
     return table

@@ -13,7 +13,7 @@ import pytest
 from conftest import DEMO_DATA, REPO, SMALL_SEEDS, SMALL_SOURCES, SMALL_TARGETS, small_run
 from engine.config import DATA_DIR_ENV
 from engine.protocol import select_and_aggregate
-from engine.report import build_report, score_text
+from engine.report import build_report, delta_text, p_text, score_text
 from engine.runs import Run, list_runs, read_json, write_json_atomic
 from engine.store import RunIndex
 from engine.worker import execute
@@ -87,6 +87,9 @@ async def test_results_table_numbers_equal_the_index(store):
         for task in TARGETS:
             shown = _cell_texts(table, task)
             assert shown[1:] == [score_text(report.score(task, c)) for c in report.columns]
+        # the paired comparison with PT over all targets, split by split
+        assert _cell_texts(table, "__delta__")[1:] == [delta_text(report.paired(c)) for c in report.columns]
+        assert _cell_texts(table, "__p__")[1:] == ["-", p_text(report.paired(report.columns[1]))]
         # space on the first row (the older run) adds that run's columns to the table
         assert screen.query_one("#finished-runs").cursor_row == 0
         await pilot.press("space")
@@ -109,13 +112,26 @@ async def test_csv_export_from_the_app(store):
         await settle(pilot)
         await pilot.press("x")
         await pilot.pause()
-        splits, tasks = app.screen.last_export
+        screen = app.screen
+        splits, tasks = screen.last_export
         rows = list(csv.DictReader(splits.open()))
         chosen = [s for s in RunIndex(store).all() if s["run_id"] in app.screen.selected_ids]
         assert len(rows) == sum(len(s["splits"]) for s in chosen) == 2 * 2 * 2  # methods x tasks x seeds
         assert {r["task"] for r in rows} == set(TARGETS)
         table = list(csv.DictReader(tasks.open()))
         assert any(r["task"] == "MEAN" for r in table)
+        mtl_mean = [r for r in table if (r["method"], r["task"]) == ("mtl", "MEAN")]
+        assert [r["n_pairs"] for r in mtl_mean] == ["4"]  # 2 tasks x 2 seeds
+        # f cycles the format (the footer names the one x writes): JSON, then Markdown
+        await pilot.press("f", "f")
+        assert screen.export_format == "markdown"
+        assert [b.binding.description for b in app.active_bindings.values() if b.binding.key == "x"] == ["Export MD"]
+        await pilot.press("x")
+        await pilot.pause()
+        splits, tasks = screen.last_export
+        assert (splits.suffix, tasks.suffix) == (".md", ".md")
+        rows = [line for line in tasks.read_text().splitlines() if line.startswith("| ")]
+        assert rows[0] == "| target task | metric | PT | MTL |" and any(r.startswith("| Δ vs PT") for r in rows)
 
 
 async def test_invalid_form_is_refused_with_the_reason(tmp_path, tiny_llama):

@@ -89,7 +89,8 @@ def test_table_rows_with_mean(export_runs):
 
 SPLIT_HEADER = ["run_id", "name", "state", "model", "setting", "prompt_length", "optimizer", "steps", "batch_size",
                 "method", "task", "metric", "seed", "learning_rate", "best_step", "dev", "test"]
-TABLE_HEADER = ["run_id", "name", "model", "setting", "method", "task", "metric", "mean", "std", "n", "gain_over_pt"]
+TABLE_HEADER = ["run_id", "name", "model", "setting", "method", "task", "metric", "mean", "std", "n", "gain_over_pt",
+                "delta_vs_pt", "delta_ci_low", "delta_ci_high", "p_value", "p_test", "n_pairs", "n_unpaired"]
 
 
 def _parse_csv(text: str) -> tuple[list[str], list[dict]]:
@@ -161,3 +162,175 @@ def test_cli_export_missing_runs_dir(tmp_path):
     result = _cli("export", "--runs-dir", str(tmp_path / "nope"), cwd=tmp_path)
     assert result.returncode == 2
     assert str(tmp_path / "nope") in result.stderr
+
+
+# ---- export_document: CSV, JSON, Markdown, LaTeX --------------------------------------------------
+
+import json  # noqa: E402
+import re  # noqa: E402
+import shutil  # noqa: E402
+
+from engine.export import FORMATS, TABLE_COLUMNS, export_document  # noqa: E402
+from engine.report import Column, build_report, p_text  # noqa: E402
+
+
+def _paper_summaries() -> list[dict]:
+    """One run, three targets with underscores in their names, PT and two methods over five splits."""
+    pt = {"hate_speech18": [0.48, 0.47, 0.475, 0.479, 0.478], "poem_sentiment": [0.25, 0.27, 0.26, 0.24, 0.27],
+          "tweet_eval-stance_atheism": [0.26, 0.24, 0.29, 0.25, 0.27]}
+    offsets = {"mtl": [0.01, -0.02, 0.03, 0.0, -0.01], "reptile": [0.05, 0.07, 0.06, 0.04, 0.08]}
+    cells = []
+    for method, rise in [("pt", [0.0] * 5), *offsets.items()]:
+        for task, scores in pt.items():
+            for seed, score, d in zip([13, 21, 42, 87, 100], scores, rise):
+                if (method, task, seed) == ("mtl", "poem_sentiment", 100):
+                    continue  # one split missing: unpaired
+                cells.append({"method": method, "task": task, "seed": seed, "lr": 0.3, "dev": 0.5,
+                              "test": score + d, "metric": "Classification-F1", "best_step": 10})
+    results = select_and_aggregate(cells)
+    return [{"run_id": "20260101-000000-paper", "name": "paper", "state": "finished", "model": "m",
+             "setting": "class_to_class", **results}]
+
+
+def _md_cells(line: str) -> list[str]:
+    return [c.strip() for c in re.split(r"(?<!\\)\|", line)[1:-1]]
+
+
+def test_csv_through_export_document_is_todays_csv(export_runs):
+    summaries = RunIndex(export_runs).all()
+    assert export_document(summaries, "csv", "splits") == to_csv(split_rows(summaries), SPLIT_COLUMNS)
+    assert export_document(summaries, "csv", "tasks") == to_csv(table_rows(summaries), TABLE_COLUMNS)
+    scaled = list(csv.DictReader(io.StringIO(export_document(summaries, "csv", "splits", metric_scale=100))))
+    plain = list(csv.DictReader(io.StringIO(export_document(summaries, "csv", "splits"))))
+    assert [float(r["test"]) for r in scaled] == pytest.approx([100 * float(r["test"]) for r in plain])
+    with pytest.raises(ValueError, match="unknown export format 'xlsx'"):
+        export_document(summaries, "xlsx")
+    with pytest.raises(ValueError, match="unknown export table"):
+        export_document(summaries, "csv", "cells")
+
+
+def test_csv_tasks_table_carries_the_paired_comparison(export_runs):
+    rows = table_rows(RunIndex(export_runs).all())
+    first = {(r["method"], r["task"]): r for r in rows if r["name"] == "first"}
+    # mpt has task-a seed 13 only; PT has task-a x3, task-b x3, task-c x1: one pair, six splits unpaired
+    assert first[("mpt", "task-a")]["n_pairs"] == 1 and first[("mpt", "task-a")]["n_unpaired"] == 2
+    assert first[("mpt", "MEAN")]["n_pairs"] == 1 and first[("mpt", "MEAN")]["n_unpaired"] == 6
+    assert first[("mpt", "MEAN")]["delta_vs_pt"] == pytest.approx(0.2 - 0.8)
+    assert first[("mpt", "MEAN")]["p_test"] == "wilcoxon" and first[("mpt", "MEAN")]["p_value"] == pytest.approx(1.0)
+    assert first[("pt", "MEAN")]["delta_vs_pt"] == "" and first[("pt", "task-a")]["p_value"] == ""
+
+
+def test_json_is_a_structured_document_with_numbers():
+    summaries = _paper_summaries()
+    doc = json.loads(export_document(summaries, "json", "tasks", metric_scale=100))
+    report = build_report(summaries)
+    assert doc["table"] == "tasks" and doc["metric_scale"] == 100
+    assert [(c["run_id"], c["method"]) for c in doc["columns"]] == [(c.run_id, c.method) for c in report.columns]
+    assert [r["task"] for r in doc["rows"]] == report.tasks
+    for row in doc["rows"]:
+        for cell, column in zip(row["cells"], report.columns):
+            agg = report.score(row["task"], column)
+            assert isinstance(cell["mean"], float) and cell["mean"] == pytest.approx(100 * agg["mean"])
+            assert cell["std"] == pytest.approx(100 * agg["std"]) and cell["n"] == agg["n"]
+        assert report.columns[row["best"]] == report.best_column(row["task"])
+    reptile = next(c for c in doc["columns"] if c["method"] == "reptile")
+    paired = report.paired(Column("20260101-000000-paper", "reptile"))
+    assert reptile["paired"]["mean_difference"] == pytest.approx(100 * paired.mean)
+    assert reptile["paired"]["ci_low"] == pytest.approx(100 * paired.low)
+    assert reptile["paired"]["p_value"] == pytest.approx(paired.p)  # never scaled
+    assert reptile["paired"]["n_pairs"] == 15 and reptile["paired"]["test"] == "wilcoxon"
+    mtl = next(c for c in doc["columns"] if c["method"] == "mtl")
+    assert (mtl["paired"]["n_pairs"], mtl["paired"]["n_unpaired"]) == (14, 1)
+    assert doc["columns"][0]["paired"] is None and doc["columns"][0]["gain_over_pt"] == 0.0
+    splits = json.loads(export_document(summaries, "json", "splits"))
+    assert len(splits["rows"]) == 3 * 5 * 3 - 1 and isinstance(splits["rows"][0]["test"], float)
+
+
+def test_json_has_no_nan(export_runs):
+    summaries = RunIndex(export_runs).all()
+    for table in ("tasks", "splits"):
+        text = export_document(summaries, "json", table)
+        json.loads(text, parse_constant=lambda c: pytest.fail(f"{c} in the JSON"))
+
+
+def test_markdown_is_the_papers_table():
+    summaries = _paper_summaries()
+    report = build_report(summaries)
+    text = export_document(summaries, "markdown", metric_scale=100)
+    rows = [line for line in text.splitlines() if line.startswith("|")]
+    widths = {len(_md_cells(line)) for line in rows}
+    assert widths == {2 + len(report.columns)}  # every row: target task, metric, one cell per column
+    header, rule, *body = rows
+    assert _md_cells(header) == ["target task", "metric", "PT", "MTL", "Reptile"]
+    by_task = {_md_cells(line)[0]: _md_cells(line) for line in body}
+    for task in report.tasks:
+        cells = by_task[task]
+        bold = [i for i, c in enumerate(cells[2:]) if c.startswith("**")]
+        assert bold == [report.columns.index(report.best_column(task))]  # one bold cell: the best mean
+        agg = report.score(task, report.columns[0])
+        assert cells[2] == f"{100 * agg['mean']:.1f} ± {100 * agg['std']:.1f}"  # metric_scale applied
+    assert by_task["mean"][2:] == [f"{100 * report.means[c]:.1f}" for c in report.columns]
+    assert by_task["gain over PT"][2] == "+0.0%"
+    assert by_task["Δ vs PT [95% CI]"][2] == "-" and by_task["Δ vs PT [95% CI]"][4].startswith("+6.0 [")
+    mtl = report.paired(Column("20260101-000000-paper", "mtl"))
+    assert by_task["p (pairs)"][3] == p_text(mtl) == f"{mtl.p:.3f} (14)"
+    assert "1 split that only one of the two has" in text  # the unpaired split is said
+    unscaled = export_document(summaries, "markdown")
+    assert f"{report.means[report.columns[0]]:.3f}" in unscaled  # metric_scale 1: three decimals
+    split_rows_md = [line for line in export_document(summaries, "markdown", "splits").splitlines()
+                     if line.startswith("|")]
+    assert {len(_md_cells(line)) for line in split_rows_md} == {2 + len(report.columns)}
+    assert len(split_rows_md) == 2 + 15
+
+
+def _latex_rows(text: str) -> list[str]:
+    """The tabular's rows (without the rules), one string each."""
+    body = text.split(r"\begin{tabular}", 1)[1].split(r"\end{tabular}", 1)[0]
+    return [line for line in body.splitlines()[1:] if line.endswith(r"\\")]
+
+
+def test_latex_is_a_booktabs_table():
+    summaries = _paper_summaries()
+    report = build_report(summaries)
+    text = export_document(summaries, "latex", metric_scale=100)
+    assert text.count(r"\begin{table}") == text.count(r"\end{table}") == 1
+    assert text.count(r"\begin{tabular}") == text.count(r"\end{tabular}") == 1
+    for rule in (r"\toprule", r"\midrule", r"\bottomrule"):
+        assert rule in text
+    spec = re.search(r"\\begin\{tabular\}\{([lrc]+)\}", text).group(1)
+    assert spec == "ll" + "r" * len(report.columns)
+    rows = _latex_rows(text)
+    for row in rows:
+        assert len(re.findall(r"(?<!\\)&", row)) == len(spec) - 1, row
+    assert r"hate\_speech18" in text and r"tweet\_eval-stance\_atheism" in text
+    assert not re.search(r"(?<!\\)_", text.replace(r"\label{tab:mpt-results}", ""))  # every underscore escaped
+    task_rows = [r for r in rows if r.split(" & ")[0].replace("\\_", "_") in report.tasks]
+    assert len(task_rows) == len(report.tasks)
+    for row in task_rows:
+        task = row.split(" & ")[0].replace("\\_", "_")
+        assert row.count(r"\textbf") == 1
+        cells = row.removesuffix(r" \\").split(" & ")
+        best = report.columns.index(report.best_column(task))
+        agg = report.score(task, report.best_column(task))
+        assert cells[2 + best] == rf"\textbf{{{100 * agg['mean']:.1f} $\pm$ {100 * agg['std']:.1f}}}"
+    assert r"$\Delta$ vs PT [95\% CI]" in text and r"+0.0\%" in text
+    splits = export_document(summaries, "latex", "splits", metric_scale=100)
+    assert len(_latex_rows(splits)) == 1 + 15 and r"\label{tab:mpt-splits}" in splits
+
+
+@pytest.mark.skipif(not shutil.which("pdflatex"), reason="no pdflatex on this machine (the structure is checked above)")
+def test_latex_compiles(tmp_path):
+    summaries = _paper_summaries()
+    two_runs = summaries + [{**summaries[0], "run_id": "20260102-000000-again"}]
+    body = export_document(two_runs, "latex", metric_scale=100) + export_document(summaries, "latex", "splits")
+    (tmp_path / "t.tex").write_text("\\documentclass{article}\n\\usepackage{booktabs}\n\\begin{document}\n"
+                                    + body + "\\end{document}\n", encoding="utf-8")
+    proc = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", "t.tex"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    assert (tmp_path / "t.pdf").stat().st_size > 0
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_every_format_of_an_empty_selection(fmt):
+    assert isinstance(export_document([], fmt), str)

@@ -15,6 +15,7 @@ import torch
 from engine.data import PAPER_SEEDS
 from engine.methods import METHODS as REGISTERED
 from engine.prompt import load_prompt, save_prompt
+from engine.report import build_report, p_text
 from engine.runs import list_runs, read_json
 from engine.store import RunIndex
 
@@ -215,10 +216,14 @@ def test_comparison_table_has_every_method(tmp_path, tiny_llama):
     runs = tmp_path / "runs"
     proc = _run("--preset", _preset(tmp_path, tiny_llama), "--runs-dir", str(runs))
     assert proc.returncode == 0, proc.stderr
-    for label in ("PT", "MTL", "MAML", "FoMAML", "Reptile", "gain over PT"):
+    for label in ("PT", "MTL", "MAML", "FoMAML", "Reptile", "gain over PT", "Δ vs PT", "[95% CI]", "p (pairs)"):
         assert label in proc.stdout
     (run,) = list_runs(runs)
     results = read_json(run.results_path)
+    report = build_report([{"run_id": run.id, **results}])  # the paired comparison, from the chosen splits
+    for column in report.compared():
+        assert p_text(report.paired(column)) in proc.stdout
+        assert report.paired(column).n == 2 * 2  # targets x seeds
     assert sorted(results["tasks"]) == sorted(["pt"] + METHODS)
     for method in METHODS:
         prompt, meta = load_prompt(run.prompts_dir / f"upstream-{method}.safetensors")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import math
+import re
 
 import pytest
 from rich.console import Console
@@ -82,3 +83,158 @@ def test_csv_aggregate_and_headless_table_render_the_same_report():
     text = out.getvalue()
     assert "gain over PT" in text and "+20.0%" in text and "+50.0%" in text
     assert "different target tasks" in text
+
+
+# ---- paired comparisons with PT ----------------------------------------------------------------
+
+from engine.report import BOOTSTRAP_SEED, N_RESAMPLES, P_LABEL, delta_text, p_text, paired_statistics  # noqa: E402
+
+SEEDS = [13, 21, 42, 87, 100]
+
+
+def _run_with_splits(run_id: str, tests: dict[tuple[str, str], list[float]], seeds=SEEDS) -> dict:
+    """A summary as the index holds it: the chosen cell per (method, task, seed), and its aggregates."""
+    splits = [{"method": m, "task": t, "seed": s, "lr": 0.3, "dev": 0.5, "test": v, "metric": "ACC"}
+              for (m, t), values in tests.items() for s, v in zip(seeds, values) if v is not None]
+    tasks: dict = {}
+    for (m, t), values in tests.items():
+        present = [v for v in values if v is not None]
+        tasks.setdefault(m, {})[t] = _agg(float(np.mean(present)), float(np.std(present)), len(present), "ACC")
+    return {"run_id": run_id, "tasks": tasks, "splits": splits}
+
+
+np = pytest.importorskip("numpy")
+stats = pytest.importorskip("scipy.stats")
+
+PT_SCORES = {"t1": [0.50, 0.55, 0.45, 0.60, 0.52], "t2": [0.30, 0.35, 0.28, 0.33, 0.31],
+             "t3": [0.70, 0.72, 0.69, 0.75, 0.71]}
+# better on every split, by varying amounts
+PLANTED = {t: [v + d + 0.007 * i for v, d in zip(vs, [0.03, 0.05, 0.02, 0.04, 0.06])]  # no two differences tie
+           for i, (t, vs) in enumerate(PT_SCORES.items())}
+# no effect: the differences cancel out
+NULL = {t: [v + d for v, d in zip(vs, [0.02, -0.03, 0.01, -0.02, 0.025])] for t, vs in PT_SCORES.items()}
+
+
+def _expected_ci(diffs_by_task: list[np.ndarray]) -> tuple[float, float]:
+    """The stratified percentile bootstrap, written out: each task's splits resampled, the tasks' means averaged."""
+    rng = np.random.default_rng(BOOTSTRAP_SEED)
+    total = np.zeros(N_RESAMPLES)
+    for d in diffs_by_task:
+        total += d[rng.integers(0, len(d), (N_RESAMPLES, len(d)))].mean(axis=1)
+    return tuple(np.percentile(total / len(diffs_by_task), [2.5, 97.5]))
+
+
+def _scipy_ci(d: np.ndarray) -> tuple[float, float]:
+    res = stats.bootstrap((d,), np.mean, n_resamples=N_RESAMPLES, confidence_level=0.95, method="percentile",
+                          rng=np.random.default_rng(BOOTSTRAP_SEED))
+    return res.confidence_interval.low, res.confidence_interval.high
+
+
+@pytest.mark.parametrize("other, better", [(PLANTED, True), (NULL, False)], ids=["planted", "null"])
+def test_paired_interval_and_p_value_equal_scipys(other, better):
+    run = _run_with_splits("r", {**{("pt", t): v for t, v in PT_SCORES.items()},
+                                 **{("maml", t): v for t, v in other.items()}})
+    report = build_report([run])
+    maml = Column("r", "maml")
+    assert report.paired(Column("r", "pt")) is None  # PT is the baseline, not compared with itself
+    diffs = {t: np.array(other[t]) - np.array(PT_SCORES[t]) for t in PT_SCORES}
+    for task, d in diffs.items():
+        paired = report.paired(maml, task)
+        assert (paired.n, paired.unpaired, paired.test) == (5, 0, "wilcoxon")
+        assert paired.mean == pytest.approx(d.mean())
+        assert paired.p == pytest.approx(stats.wilcoxon(d).pvalue)
+        assert (paired.low, paired.high) == pytest.approx(_scipy_ci(d))
+    overall = report.paired(maml)
+    pooled = np.concatenate(list(diffs.values()))
+    assert (overall.n, overall.unpaired) == (15, 0)
+    assert overall.mean == pytest.approx(pooled.mean())
+    assert overall.mean == pytest.approx(report.means[maml] - report.means[Column("r", "pt")])  # the mean row's Δ
+    assert overall.p == pytest.approx(stats.wilcoxon(pooled).pvalue)
+    assert (overall.low, overall.high) == pytest.approx(_expected_ci(list(diffs.values())))
+    if better:  # better on each of 15 splits: p = 2 / 2**15; each task alone cannot go below 2 / 2**5
+        assert overall.p == pytest.approx(2 / 2 ** 15) and overall.low > 0
+        assert report.paired(maml, "t1").p == pytest.approx(0.0625)
+    else:
+        assert overall.p > 0.5 and overall.low < 0 < overall.high
+
+
+def test_the_bootstrap_is_seeded():
+    run = _run_with_splits("r", {**{("pt", t): v for t, v in PT_SCORES.items()},
+                                 **{("mtl", t): v for t, v in NULL.items()}})
+    first, again = build_report([run]), build_report([run])
+    column = Column("r", "mtl")
+    assert (first.paired(column).low, first.paired(column).high) == (again.paired(column).low,
+                                                                     again.paired(column).high)
+    other_seed = build_report([run], seed=BOOTSTRAP_SEED + 1).paired(column)
+    assert (other_seed.low, other_seed.high) != (first.paired(column).low, first.paired(column).high)
+    assert other_seed.p == first.paired(column).p  # the test itself is not random
+
+
+def test_unpaired_and_nan_splits_are_left_out_and_counted():
+    maml = {t: list(v) for t, v in PLANTED.items()}
+    maml["t1"][4] = None  # MAML lacks t1's last split
+    pt = {t: list(v) for t, v in PT_SCORES.items()}
+    pt["t2"][0] = math.nan  # PT's first t2 split has no test score
+    run = _run_with_splits("r", {**{("pt", t): v for t, v in pt.items()}, **{("maml", t): v for t, v in maml.items()}})
+    report = build_report([run])
+    column = Column("r", "maml")
+    t1, t2, t3 = (report.paired(column, t) for t in ("t1", "t2", "t3"))
+    assert (t1.n, t1.unpaired) == (4, 1) and (t2.n, t2.unpaired) == (4, 1) and (t3.n, t3.unpaired) == (5, 0)
+    d1 = np.array(PLANTED["t1"][:4]) - np.array(PT_SCORES["t1"][:4])
+    assert t1.p == pytest.approx(stats.wilcoxon(d1).pvalue) and t1.mean == pytest.approx(d1.mean())
+    assert (t1.low, t1.high) == pytest.approx(_scipy_ci(d1))
+    overall = report.paired(column)
+    assert (overall.n, overall.unpaired) == (13, 2)
+    assert any("MAML vs PT: 2 splits" in n and "left out of the paired comparison" in n for n in report.notes)
+    # a task PT lacks entirely: all its splits are unpaired, and the other tasks are still compared
+    only_mine = _run_with_splits("r", {("pt", "t1"): PT_SCORES["t1"], ("maml", "t1"): PLANTED["t1"],
+                                       ("maml", "t9"): PLANTED["t2"]})
+    report = build_report([only_mine])
+    assert report.paired(Column("r", "maml"), "t9") == paired_statistics([], 5)
+    alone = report.paired(Column("r", "maml"), "t9")
+    assert alone.mean is None and delta_text(alone) == "-" and p_text(alone) == "-"
+    assert (report.paired(Column("r", "maml")).n, report.paired(Column("r", "maml")).unpaired) == (5, 5)
+
+
+def test_sign_test_where_wilcoxon_is_undefined(monkeypatch):
+    same = _run_with_splits("r", {("pt", "t1"): PT_SCORES["t1"], ("mtl", "t1"): PT_SCORES["t1"]})
+    paired = build_report([same]).paired(Column("r", "mtl"))
+    assert (paired.mean, paired.low, paired.high, paired.p, paired.test, paired.n) == (0.0, 0.0, 0.0, 1.0, "sign", 5)
+    assert p_text(paired) == "1.000 (5, sign)"
+
+    def undefined(*args, **kwargs):
+        raise ValueError("not enough data")
+
+    monkeypatch.setattr(stats, "wilcoxon", undefined)
+    diffs = [0.1, 0.2, -0.05, 0.3, 0.0]
+    paired = paired_statistics([diffs], seed=123)  # a seed not used elsewhere: not served from the cache
+    assert paired.test == "sign"
+    assert paired.p == pytest.approx(stats.binomtest(3, 4).pvalue)  # 3 of the 4 nonzero differences positive
+
+
+def test_each_run_is_paired_with_its_own_pt():
+    a = _run_with_splits("a", {("pt", "t1"): PT_SCORES["t1"], ("maml", "t1"): PLANTED["t1"]})
+    b = _run_with_splits("b", {("pt", "t1"): PLANTED["t1"], ("maml", "t1"): PT_SCORES["t1"]})
+    report = build_report([a, b])
+    assert report.paired(Column("a", "maml")).mean == pytest.approx(0.04)
+    assert report.paired(Column("b", "maml")).mean == pytest.approx(-0.04)
+    assert report.compared() == [Column("a", "maml"), Column("b", "maml")]
+    assert not build_report([RUN_A]).has_paired()  # no per-split scores: no paired rows anywhere
+
+
+def test_headless_table_shows_the_paired_rows():
+    run = _run_with_splits("r", {**{("pt", t): v for t, v in PT_SCORES.items()},
+                                 **{("maml", t): v for t, v in PLANTED.items()}})
+    report = build_report([run])
+    out = io.StringIO()
+    Console(file=out, width=200).print(results_table(report))
+    text = out.getvalue()
+    paired = report.paired(Column("r", "maml"))
+    assert "Δ vs PT" in text and "[95% CI]" in text and P_LABEL in text
+    assert delta_text(paired) == "+4.7 [+4.0, +5.4]"
+    assert re.search(r"Δ vs PT .* \+4\.7 .*\n.*\[95% CI\] .* \[\+4\.0, \+5\.4\]", text)  # the interval below
+    assert p_text(paired) == "<0.001 (15)" and p_text(paired) in text
+    assert "Wilcoxon" in text  # the caption says how to read them
+    out = io.StringIO()
+    Console(file=out, width=200).print(results_table(build_report([RUN_A])))
+    assert "Δ vs PT" not in out.getvalue()

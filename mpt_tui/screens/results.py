@@ -1,8 +1,16 @@
 """Results: the paper's comparison table for the finished runs the user selects, from the index.
 
 The table is `engine.report.build_report`'s, the same report the CLI prints: each
-column's mean is over its own run's targets and its gain over its own run's PT.
+column's mean is over its own run's targets and its gain over its own run's PT; the
+last two rows compare each method with PT split by split over all targets (the mean
+paired difference with its 95% bootstrap interval, and the Wilcoxon p-value with the
+number of pairs); `enter` on a task shows the same per task.
 The index is read in a worker: another process holding its lock never freezes the app.
+
+`x` exports in the chosen format (`f` cycles CSV, JSON, Markdown, LaTeX): both tables,
+`<stamp>-splits.<ext>` and `<stamp>-tasks.<ext>` under `<runs>/exports/`
+(`engine.export.export_document`; CSV and JSON in raw scores as the CLI writes them,
+Markdown and LaTeX x100 as the table here). The footer shows the one format `x` writes.
 """
 
 from __future__ import annotations
@@ -19,30 +27,42 @@ from textual.screen import ModalScreen, Screen
 from textual.widgets import DataTable, Footer, Header, Label
 from textual.worker import get_current_worker
 
-from engine.export import SPLIT_COLUMNS, TABLE_COLUMNS, split_rows, table_rows, to_csv
+from engine.export import EXTENSIONS, FORMATS, export_document
 from engine.methods import label
-from engine.report import build_report, gain_text, mean_text, score_text
+from engine.report import (DELTA_LABEL, P_LABEL, build_report, delta_text, gain_text, mean_text, p_text, paired_line,
+                           prepare_statistics, score_text)
 from engine.runs import RunsDirError
 from engine.store import RunIndex
 from mpt_tui.messages import IndexBusy, IndexLoaded, ReportWorkerErrors, deliver
 
 INDEX_WAIT_S = 120.0  # as long as the engine's own index users wait
 INDEX_POLL_S = 0.25  # the worker re-tries the lock this often, so a cancelled read ends soon
+FORMAT_NAMES = {"csv": "CSV", "json": "JSON", "markdown": "Markdown", "latex": "LaTeX"}
+FORMAT_KEYS = {"csv": "CSV", "json": "JSON", "markdown": "MD", "latex": "LaTeX"}  # short, for the footer
+FORMAT_SCALE = {"csv": 1.0, "json": 1.0, "markdown": 100.0, "latex": 100.0}
+EXPORT_TIPS = {
+    "csv": "per-split rows and the aggregated table (with the paired comparison), under <runs>/exports",
+    "json": "the same two tables as structured JSON, under <runs>/exports",
+    "markdown": "the paper's table (x100, best in bold, paired Δ and p) and the per-split table, under <runs>/exports",
+    "latex": "the paper's table as a booktabs table (x100, best in bold) and the per-split table, under <runs>/exports",
+}
 
 
 class SplitDetail(ModalScreen):
-    """Per-split scores and the chosen learning rate of one task."""
+    """Per-split scores and the chosen learning rate of one task, and each method's paired comparison with PT on it."""
 
     BINDINGS = [Binding("escape,enter", "dismiss", "Close", id="close-detail")]
+    DEFAULT_CSS = "#split-paired { height: auto; margin-bottom: 1; } #split-table { height: 1fr; }"
 
     def __init__(self, task: str, summaries: list[dict]):
         super().__init__()
-        self.task = task
+        self.task_name = task  # not self.task: Textual's message pumps have a read-only `task`
         self.summaries = summaries
 
     def compose(self) -> ComposeResult:
         with Vertical(id="detail-box"):
-            yield Label(f"[b]{self.task}[/b]: the learning rate chosen on dev, per split")
+            yield Label(f"[b]{self.task_name}[/b]: the learning rate chosen on dev, per split")
+            yield Label("", id="split-paired")
             yield DataTable(id="split-table", cursor_type="row")
 
     def on_mount(self) -> None:
@@ -50,9 +70,15 @@ class SplitDetail(ModalScreen):
         table.add_columns("run", "method", "seed", "lr", "best step", "dev", "test")
         for s in self.summaries:
             for c in s.get("splits", []):
-                if c["task"] == self.task:
+                if c["task"] == self.task_name:
                     table.add_row(s["run_id"], label(c["method"]), c["seed"], f"{c['lr']:g}",
                                   c.get("best_step", ""), f"{100 * c['dev']:.1f}", f"{100 * c['test']:.1f}")
+        report = build_report(self.summaries)
+        lines = [f"{report.header(c)}: {paired_line(report.paired(c, self.task_name))}" for c in report.compared()
+                 if report.score(self.task_name, c)]
+        paired = self.query_one("#split-paired", Label)
+        paired.update(Text("\n".join(lines)))  # plain text: "[95% CI]"-like brackets are no markup
+        paired.display = bool(lines)
 
 
 class ResultsScreen(ReportWorkerErrors, Screen):
@@ -60,11 +86,16 @@ class ResultsScreen(ReportWorkerErrors, Screen):
         Binding("space", "toggle_run", "Select run", id="toggle-run",
                 tooltip="add the run under the cursor to the table, or remove it"),
         Binding("s", "sort", "Sort", id="sort", tooltip="the tasks, by the next column (best first)"),
-        Binding("x", "export", "Export CSV", id="export",
-                tooltip="per-split rows and the aggregated table, under <runs>/exports"),
+        # one x per format, only the chosen one active (check_action), so the footer names what x writes
+        *[Binding("x", f"export('{fmt}')", f"Export {FORMAT_KEYS[fmt]}",
+                  id="export" if fmt == "csv" else f"export-{fmt}", tooltip=EXPORT_TIPS[fmt]) for fmt in FORMATS],
+        Binding("f", "next_format", "Export format", id="export-format", show=False,
+                tooltip="the export format x writes: CSV, JSON, Markdown, LaTeX in turn"),
         Binding("enter", "detail", "Per split", id="detail", show=False,
                 tooltip="per-split scores and chosen learning rates of the task under the cursor"),
     ]
+
+    export_format = "csv"
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -80,7 +111,7 @@ class ResultsScreen(ReportWorkerErrors, Screen):
         self.summaries: list[dict] = []
         self.selected_ids: list[str] = []
         self.loaded = False
-        self.export_pending = False
+        self.export_pending, self.pending_format = False, "csv"
         self.sort_column = -1
         self.report = build_report([])
         self.query_one("#finished-runs", DataTable).add_columns(" ", "run", "name", "model", "targets", "methods")
@@ -109,7 +140,10 @@ class ResultsScreen(ReportWorkerErrors, Screen):
                     raise RunsDirError(f"the run index {index.path} stayed locked for {INDEX_WAIT_S:.0f} s") from None
                 if not told:
                     told = deliver(self, IndexBusy(str(index.lock.lock_file)))
-        deliver(self, IndexLoaded([s for s in summaries if s.get("state") == "finished"]))
+        finished = [s for s in summaries if s.get("state") == "finished"]
+        if finished:
+            prepare_statistics()  # SciPy's import (about a second) here, not on the UI thread at the first draw
+        deliver(self, IndexLoaded(finished))
 
     def on_index_busy(self, message: IndexBusy) -> None:
         self.query_one("#runs-label", Label).update(
@@ -126,7 +160,7 @@ class ResultsScreen(ReportWorkerErrors, Screen):
         self.show()
         if self.export_pending:
             self.export_pending = False
-            self.action_export()
+            self.action_export(self.pending_format)
 
     # ---- drawing ---------------------------------------------------------------------
 
@@ -157,8 +191,16 @@ class ResultsScreen(ReportWorkerErrors, Screen):
             body.append((task, *[Text(score_text(report.score(task, c)), style="bold" if c == best else "")
                                  for c in columns]))
         headers = [report.header(c) for c in columns]
+        summary = []
+        if columns:
+            summary.append(("mean", *[mean_text(report.means[c]) for c in columns], "__mean__"))
+            if len(columns) > 1 and any(report.gains[c] is not None for c in columns):
+                summary.append(("gain over PT", *[gain_text(report.gains[c]) for c in columns], "__gain__"))
+            if report.has_paired():  # over all targets, split by split against the run's own PT
+                summary.append((DELTA_LABEL, *[delta_text(report.paired(c)) for c in columns], "__delta__"))
+                summary.append((P_LABEL, *[p_text(report.paired(c)) for c in columns], "__p__"))
         # explicit widths: the table is rebuilt on every change and must never cut a score
-        width = lambda i, text: max([len(text), 12] + [len(str(row[i])) for row in body])  # noqa: E731
+        width = lambda i, text: max([len(text), 12] + [len(str(row[i])) for row in body + summary])  # noqa: E731
         table.add_column("target task", key="task", width=width(0, "target task"))
         for i, (column, header) in enumerate(zip(columns, headers), 1):
             table.add_column(header, key=f"{column.run_id}/{column.method}", width=width(i, header))
@@ -170,11 +212,8 @@ class ResultsScreen(ReportWorkerErrors, Screen):
         notes = self.query_one("#report-notes", Label)
         notes.update("; ".join(report.notes))
         notes.display = bool(report.notes)
-        if not columns:
-            return
-        table.add_row("mean", *[mean_text(report.means[c]) for c in columns], key="__mean__")
-        if len(columns) > 1 and any(report.gains[c] is not None for c in columns):
-            table.add_row("gain over PT", *[gain_text(report.gains[c]) for c in columns], key="__gain__")
+        for *row, key in summary:
+            table.add_row(*row, key=key)
 
     # ---- actions ------------------------------------------------------------------
 
@@ -210,14 +249,25 @@ class ResultsScreen(ReportWorkerErrors, Screen):
         else:
             self.action_toggle_run()
 
-    def request_export(self) -> None:
-        """Export now, or as soon as the index has been read."""
-        if self.loaded:
-            self.action_export()
-        else:
-            self.export_pending = True
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action == "export":  # the x of the chosen format only
+            return (parameters[0] if parameters else "csv") == self.export_format
+        return True
 
-    def action_export(self) -> None:
+    def action_next_format(self) -> None:
+        self.export_format = FORMATS[(FORMATS.index(self.export_format) + 1) % len(FORMATS)]
+        self.refresh_bindings()
+        self.notify(f"x exports {FORMAT_NAMES[self.export_format]} now")
+
+    def request_export(self, fmt: str = "csv") -> None:
+        """Export now, or as soon as the index has been read (the palette's "Export results to CSV")."""
+        if self.loaded:
+            self.action_export(fmt)
+        else:
+            self.export_pending, self.pending_format = True, fmt
+
+    def action_export(self, fmt: str | None = None) -> None:
+        fmt = fmt or self.export_format
         if not self.chosen:
             self.notify("no finished run selected" if self.loaded else "the run index is still being read",
                         severity="warning")
@@ -225,9 +275,10 @@ class ResultsScreen(ReportWorkerErrors, Screen):
         out_dir = self.app.runs_root / "exports"
         out_dir.mkdir(exist_ok=True)
         stamp = time.strftime("%Y%m%d-%H%M%S")
-        splits = out_dir / f"{stamp}-splits.csv"
-        tasks = out_dir / f"{stamp}-tasks.csv"
-        splits.write_text(to_csv(split_rows(self.chosen), SPLIT_COLUMNS), encoding="utf-8")
-        tasks.write_text(to_csv(table_rows(self.chosen), TABLE_COLUMNS), encoding="utf-8")
-        self.last_export = (splits, tasks)
-        self.notify(f"exported {splits.name} and {tasks.name} to {out_dir}")
+        written = []
+        for table in ("splits", "tasks"):
+            path = out_dir / f"{stamp}-{table}.{EXTENSIONS[fmt]}"
+            path.write_text(export_document(self.chosen, fmt, table, metric_scale=FORMAT_SCALE[fmt]), encoding="utf-8")
+            written.append(path)
+        self.last_export = tuple(written)
+        self.notify(f"exported {written[0].name} and {written[1].name} ({FORMAT_NAMES[fmt]}) to {out_dir}")
