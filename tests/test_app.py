@@ -13,14 +13,14 @@ import pytest
 from conftest import DEMO_DATA, REPO, SMALL_SEEDS, SMALL_SOURCES, SMALL_TARGETS, small_run
 from engine.config import DATA_DIR_ENV
 from engine.protocol import select_and_aggregate
-from engine.report import build_report, delta_text, p_text, score_text
+from engine.report import build_report, delta_text, p_text, paired_line, score_text
 from engine.runs import Run, list_runs, read_json, write_json_atomic
 from engine.store import RunIndex
 from engine.worker import execute
 from mpt_tui.app import MptApp
 from mpt_tui.screens.help import HelpScreen, key_text
 from mpt_tui.screens.launch import LaunchScreen
-from mpt_tui.screens.results import ResultsScreen
+from mpt_tui.screens.results import ResultsScreen, SplitDetail
 from mpt_tui.screens.runs import RunsScreen
 
 TARGETS = SMALL_TARGETS
@@ -132,6 +132,26 @@ async def test_csv_export_from_the_app(store):
         assert (splits.suffix, tasks.suffix) == (".md", ".md")
         rows = [line for line in tasks.read_text().splitlines() if line.startswith("| ")]
         assert rows[0] == "| target task | metric | PT | MTL |" and any(r.startswith("| Δ vs PT") for r in rows)
+
+
+async def test_per_split_dialog_shows_each_methods_paired_comparison(store):
+    app = MptApp(store)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("2")
+        await settle(pilot)
+        results = app.screen
+        results.query_one("#comparison").focus()
+        await pilot.press("enter")  # the first task
+        await pilot.pause()
+        assert isinstance(app.screen, SplitDetail) and app.screen.task_name == TARGETS[0]
+        report = build_report(results.chosen)
+        mtl = next(c for c in report.columns if c.method == "mtl")
+        text = str(app.screen.query_one("#split-paired").render())
+        assert text == f"MTL: {paired_line(report.paired(mtl, TARGETS[0]))}" and "(n=2)" in text
+        assert app.screen.query_one("#split-table").row_count == 2 * 2  # methods x seeds
+        await pilot.press("escape")
+        await pilot.pause()
+        assert app.screen is results
 
 
 async def test_invalid_form_is_refused_with_the_reason(tmp_path, tiny_llama):
