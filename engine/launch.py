@@ -1,9 +1,12 @@
-"""Controlling runs from outside: start in the background, cancel, delete.
+"""Controlling runs from outside: start in the background, resume, cancel, delete.
 
 `launch` starts `python -m engine.worker RUN_DIR` in a new session (setsid), so a
 closed app, a lost SSH connection or a crashed app never stops training; the
-worker writes only to its run directory. `cancel` asks it to checkpoint and stop.
-`delete_run` removes a run that no worker owns, and its index entry.
+worker writes only to its run directory; launching a crashed, cancelled or failed
+run resumes it (`resume_refusal` says why another run cannot be). `cancel` asks it
+to checkpoint and stop. `delete_run` removes a run that no worker owns, and its
+index entry. The `mpt-tui` commands (resume, cancel, delete) and the app's Runs
+screen go through these.
 """
 
 from __future__ import annotations
@@ -39,6 +42,18 @@ def launch(run: Run) -> int:
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
     run.update_status(state="queued", pid=proc.pid, launched=time.time(), heartbeat=time.time())
     return proc.pid
+
+
+def resume_refusal(run: Run) -> str | None:
+    """Why the run cannot be resumed now (None: it can: crashed, cancelled or failed)."""
+    state = run.status()["state"]
+    if state in ACTIVE_STATES:
+        return f"run {run.id} is {state}: only a crashed, cancelled or failed run is resumed"
+    if state == "finished":
+        return f"run {run.id} is finished: nothing to resume"
+    if state == "damaged":
+        return f"run {run.id}: {run.status_path} is missing or damaged"
+    return None
 
 
 def cancel(run: Run) -> bool:

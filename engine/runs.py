@@ -302,3 +302,27 @@ def list_runs(root: Path) -> list[Run]:
     if not root.is_dir():
         return []
     return [Run(p) for p in sorted(root.iterdir()) if p.is_dir() and (p / "config.json").exists()]
+
+
+def find_run(root: Path, ref: str) -> Run:
+    """The run whose id is `ref`, or the one run whose id starts with it; reads only.
+
+    An unknown id or an ambiguous prefix is a one-line RunsDirError (the ambiguous one lists the matches).
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise RunsDirError(f"runs directory {root} does not exist")
+    ref = ref.strip()
+    if not ref or "/" in ref or ref in (".", ".."):
+        raise RunsDirError(f"'{ref}' is not a run id")
+    runs = list_runs(root)
+    exact = [r for r in runs if r.id == ref]
+    if exact:
+        return exact[0]
+    matches = [r for r in runs if r.id.startswith(ref)]
+    if len(matches) == 1:
+        return matches[0]
+    if not matches:
+        raise RunsDirError(f"no run '{ref}' in {root}")
+    shown = ", ".join(r.id for r in matches[:10]) + (f" and {len(matches) - 10} more" if len(matches) > 10 else "")
+    raise RunsDirError(f"'{ref}' matches {len(matches)} runs: {shown}")

@@ -1,11 +1,20 @@
 """The `mpt-tui` command.
 
-    mpt-tui --preset NAME_OR_PATH [--set key=value ...] [--data-dir DIR]   run a preset headless
-    mpt-tui presets | runs | export | models pull NAME | data build ... | data tasks | index rebuild
+    mpt-tui --preset NAME_OR_PATH [--set key=value ...] [--data-dir DIR] [--detach]
+                                                     run a preset headless (or in the background)
+    mpt-tui runs [--state S[,S]] [--preset NAME] [--json]   list runs
+    mpt-tui show ID [--json]                          state, progress, settings, the table so far, log tail
+    mpt-tui resume ID [--detach]                      resume a crashed, cancelled or failed run
+    mpt-tui cancel ID [--wait [--timeout S]]          the worker checkpoints, then stops
+    mpt-tui delete ID [--yes]                         delete a run that is not running
+    mpt-tui logs ID [-f]                              print (or follow) a run's log
+    mpt-tui presets | export | models pull NAME | data build ... | data tasks | index rebuild
 
-Exit codes: 0 success, 1 a run failed while running, 2 bad input (nothing was run
-and no run directory was left behind). Torch and transformers are imported only
-by the commands that need them.
+Every command takes --runs-dir (before or after the subcommand); ID is a run id or
+a unique prefix of one. Exit codes: 0 success, 1 a run failed while running, 2 bad
+input (an unknown or ambiguous run id, a running run to resume or delete, a bad
+preset: one line; nothing was run, no run directory was left behind or changed).
+Torch and transformers are imported only by the commands that run a model.
 """
 
 from __future__ import annotations
@@ -32,8 +41,6 @@ def _runs_root(args) -> Path:
 # ---- --preset -----------------------------------------------------------------------
 
 def run_preset(args) -> int:
-    from rich.console import Console
-
     from engine.config import PresetError
     from engine.prepare import check_preset, prepare_run
     from engine.runs import RunsDirError
@@ -45,6 +52,39 @@ def run_preset(args) -> int:
         raise CliError(str(exc)) from None
     for warning in prepared.plan.warnings:
         print(f"warning: {warning}", file=sys.stderr)
+    if args.detach:
+        return start_detached(args, run, "started")
+    return run_foreground(args, run, prepared.preset.name, len(prepared.plan.seeds))
+
+
+def _command_for(args, *words: str) -> str:
+    """An `mpt-tui` command line to suggest, with the --runs-dir this one was given."""
+    import shlex
+
+    runs_dir = ["--runs-dir", args.runs_dir] if getattr(args, "runs_dir", None) else []
+    return shlex.join(["mpt-tui", *words, *runs_dir])
+
+
+def start_detached(args, run, verb: str) -> int:
+    """Start (or resume) the run with the app's detached worker; print its id and log, return at once."""
+    from engine.launch import launch
+
+    try:
+        pid = launch(run)
+    except OSError as exc:  # the run directory stays, failed and resumable: it may hold finished work
+        run.update_status(state="failed", error=f"the worker could not be started: {exc}")
+        print(f"run {run.id} failed: the worker could not be started ({exc})", file=sys.stderr)
+        return EXIT_RUN_FAILED
+    print(f"run {run.id} {verb} in the background (pid {pid})")
+    print(f"log: {run.log_path}")
+    print(f"follow it: {_command_for(args, 'show', run.id)}; {_command_for(args, 'logs', run.id, '-f')}",
+          file=sys.stderr)
+    return 0
+
+
+def run_foreground(args, run, name: str, n_splits: int) -> int:
+    """Run or resume `run` in this process: progress on the terminal (or log lines), then the results table."""
+    from rich.console import Console
 
     from engine.report import build_report
     from engine.stopping import RunCancelled
@@ -60,7 +100,7 @@ def run_preset(args) -> int:
         results = execute(run, reporter)
     except (RunCancelled, KeyboardInterrupt):
         reporter.close()
-        print(f"run {run.id} cancelled; resume with: python -m engine.worker {run.path}", file=sys.stderr)
+        print(f"run {run.id} cancelled; resume with: {_command_for(args, 'resume', run.id)}", file=sys.stderr)
         return 130
     except Exception as exc:
         reporter.close()
@@ -68,8 +108,209 @@ def run_preset(args) -> int:
         return EXIT_RUN_FAILED
     reporter.close()
     report = build_report([{"run_id": run.id, **results}])
-    console.print(results_table(report, title=f"{prepared.preset.name}: test scores x100, mean ± std over "
-                                              f"{len(prepared.plan.seeds)} splits (run {run.id})"))
+    console.print(results_table(report, title=f"{name}: test scores x100, mean ± std over "
+                                              f"{n_splits} splits (run {run.id})"))
+    return 0
+
+
+# ---- a run's lifecycle: show, resume, cancel, delete, logs ---------------------------------
+
+def _find_run(args):
+    """The run named by args.run_id (an id or a unique prefix); bad input is one line, exit 2."""
+    from engine.runs import RunsDirError, find_run
+
+    try:
+        return find_run(_runs_root(args), args.run_id)
+    except RunsDirError as exc:
+        raise CliError(str(exc)) from None
+
+
+def _state(run) -> str:
+    return run.status()["state"]
+
+
+def _dumps(obj) -> str:
+    import json
+
+    return json.dumps(obj, indent=1, allow_nan=False)
+
+
+def cmd_show(args) -> int:
+    from engine.progress import overview
+    from engine.runs import RunsDirError
+
+    run = _find_run(args)
+    try:
+        view, partial, report = overview(run, log_lines=args.lines)
+    except RunsDirError as exc:
+        raise CliError(str(exc)) from None
+    if args.json:
+        print(_dumps(view))
+        return 0
+    _print_overview(view, partial, report)
+    return 0
+
+
+def _print_overview(view: dict, partial, report) -> None:
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
+    from engine.methods import label
+    from engine.progress import partial_note
+    from engine.report import format_duration
+    from mpt_tui.headless import results_table
+
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=160)
+    p, res = view["preset"], view["results"]
+    progress = view["progress"]
+    pct = f"{100 * progress:.1f}%" if isinstance(progress, (int, float)) else "-"
+    lines = [f"[b]{view['run_id']}[/b]  {view['state']}" + (f"  ({escape(view['stage'])})" if view["stage"] else ""),
+             f"progress   {pct}, {res['cells']['done']}/{res['cells']['total']} grid cells; elapsed "
+             f"{format_duration(view['elapsed_s']) if view['elapsed_s'] is not None else '-'}"
+             + (f", ETA {format_duration(view['eta_s'])}" if view["eta_s"] is not None else ""),
+             f"device     {view['device'] or '-'}" + (f" (pid {view['pid']})" if view["pid"] else ""),
+             f"preset     {escape(p['name'])}",
+             f"model      {escape(str(p['model']))}",
+             f"tasks      {escape(p['setting'] or 'hand-picked')}: {len(p['sources'])} source, "
+             f"{len(p['targets'])} target tasks x {len(p['seeds'])} splits {p['seeds']}",
+             f"methods    {', '.join(label(m) for m in p['methods'])}"
+             + (f"; {p['upstream_steps']} upstream steps" if p["upstream_steps"] is not None else ""),
+             f"prompt     length {p['prompt_length']}",
+             f"downstream learning rates {p['learning_rates']}, {p['steps']} steps, batch {p['batch_size']}, "
+             f"{p['optimizer']}",
+             f"path       {escape(view['path'])}"]
+    if view["error"]:
+        lines.append(f"[red]error      {escape(str(view['error']))}[/red]")
+    for warning in view["warnings"]:
+        lines.append(f"[yellow]warning    {escape(warning)}[/yellow]")
+    console.print("\n".join(lines))
+    what = "so far, complete splits only" if not partial.complete else f"mean ± std over {partial.splits_total} splits"
+    console.print(results_table(report, title=f"test scores x100 ({what})"))
+    if not partial.complete:
+        console.print(partial_note(partial), highlight=False)
+        table = Table()
+        table.add_column("complete splits", no_wrap=True)
+        for method in report.columns:
+            table.add_column(report.header(method), justify="right")
+        for task in report.tasks:
+            table.add_row(task, *[f"{partial.splits_done[c.method][task]}/{partial.splits_total}"
+                                  for c in report.columns])
+        console.print(table)
+    if view["log_tail"]:
+        console.print(f"[dim]last {len(view['log_tail'])} log lines ({escape(view['log_path'])}):[/dim]")
+        for line in view["log_tail"]:
+            console.print(line, markup=False, highlight=False, soft_wrap=True)
+
+
+def cmd_resume(args) -> int:
+    from engine.launch import resume_refusal
+    from engine.progress import run_plan
+    from engine.runs import RunsDirError
+
+    run = _find_run(args)
+    state = _state(run)
+    refusal = resume_refusal(run)
+    if refusal:
+        raise CliError(refusal)
+    try:
+        preset, plan = run_plan(run)
+    except RunsDirError as exc:
+        raise CliError(str(exc)) from None
+    if args.detach:
+        return start_detached(args, run, f"({state}) resumed")
+    return run_foreground(args, run, preset.get("name", run.id), len(plan.seeds))
+
+
+def cmd_cancel(args) -> int:
+    import time
+
+    from engine.launch import cancel
+    from engine.runs import ACTIVE_STATES
+
+    run = _find_run(args)
+    if not cancel(run):
+        raise CliError(f"run {run.id} is {_state(run)}: nothing to cancel")
+    print(f"cancelling run {run.id}: it checkpoints, then stops", flush=True)
+    if not args.wait:
+        return 0
+    deadline = time.monotonic() + args.timeout
+    while (state := _state(run)) in ACTIVE_STATES:
+        if time.monotonic() > deadline:
+            print(f"run {run.id} is still {state} after {args.timeout:g} s", file=sys.stderr)
+            return EXIT_RUN_FAILED
+        time.sleep(0.2)
+    print(f"run {run.id} {state}")
+    return 0
+
+
+def cmd_delete(args) -> int:
+    from engine.launch import delete_run
+    from engine.runs import ACTIVE_STATES, RunsDirError
+
+    run = _find_run(args)
+    state = _state(run)
+    if state in ACTIVE_STATES:
+        raise CliError(f"run {run.id} is {state}: cancel it first")
+    if not args.yes:
+        if not sys.stdin.isatty():
+            raise CliError(f"run {run.id} not deleted: pass --yes to delete without a terminal")
+        try:
+            answer = input(f"delete run {run.id} ({state}) and everything in {run.path}? [y/N] ")
+        except EOFError:
+            answer = ""
+        if answer.strip().lower() not in ("y", "yes"):
+            print("not deleted")
+            return 0
+    try:
+        delete_run(run)
+    except RunsDirError as exc:
+        raise CliError(str(exc)) from None
+    print(f"deleted run {run.id}")
+    return 0
+
+
+def cmd_logs(args) -> int:
+    import time
+
+    from engine.runs import ACTIVE_STATES, pid_alive, read_json
+
+    run = _find_run(args)
+    out = sys.stdout.buffer
+    offset = 0
+
+    def pump() -> None:
+        nonlocal offset
+        try:
+            with run.log_path.open("rb") as f:
+                f.seek(offset)
+                chunk = f.read()
+        except OSError:
+            return
+        if chunk:
+            offset += len(chunk)
+            out.write(chunk)
+            out.flush()
+
+    pump()
+    if not args.follow:
+        return 0
+    try:
+        followed = False
+        while _state(run) in ACTIVE_STATES:
+            followed = True
+            time.sleep(0.5)
+            pump()
+        if followed:  # the worker logs its last line just after its final status: wait for it to exit
+            status = read_json(run.status_path) or {}
+            end = time.monotonic() + 10.0
+            while pid_alive(status.get("pid"), status.get("host")) and time.monotonic() < end:
+                time.sleep(0.1)
+        pump()
+    except KeyboardInterrupt:
+        return 130
     return 0
 
 
@@ -145,17 +386,55 @@ def cmd_data(args) -> int:
     return 0
 
 
+def _state_filter(values: list[str] | None) -> set[str] | None:
+    from engine.runs import STATES
+
+    if not values:
+        return None
+    wanted = {v.strip() for value in values for v in value.split(",") if v.strip()}
+    known = (*STATES, "damaged")
+    unknown = sorted(wanted - set(known))
+    if unknown:
+        raise CliError(f"--state: unknown state(s) {', '.join(unknown)} (known: {', '.join(known)})")
+    return wanted
+
+
+def _preset_matches(config: dict, name: str) -> bool:
+    """--preset NAME: the preset's name, or the file (path or stem) it was read from."""
+    preset_file = str(config.get("preset_file") or "")
+    return name in (config.get("preset", {}).get("name"), preset_file, Path(preset_file).stem if preset_file else None)
+
+
 def cmd_runs(args) -> int:
+    from engine.progress import json_safe
     from engine.report import build_report, means_line
     from engine.runs import list_runs, read_json
+    from engine.store import summarize
 
+    states = _state_filter(args.state)
+    rows = []
     for run in list_runs(_runs_root(args)):
         st = run.status()
+        if states is not None and st["state"] not in states:
+            continue
+        config = read_json(run.config_path)
+        config = config if isinstance(config, dict) else {}
+        if args.preset_filter and not _preset_matches(config, args.preset_filter):
+            continue
+        if args.json:
+            summary = summarize(run)
+            summary.pop("splits", None)
+            rows.append({**summary, "state": st["state"], "stage": st.get("stage", ""),
+                         "progress": st.get("progress"), "eta_s": st.get("eta_s"), "device": st.get("device"),
+                         "path": str(run.path)})
+            continue
         progress = st.get("progress")
         pct = f"{100 * progress:5.1f}%" if isinstance(progress, (int, float)) else "     -"
         results = read_json(run.results_path) if st["state"] == "finished" else None
         scores = means_line(build_report([{"run_id": run.id, **results}])) if isinstance(results, dict) else ""
         print(f"{run.id:45s} {st['state']:10s} {pct} {st.get('stage', ''):14s} {scores}".rstrip())
+    if args.json:
+        print(_dumps(json_safe(rows)))
     return 0
 
 
@@ -209,6 +488,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a preset key (repeatable)")
     parser.add_argument("--data-dir", help="task data directory (default: the preset's, or $MPT_TUI_DATA_DIR)")
     parser.add_argument("--runs-dir", help="runs root (default: $MPT_TUI_RUNS_DIR or the user data directory)")
+    parser.add_argument("--detach", action="store_true",
+                        help="with --preset (or resume): start the run in the background, print its id and log, "
+                             "return at once")
     sub = parser.add_subparsers(dest="command")
 
     def common(p: argparse.ArgumentParser, *names: str) -> None:
@@ -224,7 +506,34 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("--set", action="append", metavar="KEY=VALUE", default=argparse.SUPPRESS,
                       help="override a preset key (repeatable)")
     common(show, "data-dir")
-    common(sub.add_parser("runs", help="list runs with their state"), "runs-dir")
+    runs = sub.add_parser("runs", help="list runs with their state")
+    runs.add_argument("--state", action="append", metavar="STATE",
+                      help="only runs in this state (repeatable, or a comma list: running,crashed)")
+    runs.add_argument("--preset", dest="preset_filter", metavar="NAME",
+                      help="only runs of this preset (its name, or the file it was read from)")
+    runs.add_argument("--json", action="store_true", help="one JSON document (a list of run summaries)")
+    common(runs, "runs-dir")
+
+    def run_command(name: str, help: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help)
+        p.add_argument("run_id", metavar="ID", help="a run id, or a unique prefix of one")
+        common(p, "runs-dir")
+        return p
+
+    show_run = run_command("show", "a run's state, progress, settings, table so far and log tail")
+    show_run.add_argument("--json", action="store_true", help="one JSON document with the same content")
+    show_run.add_argument("--lines", type=int, default=10, metavar="N", help="log lines to show (default 10)")
+    resume = run_command("resume", "resume a crashed, cancelled or failed run (foreground, or --detach)")
+    resume.add_argument("--detach", action="store_true", default=argparse.SUPPRESS,
+                        help="resume in the background, print its id and log, return at once")
+    cancel = run_command("cancel", "ask a running run to checkpoint and stop")
+    cancel.add_argument("--wait", action="store_true", help="wait until the run has stopped")
+    cancel.add_argument("--timeout", type=float, default=600.0, metavar="S",
+                        help="with --wait: give up after S seconds (exit 1; default 600)")
+    delete = run_command("delete", "delete a run that is not running (asks first)")
+    delete.add_argument("--yes", "-y", action="store_true", help="do not ask (needed without a terminal)")
+    logs = run_command("logs", "print a run's log")
+    logs.add_argument("-f", "--follow", action="store_true", help="follow the log until the run ends")
 
     models = sub.add_parser("models", help="embedded models")
     msub = models.add_subparsers(dest="models_command")
@@ -267,7 +576,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 COMMANDS = {"presets": cmd_presets, "models": cmd_models, "data": cmd_data, "runs": cmd_runs,
-            "export": cmd_export, "index": cmd_index}
+            "export": cmd_export, "index": cmd_index, "show": cmd_show, "resume": cmd_resume, "cancel": cmd_cancel,
+            "delete": cmd_delete, "logs": cmd_logs}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -278,8 +588,13 @@ def main(argv: list[str] | None = None) -> int:
             if args.command:
                 raise CliError("--preset runs a preset; it cannot be combined with a subcommand")
             return run_preset(args)
+        if args.detach and args.command != "resume":
+            raise CliError("--detach goes with --preset or resume")
         if args.command:
             return COMMANDS[args.command](args)
+    except BrokenPipeError:  # `mpt-tui show ID --json | head`: the reader has gone, nothing is wrong
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except CliError as exc:
         print(f"mpt-tui: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
