@@ -19,6 +19,8 @@ import os
 import uuid
 from pathlib import Path
 
+from engine import faults
+
 
 def _step_file(path: Path) -> Path:
     return path.with_suffix(".json")
@@ -35,6 +37,7 @@ class CheckpointError(ValueError):
 def _write_synced(path: Path, write) -> None:
     """`write(file)` into `path`, flushed to the disk before returning: a rename that follows never
     exposes an empty file after a power loss."""
+    faults.point("write")
     with open(path, "wb") as f:
         write(f)
         f.flush()
@@ -59,6 +62,7 @@ def save_checkpoint(path: Path, state: dict, round_info: dict | None = None) -> 
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     _write_synced(tmp, lambda f: torch.save(state, f))
+    faults.point("checkpoint.write")
     if round_info is not None and path.is_file():  # keep the previous round to fall back on
         os.replace(path, _prev(path))
         if _step_file(path).is_file():

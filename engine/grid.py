@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+from engine import faults
 from engine.checkpoint import remove_checkpoint, resume_step, saved_step
 from engine.config import Preset, preset_from_dict
 from engine.data import TaskData
@@ -400,6 +401,7 @@ def run_grid(run: Run, preset: Preset, plan: Plan, executor: Executor, events: G
             save_groups(run, groups)
             continue
         for cell, record in zip(part, records):
+            faults.point("grid.record")
             record["prompt"] = str(run.cell_prompt(cell.id).relative_to(run.path))
             run.save_cell_record(cell.id, record)
             remove_checkpoint(run.cell_checkpoint(cell.id))

@@ -16,6 +16,7 @@ from pathlib import Path
 from filelock import FileLock
 from tinydb import Query, TinyDB
 
+from engine import faults
 from engine.runs import Run, list_runs, read_json
 
 INDEX_FILE = "index.json"
@@ -75,6 +76,7 @@ class RunIndex:
         with self.lock:
             db = self._open()
             try:
+                faults.point("write")
                 db.upsert(summary, Query().run_id == summary["run_id"])
             finally:
                 db.close()

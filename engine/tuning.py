@@ -21,6 +21,7 @@ from typing import Callable
 
 import torch
 
+from engine import faults
 from engine.bank_optim import BankOptimizer
 from engine.checkpoint import CheckpointError, load_checkpoint, resume_path, save_round
 from engine.data import Example, TaskInfo
@@ -270,6 +271,7 @@ def prompt_tune_group(backbone, jobs: list[Job], *, on_step: OnJobStep | None = 
                     result.best_dev, result.best_step = score, steps[j]
                     result.best_prompt = bank[j].detach().cpu().clone()
         active = [j for j in stepping if steps[j] < jobs[j].cfg.steps]
+        faults.point("tuning.step")
         # periodic checkpoints, one round for the group: a killed worker loses at most checkpoint_every steps
         due = [j for j in active if jobs[j].checkpoint is not None and jobs[j].cfg.checkpoint_every
                and steps[j] % jobs[j].cfg.checkpoint_every == 0]

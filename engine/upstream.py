@@ -16,6 +16,7 @@ from typing import Callable
 import torch
 
 from engine.algorithms.base import MetaSampler, MetaTask
+from engine import faults
 from engine.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from engine.methods import METHODS
 from engine.stopping import RunCancelled
@@ -103,6 +104,7 @@ def learn_initialisation(backbone, method: str, tasks: list[MetaTask], init_prom
         optimizer.step()
         if on_step:
             on_step(step, loss)
+        faults.point("upstream.step")
         stop = should_stop is not None and should_stop() and step < total
         if checkpoint is not None and (step % upstream_cfg.checkpoint_every == 0 or step == total or stop):
             _save_state(checkpoint, prompt, optimizer, sampler, dropout_rng, step, loss)
