@@ -19,7 +19,7 @@ import os
 import uuid
 from pathlib import Path
 
-from engine import faults
+from engine import durable, faults
 
 
 def _step_file(path: Path) -> Path:
@@ -34,25 +34,6 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be loaded (damaged, not ours, or holding more than tensors and plain data)."""
 
 
-def _write_synced(path: Path, write) -> None:
-    """`write(file)` into `path`, flushed to the disk before returning: a rename that follows never
-    exposes an empty file after a power loss."""
-    faults.point("write")
-    with open(path, "wb") as f:
-        write(f)
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def _sync_dir(path: Path) -> None:
-    """Make the renames in directory `path` durable."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def save_checkpoint(path: Path, state: dict, round_info: dict | None = None) -> None:
     """`state` (tensors and plain data only: it is loaded with weights_only) must have a "step"; the .json
     beside it is written last, so it never runs ahead."""
@@ -61,7 +42,7 @@ def save_checkpoint(path: Path, state: dict, round_info: dict | None = None) -> 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    _write_synced(tmp, lambda f: torch.save(state, f))
+    durable.write_synced(tmp, lambda f: torch.save(state, f))
     faults.point("checkpoint.write")
     if round_info is not None and path.is_file():  # keep the previous round to fall back on
         os.replace(path, _prev(path))
@@ -70,9 +51,8 @@ def save_checkpoint(path: Path, state: dict, round_info: dict | None = None) -> 
     tmp.replace(path)
     step_tmp = path.with_name(path.name + ".json.tmp")
     info = json.dumps({"step": int(state["step"]), **(round_info or {})}).encode("utf-8")
-    _write_synced(step_tmp, lambda f: f.write(info))
-    step_tmp.replace(_step_file(path))
-    _sync_dir(path.parent)
+    durable.write_synced(step_tmp, lambda f: f.write(info))
+    durable.replace(step_tmp, _step_file(path))
 
 
 def save_round(states: list[tuple[Path, dict]]) -> None:

@@ -46,7 +46,11 @@ def launch(run: Run) -> int:
 
 def resume_refusal(run: Run) -> str | None:
     """Why the run cannot be resumed now (None: it can: crashed, cancelled or failed)."""
+    from engine.worker import run_locked
+
     state = run.status()["state"]
+    if run_locked(run):  # a live worker holds it, whatever its status file says
+        return f"run {run.id} is being run by a worker (pid {run.status().get('pid', '?')}): it cannot be resumed"
     if state in ACTIVE_STATES:
         return f"run {run.id} is {state}: only a crashed, cancelled or failed run is resumed"
     if state == "finished":

@@ -9,6 +9,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from engine import durable
+
 INIT_METHODS = ("vocab", "task_name", "task_words", "file")
 # Sampled slots come from the most frequent tokens (Lester et al. 2021 used the top 5000):
 #   first_5000: the vocabulary's first 5000 ids (sentencepiece and BPE vocabularies put frequent tokens first)
@@ -89,7 +91,8 @@ def save_prompt(path: Path, prompt: torch.Tensor, *, model: str, extra: dict[str
     meta = {"model": model, "length": str(prompt.shape[0]), "dim": str(prompt.shape[1]), **(extra or {})}
     tmp = path.with_name(path.name + ".tmp")
     save_file({"prompt": prompt}, str(tmp), metadata=meta)
-    tmp.replace(path)
+    durable.sync_file(tmp)
+    durable.replace(tmp, path)
     return path
 
 

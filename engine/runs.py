@@ -38,6 +38,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from engine import durable
+
 import platformdirs
 
 RUNS_DIR_ENV = "MPT_TUI_RUNS_DIR"
@@ -66,9 +68,8 @@ def ensure_writable_root(root: Path) -> Path:
 
 
 def write_json_atomic(path: Path, obj) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(obj, indent=1, sort_keys=True, allow_nan=True), encoding="utf-8")
-    os.replace(tmp, path)
+    """Whole or not at all, and on the disk once this returns (engine.durable)."""
+    durable.write_bytes(path, json.dumps(obj, indent=1, sort_keys=True, allow_nan=True).encode("utf-8"))
 
 
 def read_json(path: Path):
@@ -204,8 +205,13 @@ class Run:
 
     def _append_event(self, event: dict) -> None:
         event = {"t": round(time.time(), 3), **event}
-        with self.metrics_path.open("a", encoding="utf-8") as f:
-            f.write(json.dumps(event, allow_nan=True) + "\n")
+        line = (json.dumps(event, allow_nan=True) + "\n").encode("utf-8")
+        with self.metrics_path.open("a+b") as f:
+            if f.tell():  # a worker killed mid-line left a torn last line: start on a fresh one
+                f.seek(-1, os.SEEK_END)
+                if f.read(1) != b"\n":
+                    line = b"\n" + line
+            f.write(line)
 
     def log_upstream_loss(self, method: str, step: int, loss: float) -> None:
         self._append_event({"stage": "upstream", "method": method, "step": step, "loss": loss})

@@ -47,6 +47,8 @@ def run_preset(args) -> int:
 
     try:
         prepared = check_preset(args.preset, args.set or [], args.data_dir)
+        if args.dry_run:
+            return dry_run(args, prepared)
         run = prepare_run(_runs_root(args), prepared)
     except (PresetError, RunsDirError) as exc:
         raise CliError(str(exc)) from None
@@ -55,6 +57,23 @@ def run_preset(args) -> int:
     if args.detach:
         return start_detached(args, run, "started")
     return run_foreground(args, run, prepared.preset.name, len(prepared.plan.seeds))
+
+
+def dry_run(args, prepared) -> int:
+    """--dry-run: the plan and its estimated time; nothing is written (engine.estimate)."""
+    from engine.estimate import dry_run as plan_run, render
+
+    for warning in prepared.plan.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    root = _runs_root(args)
+    if root.exists() and not root.is_dir():
+        raise CliError(f"runs directory {root} is not a directory")
+    result = plan_run(prepared.preset, prepared.plan, root, probe=not args.no_probe)
+    if args.json:
+        print(_dumps(result.to_dict()))
+    else:
+        print(render(result))
+    return 0
 
 
 def _command_for(args, *words: str) -> str:
@@ -413,7 +432,10 @@ def cmd_runs(args) -> int:
 
     states = _state_filter(args.state)
     rows = []
-    for run in list_runs(_runs_root(args)):
+    root = _runs_root(args)
+    if root.exists():  # none yet: an empty list; a file or an unreadable directory: bad input
+        root = _readable_runs_root(args)
+    for run in list_runs(root):
         st = run.status()
         if states is not None and st["state"] not in states:
             continue
@@ -439,35 +461,69 @@ def cmd_runs(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from engine.export import SPLIT_COLUMNS, TABLE_COLUMNS, split_rows, table_rows, to_csv
+    from engine.export import export_document
+    from engine.runs import RunsDirError, find_run
     from engine.store import RunIndex
 
-    root = _runs_root(args)
-    if not root.is_dir():
-        raise CliError(f"runs directory {root} does not exist")
+    root = _readable_runs_root(args)
     summaries = RunIndex(root).all()
     if args.run:
-        wanted = set(args.run)
-        unknown = wanted - {s["run_id"] for s in summaries}
-        if unknown:
-            raise CliError(f"--run: unknown run id(s) {', '.join(sorted(unknown))} in {root}")
-        summaries = [s for s in summaries if s["run_id"] in wanted]
-    if args.table == "splits":
-        text = to_csv(split_rows(summaries), SPLIT_COLUMNS)
-    else:
-        text = to_csv(table_rows(summaries), TABLE_COLUMNS)
-    if args.out:
-        out = Path(args.out)
-        tmp = out.with_name(out.name + ".tmp")
         try:
-            tmp.write_text(text, encoding="utf-8")
-            os.replace(tmp, out)
-        except OSError as exc:
-            raise CliError(f"--out {out}: cannot write ({exc.strerror})") from None
-        print(f"wrote {text.count(chr(10)) - 1} rows to {out}", file=sys.stderr)
+            wanted = {find_run(root, ref).id for ref in args.run}
+        except RunsDirError as exc:
+            raise CliError(f"--run: {exc}") from None
+        summaries = [s for s in summaries if s["run_id"] in wanted]
+    paper = args.format in ("markdown", "latex")
+    table = args.table or ("tasks" if paper else "splits")
+    scale = args.metric_scale if args.metric_scale is not None else (100.0 if paper else 1.0)
+    try:
+        text = export_document(summaries, args.format, table=table, metric_scale=scale)
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
+    if args.out:
+        _write_output(Path(args.out), text)
+        print(f"wrote {args.format} ({table}) to {args.out}", file=sys.stderr)
     else:
         sys.stdout.write(text)
     return 0
+
+
+def _write_output(out: Path, text: str) -> None:
+    tmp = out.with_name(out.name + ".tmp")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, out)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True) if tmp.parent.is_dir() else None
+        raise CliError(f"--out {out}: cannot write ({exc.strerror})") from None
+
+
+def cmd_plot(args) -> int:
+    from engine.runs import RunsDirError, find_run
+    from mpt_tui.plots import PlotError, write_figure
+
+    root = _readable_runs_root(args)
+    try:
+        runs = [find_run(root, ref) for ref in args.ids]
+        written = write_figure(runs, Path(args.out))
+    except (RunsDirError, PlotError) as exc:
+        raise CliError(str(exc)) from None
+    for note in written.notes:
+        print(f"note: {note}", file=sys.stderr)
+    print(f"wrote {written.path} ({', '.join(written.panels)})")
+    return 0
+
+
+def _readable_runs_root(args) -> Path:
+    """The runs root a reading command lists: a file, or a directory it cannot read, is bad input."""
+    root = _runs_root(args)
+    if not root.exists():
+        raise CliError(f"runs directory {root} does not exist")
+    if not root.is_dir():
+        raise CliError(f"runs directory {root} is not a directory")
+    if not os.access(root, os.R_OK | os.X_OK):
+        raise CliError(f"runs directory {root} is not readable")
+    return root
 
 
 def cmd_index(args) -> int:
@@ -488,6 +544,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a preset key (repeatable)")
     parser.add_argument("--data-dir", help="task data directory (default: the preset's, or $MPT_TUI_DATA_DIR)")
     parser.add_argument("--runs-dir", help="runs root (default: $MPT_TUI_RUNS_DIR or the user data directory)")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="with --preset: check everything, print the plan and its estimated time, run nothing")
+    parser.add_argument("--no-probe", action="store_true",
+                        help="with --dry-run: estimate from stored timings only (no model load)")
     parser.add_argument("--detach", action="store_true",
                         help="with --preset (or resume): start the run in the background, print its id and log, "
                              "return at once")
@@ -562,12 +622,22 @@ def build_parser() -> argparse.ArgumentParser:
     common(tasks, "data-dir")
 
     export = sub.add_parser("export", help="export stored results")
-    export.add_argument("--format", choices=["csv"], default="csv")
+    export.add_argument("--format", choices=["csv", "json", "markdown", "latex"], default="csv",
+                        help="markdown and latex: the paper's table (target tasks x methods, mean ± std, mean and "
+                             "gain rows, paired difference to PT, best in bold)")
     export.add_argument("--out", help="output file (default: stdout)")
-    export.add_argument("--table", choices=["splits", "tasks"], default="splits",
-                        help="splits: one row per (run, method, task, seed); tasks: the aggregated table")
-    export.add_argument("--run", action="append", help="only this run id (repeatable)")
+    export.add_argument("--table", choices=["splits", "tasks"], default=None,
+                        help="splits: one row per (run, method, task, seed); tasks: the aggregated table "
+                             "(default: splits for csv and json, tasks for markdown and latex)")
+    export.add_argument("--run", action="append", help="only this run (id or unique prefix; repeatable)")
+    export.add_argument("--metric-scale", type=float, default=None,
+                        help="multiply scores (e.g. 100); default 1 for csv and json, 100 for markdown and latex")
     common(export, "runs-dir")
+
+    plot = sub.add_parser("plot", help="a paper figure of runs (needs pip install 'mpt-tui[plots]')")
+    plot.add_argument("ids", nargs="+", metavar="ID", help="run ids or unique prefixes")
+    plot.add_argument("--out", required=True, help="figure file: .pdf, .png or .svg")
+    common(plot, "runs-dir")
 
     index = sub.add_parser("index", help="the run index")
     isub = index.add_subparsers(dest="index_command", required=True)
@@ -577,7 +647,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 COMMANDS = {"presets": cmd_presets, "models": cmd_models, "data": cmd_data, "runs": cmd_runs,
             "export": cmd_export, "index": cmd_index, "show": cmd_show, "resume": cmd_resume, "cancel": cmd_cancel,
-            "delete": cmd_delete, "logs": cmd_logs}
+            "delete": cmd_delete, "logs": cmd_logs, "plot": cmd_plot}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -21,7 +21,8 @@ HEAVY = ("torch", "transformers", "higher", "safetensors.torch")
 TORCH_FREE = [
     "engine.checkpoint", "engine.config", "engine.data", "engine.devices", "engine.export", "engine.fields",
     "engine.launch", "engine.methods", "engine.metrics", "engine.prepare", "engine.protocol", "engine.report",
-    "engine.runs", "engine.stopping", "engine.store", "engine.worker",
+    "engine.runs", "engine.stopping", "engine.store", "engine.worker", "engine.progress", "engine.estimate",
+    "engine.paper", "engine.durable", "engine.faults", "mpt_tui.plots",
     "mpt_tui.app", "mpt_tui.cli", "mpt_tui.headless", "mpt_tui.watch", "mpt_tui.screens",
 ]
 

@@ -10,7 +10,7 @@ from textual.screen import ModalScreen, Screen
 from textual.widgets import Button, DataTable, Footer, Header, Label
 from textual.worker import Worker
 
-from engine.launch import cancel, delete_run, launch
+from engine.launch import cancel, delete_run, launch, resume_refusal
 from engine.report import format_duration
 from engine.runs import Run, RunsDirError
 from mpt_tui.messages import ReportWorkerErrors, RunDeleted, RunsRefreshed, deliver
@@ -139,8 +139,9 @@ class RunsScreen(ReportWorkerErrors, Screen):
         view = self.selected
         if view is None:
             return
-        if view.is_active() or view.state in ("finished", "damaged"):
-            self.notify(f"{view.id} is {view.state}: nothing to resume", severity="warning")
+        refusal = resume_refusal(view.run)  # the CLI's rule too: active, finished, damaged or locked
+        if refusal:
+            self.notify(refusal, severity="warning")
             return
         launch(view.run)
         self.notify(f"resuming {view.id} in the background")
