@@ -126,7 +126,9 @@ def hold_run_lock(run: Run):
 
 
 def run_locked(run: Run) -> bool:
-    """Whether a live worker holds the run's lock (checked without keeping it)."""
+    """Whether a live worker holds the run's lock (checked without keeping it, or creating its file)."""
+    if not (run.path / RUN_LOCK).exists():
+        return False
     try:
         hold_run_lock(run).release()
     except RunLocked:

@@ -482,7 +482,8 @@ def cmd_export(args) -> int:
         raise CliError(str(exc)) from None
     if args.out:
         _write_output(Path(args.out), text)
-        print(f"wrote {args.format} ({table}) to {args.out}", file=sys.stderr)
+        rows = f"{text.count(chr(10)) - 1} rows, " if args.format == "csv" else ""
+        print(f"wrote {rows}{args.format} ({table}) to {args.out}", file=sys.stderr)
     else:
         sys.stdout.write(text)
     return 0
@@ -546,6 +547,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--runs-dir", help="runs root (default: $MPT_TUI_RUNS_DIR or the user data directory)")
     parser.add_argument("--dry-run", action="store_true",
                         help="with --preset: check everything, print the plan and its estimated time, run nothing")
+    parser.add_argument("--json", action="store_true", help="with --dry-run: one JSON document")
     parser.add_argument("--no-probe", action="store_true",
                         help="with --dry-run: estimate from stored timings only (no model load)")
     parser.add_argument("--detach", action="store_true",

@@ -271,3 +271,13 @@ def test_presets_show_prints_every_key_and_marks_what_differs_from_the_paper(tmp
     assert "weight_decay = 1e-05" in lines  # the same as the paper's: no mark
 
     assert_refused(run_cli("presets", "show", "no-such-preset", cwd=tmp_path), "no-such-preset")
+
+
+@pytest.mark.parametrize("command", [["runs"], ["export"], ["show", "x"], ["plot", "x", "--out", "f.png"]])
+def test_a_runs_root_that_is_a_file_is_one_line_and_exit_2(tmp_path, command):
+    """`mpt-tui runs --runs-dir /etc/passwd` used to exit 0 and print nothing."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory\n")
+    result = run_cli(*command, "--runs-dir", str(blocker), cwd=tmp_path)
+    assert_refused(result, str(blocker))
+    assert blocker.read_text() == "not a directory\n"

@@ -84,3 +84,19 @@ def test_a_busy_device_is_not_waited_for(tmp_path, preset_file):
     assert planned.cells == 16  # the counts need no device
     off = dry_run(prepared.preset, prepared.plan, root, probe=False)
     assert off.estimate_s is None and "probe is off" in off.estimate_from
+
+
+def test_the_dry_run_command_prints_the_plan_and_writes_nothing(tmp_path, preset_file):
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    root = tmp_path / "runs"
+    result = subprocess.run([sys.executable, "-m", "mpt_tui.cli", "--preset", str(preset_file), "--dry-run",
+                             "--json", "--runs-dir", str(root)], capture_output=True, text=True, cwd=REPO,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr
+    plan = json.loads(result.stdout)
+    assert plan["cells"] == 16 and plan["upstream_steps"] == {"mtl": 4} and plan["estimate_s"] > 0
+    assert not root.exists()

@@ -170,3 +170,22 @@ def test_importing_the_module_loads_neither_matplotlib_nor_torch():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "[]"
+
+
+def test_the_plot_command_writes_the_figure_and_refuses_bad_input_in_one_line(runs, tmp_path):
+    with_mtl, pt_only = runs
+    root = with_mtl.path.parent
+    out = tmp_path / "fig.svg"
+
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "mpt_tui.cli", "plot", *args, "--runs-dir", str(root)],
+                              capture_output=True, text=True, cwd=REPO, timeout=120)
+
+    done = cli(with_mtl.id, pt_only.id[:-3], "--out", str(out))  # an id and a unique prefix
+    assert done.returncode == 0, done.stderr
+    assert out.read_bytes().lstrip().startswith((b"<?xml", b"<svg")) and str(out) in done.stdout
+    for args, needle in [((with_mtl.id, "--out", str(tmp_path / "fig.jpg")), "unknown figure format"),
+                         (("no-such-run", "--out", str(out)), "no run 'no-such-run'")]:
+        bad = cli(*args)
+        lines = [line for line in bad.stderr.splitlines() if line.strip()]
+        assert bad.returncode == 2 and len(lines) == 1 and needle in lines[0], bad.stderr
