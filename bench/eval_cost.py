@@ -86,7 +86,7 @@ def main() -> int:
             timings[split_name] = time.perf_counter() - started
         rows.append({"mode": name, "examples": {"dev": sum(len(e) for _, e, _ in dev),
                                                  "test": sum(len(e) for _, e, _ in test)}, "seconds": timings})
-        print(f"  {name}: dev {timings['dev']:.1f} s, test {timings['test']:.1f} s", flush=True)
+        print(f"  {name}: " + ", ".join(f"{k} {v:.1f} s" for k, v in timings.items()), flush=True)
     base = rows[0]["seconds"]
     print(f"model {backbone.name}, {len(dev)} prompts in one group, torch threads {torch.get_num_threads()}")
     print(f"{'prediction':<30} " + " ".join(f"{k + ' s':>8} {k + ' x rank':>11}" for k in base))
