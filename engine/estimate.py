@@ -260,7 +260,8 @@ def render(d: DryRun) -> str:
         lines.append(f"upstream {method}: {n} meta-updates")
     lines.append(f"downstream: {d.cells} grid cells, {d.cell_steps} optimizer steps, in {d.groups} groups of "
                  f"up to {d.group_size} ({d.group_passes} passes)")
-    lines.append(f"device: {d.device} ({d.device_name}), precision {d.precision}")
+    where = d.device_name if d.device == "cpu" else f"{d.device} ({d.device_name})"
+    lines.append(f"device: {where}, precision {d.precision}")
     timing = ""
     if d.timings:
         timing = f" ({d.timings['pass_s']:.3f} s per group pass" + "".join(
