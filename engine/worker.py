@@ -159,15 +159,16 @@ def _execute_locked(run: Run, reporter: Reporter | None, stop: StopFlag | None) 
     first_start = _first_start(run)
     log = _logger(run)
     status = StatusWriter(run)
-    if first_start:  # the plan's warnings head the log and stay in status.json; a resume does not repeat them
-        for warning in plan.warnings:
-            log.warning("%s", warning)
-        status.set(warnings=list(plan.warnings))
-    status.set(state="queued", pid=os.getpid(), host=socket.gethostname(), stage="waiting for a device", error=None)
-    status.start()
     index = RunIndex(run.path.parent)
     device_lock = None
-    try:
+    try:  # from the first status write on: a failing disk here must end in a truthful 'failed' too
+        if first_start:  # the plan's warnings head the log and stay in status.json; a resume does not repeat them
+            for warning in plan.warnings:
+                log.warning("%s", warning)
+            status.set(warnings=list(plan.warnings))
+        status.set(state="queued", pid=os.getpid(), host=socket.gethostname(), stage="waiting for a device",
+                   error=None)
+        status.start()
         candidates = candidate_devices(preset.model.device)
         device, device_lock = acquire_device(run.path.parent, candidates, on_wait=lambda: _check_stop(stop))
         _check_stop(stop)  # cancelled before it got a device: nothing to load
