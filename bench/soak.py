@@ -42,7 +42,7 @@ def main() -> int:
     rng = random.Random(args.seed)
     tally: Counter = Counter()
     by_action: Counter = Counter()
-    mismatches = []
+    mismatches, untruthful = [], []
     deadline = time.time() + 60 * args.minutes
     round_no = 0
     while time.time() < deadline:
@@ -53,7 +53,11 @@ def main() -> int:
             run_worker(run, fault)
             tally["faults planned"] += 1
             by_action[fault.split("@")[0]] += 1
-            state = check_after_fault(run, fault)
+            try:
+                state = check_after_fault(run, fault)
+            except AssertionError as exc:
+                untruthful.append((run.path, fault, str(exc)[:200]))
+                state = run.status()["state"]
             if state == "finished":
                 break
             fault = random_faults(rng.randrange(2**31), 1)[0] if rng.random() < args.second else None
@@ -77,7 +81,10 @@ def main() -> int:
     print(f"{'mismatches':<20} {len(mismatches):>6}")
     for path, fault in mismatches:
         print(f"  {path} ({fault})")
-    return 1 if mismatches else 0
+    print(f"{'untruthful states':<20} {len(untruthful):>6}")
+    for path, fault, why in untruthful:
+        print(f"  {path} ({fault}): {why}")
+    return 1 if mismatches or untruthful else 0
 
 
 if __name__ == "__main__":

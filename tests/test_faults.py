@@ -21,7 +21,7 @@ from faultlib import check_after_fault, check_index, fault_run, random_faults, r
 
 SEED = 20261127
 FAULTS = ["kill@upstream.step:3", "term@upstream.step:2", "kill@tuning.step:7", "term@tuning.step:11",
-          "kill@grid.record:3", "kill@checkpoint.write:4", "enospc@write:25", "eio@write:12", "enospc@write:30+",
+          "kill@grid.record:3", "kill@checkpoint.write:4", "enospc@write:2", "enospc@write:25", "eio@write:12", "enospc@write:30+",
           *random_faults(SEED, 3)]
 
 
