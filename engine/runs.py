@@ -189,6 +189,9 @@ class Run:
             stale = time.time() - float(status.get("heartbeat", 0)) > HEARTBEAT_STALE_S
             if not pid_alive(status.get("pid"), status.get("host")) or stale:
                 status["state"] = "crashed"
+        elif status["state"] in ACTIVE_STATES:  # no worker ever wrote its pid (it died before its first write)
+            if time.time() - float(status.get("updated") or status.get("created") or 0) > HEARTBEAT_STALE_S:
+                status["state"] = "crashed"  # after the same grace as a stale heartbeat: resumable
         return status
 
     def update_status(self, **fields) -> dict:

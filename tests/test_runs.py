@@ -156,3 +156,19 @@ def test_a_dead_but_unreaped_worker_reads_as_dead(tmp_path):
     assert not pid_alive(proc.pid)
     proc.wait()
     assert pid_alive(os.getpid())
+
+
+def test_a_run_no_worker_ever_started_reads_crashed_after_the_grace(tmp_path):
+    """A worker killed before its first status write leaves 'queued' with no pid (found by bench/soak.py);
+    after the stale-heartbeat grace it reads 'crashed', so it can be resumed instead of waiting forever."""
+    import time
+
+    from engine.runs import HEARTBEAT_STALE_S, create_run, write_json_atomic
+
+    run = create_run(tmp_path / "runs", {"preset": {"name": "p"}, "plan": {}}, "p")
+    assert run.status()["state"] == "queued"
+    status = json.loads(run.status_path.read_text())
+    status.pop("pid", None)
+    status["updated"] = status["created"] = time.time() - HEARTBEAT_STALE_S - 1
+    write_json_atomic(run.status_path, status)
+    assert run.status()["state"] == "crashed"
