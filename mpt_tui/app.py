@@ -28,7 +28,10 @@ class ActionCommands(Provider):
         ("Show runs", "switch_mode('runs')", "live runs: progress, curves, log"),
         ("Show results", "switch_mode('results')", "the comparison table of finished runs"),
         ("Launch a run", "switch_mode('launch')", "start a preset in the background"),
-        ("Export results to CSV", "export_csv", "per-split rows and the aggregated table"),
+        ("Export results to CSV", "export_results('csv')", "per-split rows and the aggregated table"),
+        ("Export results to JSON", "export_results('json')", "per-split rows and the aggregated table"),
+        ("Export results to Markdown", "export_results('markdown')", "the paper's table: tasks x methods, x100"),
+        ("Export results to LaTeX", "export_results('latex')", "the paper's table (booktabs): tasks x methods, x100"),
         ("Cancel the selected run", "cancel_run", "checkpoint and stop"),
         ("Resume the selected run", "resume_run", "continue from its last checkpoint"),
         ("Help", "help", "the keys"),
@@ -69,9 +72,9 @@ class MptApp(ReportWorkerErrors, App):
         if not isinstance(self.screen, HelpScreen):
             self.push_screen(HelpScreen())
 
-    def action_export_csv(self) -> None:
+    def action_export_results(self, fmt: str = "csv") -> None:
         self.switch_mode("results")
-        self.call_after_refresh(lambda: isinstance(self.screen, ResultsScreen) and self.screen.request_export())
+        self.call_after_refresh(lambda: isinstance(self.screen, ResultsScreen) and self.screen.request_export(fmt))
 
     def action_cancel_run(self) -> None:
         if isinstance(self.screen, RunsScreen):

@@ -436,3 +436,20 @@ async def test_launch_form_saves_a_checked_preset(tmp_path, monkeypatch):
     preset, _ = load_preset(str(target))  # it runs from anywhere: the demo data's path was made absolute
     assert preset.name == "mine" and preset.downstream.steps == 7 and preset.data.seeds == [5, 6]
     assert preset.upstream.methods == ["mtl", "maml", "fomaml", "reptile"]
+
+
+async def test_the_command_palette_exports_each_format(store):
+    """The palette's "Export results to ..." commands (it used to offer CSV only)."""
+    from mpt_tui.app import ActionCommands
+
+    titles = [title for title, _, _ in ActionCommands.COMMANDS if title.startswith("Export results to")]
+    assert titles == ["Export results to CSV", "Export results to JSON", "Export results to Markdown",
+                      "Export results to LaTeX"]
+    app = MptApp(store)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await app.run_action("export_results('latex')")
+        await settle(pilot)
+        await pilot.pause()
+        splits, tasks = app.screen.last_export
+        assert (splits.suffix, tasks.suffix) == (".tex", ".tex")
+        assert "\\begin{tabular}" in tasks.read_text() and "\\toprule" in tasks.read_text()

@@ -260,7 +260,7 @@ class ResultsScreen(ReportWorkerErrors, Screen):
         self.notify(f"x exports {FORMAT_NAMES[self.export_format]} now")
 
     def request_export(self, fmt: str = "csv") -> None:
-        """Export now, or as soon as the index has been read (the palette's "Export results to CSV")."""
+        """Export now, or as soon as the index has been read (the palette's "Export results to ...")."""
         if self.loaded:
             self.action_export(fmt)
         else:
