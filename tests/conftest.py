@@ -110,13 +110,19 @@ def _defaults(lines: str, **values: str) -> str:
     return "\n".join(f"{k} = {v}" for k, v in values.items() if k not in given)
 
 
-def small_run(root: Path, model: Path, *, name: str = "small", downstream: str = "", upstream: str = "",
-              data: str = "", model_keys: str = "", prompt: str = ""):
+def small_run(root: Path, model: Path, *, name: str = "small", **lines: str):
     """A run directory for a small two-target run on the shipped demo data (the CLI's own path:
-    engine.prepare), with `data`/`model_keys`/`prompt`/`downstream`/`upstream` TOML lines added to those tables."""
+    engine.prepare); `lines` as for `small_preset`."""
     from engine.prepare import check_preset, prepare_run
 
-    preset_file = Path(root).parent / f"{name}.toml"
+    preset_file = small_preset(Path(root).parent / f"{name}.toml", model, name=name, **lines)
+    return prepare_run(root, check_preset(str(preset_file)))
+
+
+def small_preset(preset_file: Path, model: Path, *, name: str = "small", downstream: str = "", upstream: str = "",
+                 data: str = "", model_keys: str = "", prompt: str = "") -> Path:
+    """The preset file of a small two-target run on the shipped demo data, with `data`/`model_keys`/`prompt`/
+    `downstream`/`upstream` TOML lines added to those tables."""
     preset_file.parent.mkdir(parents=True, exist_ok=True)
     preset_file.write_text(f"""
 name = "{name}"
@@ -139,8 +145,8 @@ length = 4
 {downstream}
 [upstream]
 {upstream}
-""")
-    return prepare_run(root, check_preset(str(preset_file)))
+""", encoding="utf-8")
+    return preset_file
 
 
 @pytest.fixture(autouse=True, scope="session")

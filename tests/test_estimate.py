@@ -13,42 +13,16 @@ from engine.prepare import check_preset, prepare_run
 from engine.runs import read_json
 from engine.worker import execute
 
-from conftest import DEMO_DATA, SMALL_SEEDS, SMALL_SOURCES, SMALL_TARGETS
+from conftest import small_preset
 
 
 @pytest.fixture
 def preset_file(tmp_path, tiny_llama):
-    path = tmp_path / "dry.toml"
-    path.write_text(f"""
-name = "dry"
-[data]
-dir = "{DEMO_DATA}"
-sources = {json.dumps(SMALL_SOURCES)}
-targets = {json.dumps(SMALL_TARGETS)}
-seeds = {SMALL_SEEDS}
-[model]
-name = "{tiny_llama}"
-device = "cpu"
-max_input_length = 40
-[prompt]
-length = 4
-[downstream]
-learning_rates = [0.3, 0.1]
-batch_size = 4
-steps = 6
-max_epochs = 1
-eval_every = 2
-max_test_examples = 8
-group_size = 3
-[upstream]
-methods = ["mtl"]
-steps = 1000
-log_every = 1
-[upstream.mtl]
-epochs = 1
-batch_size = 16
-""", encoding="utf-8")
-    return path
+    return small_preset(tmp_path / "dry.toml", tiny_llama, name="dry",
+                        downstream="learning_rates = [0.3, 0.1]\nsteps = 6\nmax_epochs = 1\neval_every = 2\n"
+                                   "max_test_examples = 8\ngroup_size = 3",
+                        upstream='methods = ["mtl"]\nsteps = 1000\nlog_every = 1\n[upstream.mtl]\nepochs = 1\n'
+                                 'batch_size = 16')
 
 
 def test_the_dry_run_counts_what_the_run_trains_and_writes_nothing(tmp_path, preset_file):
