@@ -27,12 +27,29 @@ def candidate_devices(requested: str) -> list[str]:
     return ["cpu"]
 
 
+def device_lock_path(runs_root: Path, device: str) -> Path:
+    return Path(runs_root) / ".devices" / f"{device.replace(':', '-')}.lock"
+
+
+def lock_held(path: Path) -> bool:
+    """Whether a live process holds the file lock at `path`: checked without waiting, without keeping it,
+    and without creating the file."""
+    if not Path(path).exists():
+        return False
+    lock = FileLock(str(path))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        return True
+    lock.release()
+    return False
+
+
 def acquire_device(runs_root: Path, candidates: list[str], on_wait: Callable[[], None] | None = None,
                    poll_s: float = 2.0) -> tuple[str, FileLock]:
     """Block until one of `candidates` is free; return it with its held lock."""
-    lock_dir = Path(runs_root) / ".devices"
-    lock_dir.mkdir(exist_ok=True)
-    locks = [(device, FileLock(str(lock_dir / f"{device.replace(':', '-')}.lock"))) for device in candidates]
+    (Path(runs_root) / ".devices").mkdir(exist_ok=True)
+    locks = [(device, FileLock(str(device_lock_path(runs_root, device)))) for device in candidates]
     while True:
         for device, lock in locks:
             try:

@@ -70,7 +70,7 @@ def resolved_precision(preset: Preset, device: str) -> str:
 
 def dry_run(preset: Preset, plan: Plan, runs_root: Path, *, probe: bool = True) -> DryRun:
     from engine.data import TaskData
-    from engine.devices import candidate_devices
+    from engine.devices import candidate_devices, device_lock_path, lock_held
     from engine.grid import CPU_GROUP_SIZE, cell_steps, upstream_steps
 
     data = TaskData(plan.data_dir, plan.config_dir)
@@ -80,7 +80,7 @@ def dry_run(preset: Preset, plan: Plan, runs_root: Path, *, probe: bool = True) 
     cells = grid_cells(plan, preset.downstream.learning_rates)
     steps = cell_steps(preset, data, cells)
     device = candidate_devices(preset.model.device)[0]
-    free = _device_free(runs_root, device)
+    free = not lock_held(device_lock_path(runs_root, device))  # checked, never waited for
     size = preset.downstream.group_size or (CPU_GROUP_SIZE if device == "cpu" else 0)
     backbone = None
     if not size:  # a GPU's group size comes from the memory probe, on a free device only
@@ -115,22 +115,6 @@ def dry_run(preset: Preset, plan: Plan, runs_root: Path, *, probe: bool = True) 
         result.estimate_s = passes * result.timings["pass_s"] + sum(
             n * result.timings["update_s"][m] for m, n in updates.items())
     return result
-
-
-def _device_free(runs_root: Path, device: str) -> bool:
-    """Whether no run holds the device's lock (engine.devices); checked without taking it or waiting."""
-    lock = Path(runs_root) / ".devices" / f"{device.replace(':', '-')}.lock"
-    if not lock.exists():
-        return True
-    from filelock import FileLock, Timeout
-
-    probe = FileLock(str(lock))
-    try:
-        probe.acquire(timeout=0)
-    except Timeout:
-        return False
-    probe.release()
-    return True
 
 
 def _load(preset: Preset, device: str):

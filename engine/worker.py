@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Protocol
 
 from engine.config import preset_from_dict
-from engine.devices import acquire_device, candidate_devices
+from engine.devices import acquire_device, candidate_devices, lock_held
 from engine.methods import needs_second_order
 from engine.protocol import Plan
 from engine.runs import Run, read_json
@@ -127,13 +127,7 @@ def hold_run_lock(run: Run):
 
 def run_locked(run: Run) -> bool:
     """Whether a live worker holds the run's lock (checked without keeping it, or creating its file)."""
-    if not (run.path / RUN_LOCK).exists():
-        return False
-    try:
-        hold_run_lock(run).release()
-    except RunLocked:
-        return True
-    return False
+    return lock_held(run.path / RUN_LOCK)
 
 
 def execute(run: Run, reporter: Reporter | None = None, stop: StopFlag | None = None) -> dict:
