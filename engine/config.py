@@ -130,6 +130,27 @@ class UpstreamConfig:
 
 
 @dataclass
+class ClusterConfig:
+    backend: str = _field("local", choices=("local", "ray"),
+                          help="local: one device of this machine; ray: the run's units spread over a Ray cluster")
+    address: str = _field("", help="ray: '' starts a local Ray instance; 'auto' or 'ray://host:port' joins a cluster")
+    gpus_per_worker: float = _field(1.0, minimum=0.01, maximum=64.0,
+                                    help="GPUs each Ray worker holds (fractions share a GPU: 0.5 puts two on one)")
+    max_workers: int = _field(0, minimum=0, help="Ray workers; 0: as many as the cluster has GPUs "
+                              "(CPUs on a CPU-only cluster)")
+
+
+@dataclass
+class AnalysisConfig:
+    similarity: list[str] = _field([], choices=("prompt", "text"),
+                                   help="task embeddings compared after the grid: prompt (SPoT: each task's own "
+                                        "prompt-tuned prompt), text (the backbone's mean hidden state over inputs)")
+    embedding_steps: int = _field(100, minimum=1, help="prompt-tuning steps of each task's embedding job")
+    embedding_lr: float = _field(0.3, minimum=0.0, help="learning rate of every embedding job")
+    top_k: int = _field(3, minimum=1, help="most similar sources kept per target")
+
+
+@dataclass
 class Preset:
     name: str = _field("unnamed")
     description: str = _field("")
@@ -138,6 +159,8 @@ class Preset:
     prompt: PromptConfig = field(default_factory=PromptConfig)
     downstream: DownstreamConfig = field(default_factory=DownstreamConfig)
     upstream: UpstreamConfig = field(default_factory=UpstreamConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
 
     def to_dict(self) -> dict:
         """The preset as TOML-shaped data: each method's table under upstream.<name>."""
