@@ -85,6 +85,7 @@ class TrainCells:
     data_dir: str
     config_dir: str | None
     cells: list[CellWork] = field(default_factory=list)
+    test: bool = True  # false: train only (task-embedding jobs); records carry test None
 
     kind = "train_cells"
 
@@ -175,11 +176,12 @@ class Executor:
         events.message(f"upstream {unit.method}: done, last loss {result.last_loss:.4f}")
         return {"method": unit.method, "steps": result.steps, "last_loss": result.last_loss, "prompt": unit.output}
 
-    def _job(self, preset: Preset, data, work: CellWork):
+    def _job(self, preset: Preset, data, work: CellWork, need_test: bool = True):
         from engine.tuning import Job, TuningConfig, job_steps
 
         down, cell = preset.downstream, work.cell
-        split = data.load_split(cell.task, preset.data.k, cell.seed, input_format=preset.data.input_format)
+        split = data.load_split(cell.task, preset.data.k, cell.seed, need_test=need_test,
+                                input_format=preset.data.input_format)
         cfg = TuningConfig(learning_rate=cell.lr, steps=job_steps(down.steps, down.max_epochs, len(split.train),
                                                                   down.batch_size),
                            batch_size=down.batch_size, optimizer=down.optimizer, eval_every=down.eval_every,
@@ -200,7 +202,7 @@ class Executor:
         preset = preset_from_dict(unit.preset)
         data = self.data(unit)
         cells = [w.cell for w in unit.cells]
-        work = [self._job(preset, data, w) for w in unit.cells]
+        work = [self._job(preset, data, w, need_test=unit.test) for w in unit.cells]
         jobs, tests = [job for job, _ in work], [test for _, test in work]
         started = time.time()
         resumed = [resume_step(w.checkpoint) for w in unit.cells]
@@ -213,7 +215,8 @@ class Executor:
         last = preset.downstream.test_prompt == "last"
         tested = [r.last_prompt if last else r.best_prompt for r in results]
         evaluations = evaluate_many(self.backbone, [EvalItem(prompt, test, job.task, job.cfg)
-                                                    for prompt, job, test in zip(tested, jobs, tests)])
+                                                    for prompt, job, test in zip(tested, jobs, tests)]) \
+            if unit.test else [None] * len(jobs)
         seconds = round(time.time() - started, 2)
         records = []
         for w, result, job, prompt, evaluation in zip(unit.cells, results, jobs, tested, evaluations):
@@ -221,7 +224,8 @@ class Executor:
             save_prompt(Path(w.output), prompt, model=preset.model.name,
                         extra={"task": cell.task, "seed": str(cell.seed)})
             records.append({"method": cell.method, "task": cell.task, "seed": cell.seed, "lr": cell.lr,
-                            "metric": evaluation.metric, "dev": result.best_dev, "test": evaluation.score,
+                            "metric": evaluation.metric if evaluation else None, "dev": result.best_dev,
+                            "test": evaluation.score if evaluation else None,
                             "best_step": result.best_step, "tested": preset.downstream.test_prompt,
                             "steps": job.cfg.steps, "dev_history": result.dev_history,
                             "final_loss": result.final_loss, "stopped": result.stopped,
