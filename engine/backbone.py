@@ -16,6 +16,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from engine import kernels
+
 # where the prompt P goes around the input x (encoder-decoder models end the input with </s>):
 #   before: P x </s>;  after: x P </s>;  after_eos: x </s> P (the authors' T5Prompt.py: cat(embed(x </s>), P))
 PLACEMENTS = ("before", "after", "after_eos")
@@ -75,7 +77,7 @@ class Backbone:
         self.eos_id = tokenizer.eos_token_id
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_id
         self._token_cache: dict[tuple[str, str], list[int]] = {}
-        _use_fused_gelu(self.model)
+        self.kernels = kernels.install(self.model)  # fused attention bias, RMSNorm and GELU (engine/kernels.py)
         if compile:  # dynamic: batch widths change from pass to pass
             self.model.forward = torch.compile(self.model.forward, dynamic=True)
 
@@ -279,15 +281,4 @@ class Backbone:
                                           **settings)
             results.extend(t.strip() for t in self.tokenizer.batch_decode(out, skip_special_tokens=True))
         return results
-
-
-def _use_fused_gelu(model) -> None:
-    """Swap transformers' Python tanh-GELU (T5 v1.1's "gelu_new": eight elementwise kernels, each
-    keeping its input for the backward) for PyTorch's one-kernel version of the same function."""
-    from transformers.activations import NewGELUActivation
-
-    for module in list(model.modules()):
-        for name, child in module.named_children():
-            if type(child) is NewGELUActivation:
-                setattr(module, name, torch.nn.GELU(approximate="tanh"))
 

@@ -15,8 +15,8 @@ from typing import Callable
 
 import torch
 
-from engine.algorithms.base import MetaSampler, MetaTask
 from engine import faults
+from engine.algorithms.base import MetaSampler, MetaTask
 from engine.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from engine.methods import METHODS
 from engine.stopping import RunCancelled
@@ -40,19 +40,18 @@ def make_algorithm(method: str, upstream_cfg, placement: str):
 
 
 def second_order_context(backbone) -> contextlib.AbstractContextManager:
-    """Double backward needs a differentiable attention: eager, or SDPA's math backend.
+    """Double backward needs a differentiable attention and norm: eager attention, or SDPA's math
+    backend, and the norms' composite formula (engine.kernels.double_backward).
 
     PyTorch's fused SDPA kernels have no second derivative (CPU and CUDA), so
     MAML forces the math backend for its meta-updates; everything else keeps the
     fast kernels. Other implementations (flash-attention, ...) are refused.
     """
-    impl = getattr(backbone.model.config, "_attn_implementation", "eager") or "eager"
-    if impl == "eager":
-        return contextlib.nullcontext()
-    if impl == "sdpa":
-        from torch.nn.attention import SDPBackend, sdpa_kernel
+    from engine import kernels
 
-        return sdpa_kernel([SDPBackend.MATH])
+    impl = kernels.attention_implementation(backbone.model)
+    if impl in ("eager", "sdpa", kernels.FUSED_SDPA):
+        return kernels.double_backward()
     raise UpstreamError(f"second-order MAML needs eager or SDPA attention; model {backbone.name} uses "
                         f"'{impl}', which has no second derivative (use fomaml, or load it with eager attention)")
 

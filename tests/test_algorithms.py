@@ -25,15 +25,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import assert_weights_unchanged, snapshot_weights
-
 import engine.upstream as upstream
 from engine.algorithms.base import Algorithm, MetaSampler, MetaTask
 from engine.backbone import Backbone
 from engine.config import UpstreamConfig
-from engine.methods import METHODS, InnerLoopConfig, MTLConfig, ReptileConfig
 from engine.data import TaskData
+from engine.kernels import FUSED_SDPA
+from engine.methods import METHODS, InnerLoopConfig, MTLConfig, ReptileConfig
 from engine.upstream import UpstreamError, learn_initialisation, second_order_context
+
+from conftest import assert_weights_unchanged, snapshot_weights
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO_DATA = REPO / "presets" / "demo-data"
@@ -265,7 +266,8 @@ def test_maml_meta_gradient_equals_hand_written_second_order(tiny_llama, tiny_t5
     """The batched meta-gradient (one pass over a prompt bank, with `higher`) and the per-task loop both equal
     plain autograd through a hand-written inner loop, task by task, without `higher`."""
     backbone = _load(_models(tiny_llama, tiny_t5)[kind], double=True)
-    assert backbone.model.config._attn_implementation == "sdpa"  # so the context is what makes it work
+    # SDPA with the fused-kernel bias path (engine.kernels): the context is what makes double backward work
+    assert backbone.model.config._attn_implementation == FUSED_SDPA
     _check_maml_against_reference(backbone, meta_tasks, inner_steps, use_context=True, placement=placement,
                                   batch_tasks=batch_tasks)
 
@@ -584,10 +586,10 @@ def test_second_order_context_refuses_other_attention(tiny_llama, meta_tasks, me
              on_step=lambda s, l: pytest.fail(f"{method} trained on an attention with no second derivative"))
 
 
-@pytest.mark.parametrize("impl", ["eager", "sdpa"])
-def test_second_order_context_accepts_eager_and_sdpa(tiny_llama, impl):
+@pytest.mark.parametrize("impl, installed", [("eager", "eager"), ("sdpa", FUSED_SDPA)])
+def test_second_order_context_accepts_eager_and_sdpa(tiny_llama, impl, installed):
     backbone = _load(tiny_llama, attn=impl)
-    assert backbone.model.config._attn_implementation == impl
+    assert backbone.model.config._attn_implementation == installed
     with second_order_context(backbone):
         pass
 
