@@ -16,7 +16,7 @@ from textual.binding import Binding
 from textual.command import Hit, Hits, Provider
 
 from mpt_tui.messages import ReportWorkerErrors
-from mpt_tui.screens import HelpScreen, LaunchScreen, ResultsScreen, RunsScreen
+from mpt_tui.screens import AnalysisScreen, HelpScreen, LaunchScreen, ResultsScreen, RunsScreen
 from mpt_tui.screens.results import SplitDetail
 from mpt_tui.screens.runs import ConfirmDelete
 
@@ -28,6 +28,8 @@ class ActionCommands(Provider):
         ("Show runs", "switch_mode('runs')", "live runs: progress, curves, log"),
         ("Show results", "switch_mode('results')", "the comparison table of finished runs"),
         ("Launch a run", "switch_mode('launch')", "start a preset in the background"),
+        ("Show the similarity analysis", "switch_mode('analysis')", "task similarity: heatmap, nearest sources, correlations"),
+        ("Plot view: next", "plot_view", "Runs: the chosen cell, the methods compared, the upstream losses"),
         ("Export results to CSV", "export_results('csv')", "per-split rows and the aggregated table"),
         ("Export results to JSON", "export_results('json')", "per-split rows and the aggregated table"),
         ("Export results to Markdown", "export_results('markdown')", "the paper's table: tasks x methods, x100"),
@@ -55,12 +57,15 @@ class MptApp(ReportWorkerErrors, App):
         Binding("2", "switch_mode('results')", "Results", id="results",
                 tooltip="the comparison table of finished runs"),
         Binding("3", "switch_mode('launch')", "Launch", id="launch", tooltip="start a preset in the background"),
+        Binding("4", "switch_mode('analysis')", "Analysis", id="analysis",
+                tooltip="task similarity: heatmap, nearest sources, correlation with the gains"),
         Binding("question_mark", "help", "Help", id="help", tooltip="this list of keys"),
         Binding("q", "quit", "Quit", id="quit", tooltip="runs go on in the background"),
     ]
-    MODES = {"runs": RunsScreen, "results": ResultsScreen, "launch": LaunchScreen}
+    MODES = {"runs": RunsScreen, "results": ResultsScreen, "launch": LaunchScreen, "analysis": AnalysisScreen}
     DIALOGS = {"delete dialog": ConfirmDelete, "per-split dialog": SplitDetail, "help": HelpScreen}  # for the help
     DEFAULT_MODE = "runs"
+    HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (110, "-wide")]  # app.tcss lays some screens out wider at 110+
 
     def __init__(self, runs_root: Path, data_dir: str | None = None, refresh_hz: float = 4.0):
         super().__init__()
@@ -79,6 +84,10 @@ class MptApp(ReportWorkerErrors, App):
     def action_cancel_run(self) -> None:
         if isinstance(self.screen, RunsScreen):
             self.screen.action_cancel()
+
+    def action_plot_view(self) -> None:
+        self.switch_mode("runs")
+        self.call_after_refresh(lambda: isinstance(self.screen, RunsScreen) and self.screen.action_next_view())
 
     def action_resume_run(self) -> None:
         if isinstance(self.screen, RunsScreen):

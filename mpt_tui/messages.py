@@ -68,13 +68,25 @@ class IndexLoaded(Message):
         self.summaries = summaries
 
 
-class TasksLoaded(Message):
-    """The tasks found in a data directory (empty when there is none)."""
+class CatalogLoaded(Message):
+    """A data directory's tasks (engine.catalog.TaskEntry list; empty when there is none) and a setting's lists."""
 
-    def __init__(self, data_dir: str, tasks: list[str]) -> None:
+    def __init__(self, data_dir: str, setting: str, entries: list, setting_lists: tuple[list[str], list[str]]) -> None:
         super().__init__()
         self.data_dir = data_dir
-        self.tasks = tasks
+        self.setting = setting
+        self.entries = entries
+        self.setting_lists = setting_lists
+
+
+class PlanComputed(Message):
+    """The Launch form's plan line (or the preset's one-line error) and the plan's warnings."""
+
+    def __init__(self, text: str = "", error: str | None = None, warnings: list[str] = ()) -> None:
+        super().__init__()
+        self.text = text
+        self.error = error
+        self.warnings = list(warnings)
 
 
 class LaunchDone(Message):
@@ -102,3 +114,13 @@ class IndexBusy(Message):
     def __init__(self, lock_file: str) -> None:
         super().__init__()
         self.lock_file = lock_file
+
+
+class AnalysisLoaded(Message):
+    """The runs (id, name, state, has analysis.json), the run shown, and its analysis.json (None: absent)."""
+
+    def __init__(self, runs: list[tuple], run_id: str | None, analysis: dict | None) -> None:
+        super().__init__()
+        self.runs = runs
+        self.run_id = run_id
+        self.analysis = analysis

@@ -1,23 +1,25 @@
 """What the app knows about runs, read from run directories only (never torch).
 
 `RunWatcher.refresh()` is cheap enough to call a few times a second with many
-runs: it re-reads each status.json (small) and only the bytes appended to each
-metrics.jsonl since the last call; a torn last line waits for its end. It runs
-in a worker thread (the Runs screen's `refresh_runs`), one call at a time; the UI
-thread only reads the views it hands over: a view's `status` and `log` are
-replaced whole, its `events` list only grows.
+runs: it re-reads each status.json (small), and the metrics of the run shown in
+detail only, through that run's `EventIndex` (only the bytes appended since the
+last call, indexed per cell; see `mpt_tui.events_index`). It runs in a worker
+thread (the Runs screen's `refresh_runs`), one call at a time, and the screen
+starts the next one only after it has shown the last one's views, so the UI
+thread never reads an index while it grows.
 """
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
-from engine.runs import ACTIVE_STATES, Curve, Run, cell_curves, finished_cells, last_cell, list_runs, read_json, \
-    upstream_curves
+from engine.protocol import Cell, Plan, grid_cells
+from engine.runs import ACTIVE_STATES, Curve, Run, list_runs, read_json
+from mpt_tui.events_index import EventIndex
 
 
 @dataclass(eq=False)  # compared by identity: a view is the same run's view for the app's whole life
@@ -25,10 +27,22 @@ class RunView:
     run: Run
     status: dict = field(default_factory=dict)
     config: dict = field(default_factory=dict)
-    events: list[dict] = field(default_factory=list)
     log: str = ""  # the log's tail, read by `refresh` for the run the app shows in detail
-    _offset: int = 0
-    _partial: bytes = b""
+
+    @cached_property
+    def index(self) -> EventIndex:
+        return EventIndex(self.run.metrics_path)
+
+    @cached_property
+    def grid(self) -> list[Cell]:
+        """The run's grid cells in grid order, from its config (empty when the config lacks them)."""
+        try:
+            plan = self.config["plan"]
+            lrs = list(self.config["preset"]["downstream"]["learning_rates"])
+            return grid_cells(Plan("", None, "", [], list(plan["targets"]), list(plan["seeds"]),
+                                   methods=list(plan.get("methods") or ["pt"])), lrs)
+        except (KeyError, TypeError):
+            return []
 
     @property
     def id(self) -> str:
@@ -52,43 +66,22 @@ class RunView:
         end = self.status.get("finished") if not self.is_active() else None
         return (end or time.time()) - start
 
-    def read_new_events(self, max_bytes: int = 4 << 20) -> int:
-        """Append events written since the last call; returns how many were added."""
-        try:
-            with self.run.metrics_path.open("rb") as f:
-                f.seek(self._offset)
-                chunk = f.read(max_bytes)
-        except OSError:
-            return 0
-        if not chunk:
-            return 0
-        self._offset += len(chunk)
-        data = self._partial + chunk
-        lines = data.split(b"\n")
-        self._partial = lines.pop()  # an incomplete last line (the writer is mid-line)
-        added = 0
-        for line in lines:
-            try:
-                self.events.append(json.loads(line))
-                added += 1
-            except ValueError:
-                continue  # a damaged line (a run killed mid-write) is skipped
-        return added
-
-    # the metrics.jsonl readers are engine.runs' (the schema lives there)
+    def read_new_events(self) -> int:
+        """Index the metrics events written since the last call; returns how many were added."""
+        return self.index.read()
 
     def upstream_curves(self) -> dict[str, Curve]:
-        return upstream_curves(self.events)
+        return self.index.upstream_curves()
 
     def cell_curves(self, cell: str) -> tuple[Curve, Curve]:
         """(train loss, dev score) of one downstream cell."""
-        return cell_curves(self.events, cell)
+        return self.index.cell_curves(cell)
 
     def last_cell(self) -> str | None:
-        return last_cell(self.events)
+        return self.index.last_cell
 
     def finished_cells(self) -> list[dict]:
-        return finished_cells(self.events)
+        return self.index.finished
 
     def log_tail(self, lines: int = 14) -> str:
         try:
@@ -120,8 +113,8 @@ class RunWatcher:
                     config = read_json(run.config_path)
                     view = self.views[run.id] = RunView(run, config=config if isinstance(config, dict) else {})
                 view.status = run.status()
-                view.read_new_events()
-                if run.id == detail:
+                if run.id == detail:  # only the run shown in detail: the others' metrics are not drawn
+                    view.read_new_events()
                     view.log = view.log_tail()
             for gone in set(self.views) - {run.id for run in runs}:
                 del self.views[gone]

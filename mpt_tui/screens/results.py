@@ -6,6 +6,10 @@ last two rows compare each method with PT split by split over all targets (the m
 paired difference with its 95% bootstrap interval, and the Wilcoxon p-value with the
 number of pairs); `enter` on a task shows the same per task.
 The index is read in a worker: another process holding its lock never freezes the app.
+The best method per task is bold and marked ▲ (a marker that survives a monochrome
+terminal); under the table, a bar chart of each column's mean ± std: of the task under
+the cursor (std over its splits), or on a summary row of all targets (the mean over the
+column's targets; std over splits of the per-split mean over targets).
 
 `x` exports in the chosen format (`f` cycles CSV, JSON, Markdown, LaTeX): both tables,
 `<stamp>-splits.<ext>` and `<stamp>-tasks.<ext>` under `<runs>/exports/`
@@ -15,6 +19,8 @@ Markdown and LaTeX x100 as the table here). The footer shows the one format `x` 
 
 from __future__ import annotations
 
+import math
+import statistics
 import time
 
 from filelock import Timeout
@@ -29,11 +35,13 @@ from textual.worker import get_current_worker
 
 from engine.export import EXTENSIONS, FORMATS, export_document
 from engine.methods import label
-from engine.report import (DELTA_LABEL, P_LABEL, build_report, delta_text, gain_text, mean_text, p_text, paired_line,
-                           prepare_statistics, score_text)
+from engine.report import (DELTA_LABEL, P_LABEL, Column, Report, build_report, delta_text, gain_text, mean_text, p_text,
+                           paired_line, prepare_statistics, score_text)
 from engine.runs import RunsDirError
 from engine.store import RunIndex
 from mpt_tui.messages import IndexBusy, IndexLoaded, ReportWorkerErrors, deliver
+from mpt_tui.widgets import BarChart
+from mpt_tui.widgets.bar_chart import BEST
 
 INDEX_WAIT_S = 120.0  # as long as the engine's own index users wait
 INDEX_POLL_S = 0.25  # the worker re-tries the lock this often, so a cancelled read ends soon
@@ -46,6 +54,28 @@ EXPORT_TIPS = {
     "markdown": "the paper's table (x100, best in bold, paired Δ and p) and the per-split table, under <runs>/exports",
     "latex": "the paper's table as a booktabs table (x100, best in bold) and the per-split table, under <runs>/exports",
 }
+
+
+def overall_spread(report: Report, column: Column) -> float:
+    """Std over splits of the column's per-split mean over its targets (x100; 0 without per-split scores)."""
+    by_task = {t: s for (t, c), s in report.split_scores.items() if c == column}
+    seeds = set.intersection(*(set(s) for s in by_task.values())) if by_task else set()
+    per_seed = [statistics.fmean(s[seed] for s in by_task.values()) for seed in sorted(seeds)]
+    per_seed = [v for v in per_seed if math.isfinite(v)]
+    return 100 * statistics.pstdev(per_seed) if len(per_seed) > 1 else 0.0
+
+
+def chart_rows(report: Report, task: str | None) -> list[tuple[str, float | None, float]]:
+    """(header, mean x100, std x100) per column: on `task`, or over all targets (task None)."""
+    rows = []
+    for column in report.columns:
+        if task is None:
+            mean = report.means[column]
+            rows.append((report.header(column), None if mean is None else 100 * mean, overall_spread(report, column)))
+        else:
+            agg = report.score(task, column)
+            rows.append((report.header(column), 100 * agg["mean"] if agg else None, 100 * agg["std"] if agg else 0.0))
+    return rows
 
 
 class SplitDetail(ModalScreen):
@@ -102,9 +132,10 @@ class ResultsScreen(ReportWorkerErrors, Screen):
         with Vertical(id="results-body"):
             yield Label("Finished runs (space selects):", id="runs-label")
             yield DataTable(id="finished-runs", cursor_type="row")
-            yield Label("Test scores x100, mean ± std over splits (bold: the best per task):", id="table-label")
+            yield Label(f"Test scores x100, mean ± std over splits ({BEST} bold: the best per task):", id="table-label")
             yield DataTable(id="comparison", cursor_type="row", zebra_stripes=True)
             yield Label("", id="report-notes")
+            yield BarChart(id="chart")
         yield Footer()
 
     def on_mount(self) -> None:
@@ -188,8 +219,8 @@ class ResultsScreen(ReportWorkerErrors, Screen):
         body = []
         for task in report.tasks:
             best = report.best_column(task) if len(columns) > 1 else None
-            body.append((task, *[Text(score_text(report.score(task, c)), style="bold" if c == best else "")
-                                 for c in columns]))
+            body.append((task, *[Text(score_text(report.score(task, c)) + f" {BEST}", style="bold green")
+                                 if c == best else Text(score_text(report.score(task, c))) for c in columns]))
         headers = [report.header(c) for c in columns]
         summary = []
         if columns:
@@ -214,6 +245,23 @@ class ResultsScreen(ReportWorkerErrors, Screen):
         notes.display = bool(report.notes)
         for *row, key in summary:
             table.add_row(*row, key=key)
+        self.draw_chart()
+
+    def draw_chart(self) -> None:
+        """The bar chart of the row under the cursor: its task, or all targets on a summary row."""
+        table = self.query_one("#comparison", DataTable)
+        task = None
+        if table.row_count:
+            key = table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value
+            task = key if key and not key.startswith("__") else None
+        chart = self.query_one("#chart", BarChart)
+        chart.display = bool(self.report.columns)
+        what = f"{task}" if task else "all targets (std over splits of the mean over targets)"
+        chart.plot(chart_rows(self.report, task), f"{what}: test x100, mean ± std")
+
+    def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
+        if event.data_table.id == "comparison":
+            self.draw_chart()
 
     # ---- actions ------------------------------------------------------------------
 

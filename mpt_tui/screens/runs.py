@@ -1,4 +1,9 @@
-"""Runs: every run with its state and progress, live curves, scores and log of the selected one."""
+"""Runs: every run with its state and progress; the selected run's cells, curves, scores, workers and log.
+
+The table on top lists the runs; below, the selected run's grid cells (filterable) and
+the plot of the chosen cell, the methods compared on its task and split, or the upstream
+losses (`v`), with its scores, its Ray workers (status.json "cluster") and its log tail.
+"""
 
 from __future__ import annotations
 
@@ -7,15 +12,16 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen, Screen
-from textual.widgets import Button, DataTable, Footer, Header, Label
-from textual.worker import Worker
+from textual.widgets import Button, DataTable, Footer, Header, Input, Label
+from textual.worker import Worker, WorkerState
 
 from engine.launch import cancel, delete_run, launch, resume_refusal
 from engine.report import format_duration
 from engine.runs import Run, RunsDirError
 from mpt_tui.messages import ReportWorkerErrors, RunDeleted, RunsRefreshed, deliver
 from mpt_tui.watch import RunView, RunWatcher
-from mpt_tui.widgets import RunDetail
+from mpt_tui.widgets import CellList, RunDetail
+from mpt_tui.widgets.run_detail import VIEWS
 
 COLUMNS = ("run", "name", "state", "stage", "progress", "ETA", "elapsed")
 
@@ -43,19 +49,28 @@ class RunsScreen(ReportWorkerErrors, Screen):
         Binding("c", "cancel", "Cancel run", id="cancel", tooltip="checkpoint the selected run, then stop it"),
         Binding("u", "resume", "Resume run", id="resume", tooltip="continue the selected run from its checkpoint"),
         Binding("d", "delete", "Delete run", id="delete", tooltip="delete the selected run (asks first)"),
+        Binding("v", "next_view", "Plot view", id="plot-view",
+                tooltip="the plot: the chosen cell, the methods compared on its task and split, the upstream losses"),
+        Binding("slash", "filter_cells", "Filter cells", id="filter-cells",
+                tooltip="type words that every listed cell must contain (method, task, seed, state)"),
+        Binding("l", "latest_cell", "Follow latest", id="latest-cell", show=False,
+                tooltip="plot the cell training now again, instead of the chosen one"),
     ]
 
     def compose(self) -> ComposeResult:
         yield Header()
         with Vertical(id="runs-body"):
             yield DataTable(id="runs-table", cursor_type="row", zebra_stripes=True)
-            yield RunDetail(id="run-detail")
+            with Horizontal(id="run-area"):
+                yield CellList(id="cells")
+                yield RunDetail(id="run-detail")
         yield Footer()
 
     def on_mount(self) -> None:
         self.watcher = RunWatcher(self.app.runs_root)
         self.views: dict[str, RunView] = {}
         self._refreshing: Worker | None = None
+        self._unshown = False  # a refresh's views not shown yet: the next refresh waits (no index read while drawn)
         self._shown: dict[str, tuple] = {}  # the cells shown per run: only changed cells are updated
         table = self.query_one("#runs-table", DataTable)
         for column in COLUMNS:
@@ -75,8 +90,10 @@ class RunsScreen(ReportWorkerErrors, Screen):
 
     def refresh_runs(self) -> None:
         """The timer's tick: read the run directories in a worker, unless the last read is still going."""
-        if self._refreshing is not None and not self._refreshing.is_finished:
+        worker = self._refreshing
+        if worker is not None and (not worker.is_finished or (self._unshown and worker.state is WorkerState.SUCCESS)):
             return
+        self._unshown = True
         selected = self.selected
         self._refreshing = self.read_runs(selected.id if selected else None)
 
@@ -85,6 +102,7 @@ class RunsScreen(ReportWorkerErrors, Screen):
         deliver(self, RunsRefreshed(self.watcher.refresh(detail)))
 
     def on_runs_refreshed(self, message: RunsRefreshed) -> None:
+        self._unshown = False
         self.show_runs(message.views)
 
     def show_runs(self, views: list[RunView]) -> None:
@@ -105,8 +123,16 @@ class RunsScreen(ReportWorkerErrors, Screen):
         for gone in keys - self.views.keys():
             table.remove_row(gone)
             self._shown.pop(gone, None)
+        self.show_detail()
+
+    def show_detail(self) -> None:
+        view = self.selected
+        cells = self.query_one(CellList)
         detail = self.query_one(RunDetail)
-        detail.run = self.selected
+        cells.show(view)
+        if detail.run is not view:
+            detail.cell = None
+        detail.run = view
         detail.sync()
 
     @staticmethod
@@ -121,10 +147,33 @@ class RunsScreen(ReportWorkerErrors, Screen):
                 format_duration(elapsed) if elapsed is not None else "-")
 
     def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
+        if event.data_table.id == "cell-table":
+            if event.data_table.has_focus:  # the user chose it (not a row added under the cursor)
+                self.query_one(RunDetail).cell = self.query_one(CellList).highlighted
+            return
+        if event.data_table.id != "runs-table":
+            return
         view = self.selected
-        self.query_one(RunDetail).run = view
-        if view is not None and not view.log:
-            self.refresh_runs()  # its log tail is read with the next refresh: ask for it now
+        self.show_detail()
+        if view is not None and not view.index.events and not view.log:
+            self.refresh_runs()  # its metrics and log are read with the next refresh: ask for them now
+
+    def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
+        if event.data_table.id == "cell-table":
+            self.query_one(RunDetail).cell = self.query_one(CellList).highlighted
+
+    # ---- the plot -----------------------------------------------------------------
+
+    def action_next_view(self) -> None:
+        detail = self.query_one(RunDetail)
+        detail.view = VIEWS[(VIEWS.index(detail.view) + 1) % len(VIEWS)]
+        self.notify(f"plot: {detail.view}", timeout=2)
+
+    def action_filter_cells(self) -> None:
+        self.query_one("#cell-filter", Input).focus()
+
+    def action_latest_cell(self) -> None:
+        self.query_one(RunDetail).cell = None
 
     # ---- actions ------------------------------------------------------------------
 

@@ -1,0 +1,124 @@
+"""The selected run's grid cells as a filterable table: method, task, seed, lr, state, dev, test.
+
+The rows are the run's grid (from its config, in grid order) plus any cell its metrics
+name that the grid lacks. `show(view)` updates only the rows whose cell logged since the
+last call (each cell carries the index's revision of its last event), so a run with
+1,400 cells costs a comparison per row per refresh, not a redraw of the table. The
+filter (every word must appear in the row) rebuilds the table once per edit.
+"""
+
+from __future__ import annotations
+
+from textual.app import ComposeResult
+from textual.containers import Vertical
+from textual.widgets import DataTable, Input
+
+from engine.methods import label
+from mpt_tui.events_index import CellEvents
+from mpt_tui.watch import RunView
+
+COLUMNS = ("method", "task", "seed", "lr", "state", "dev", "test")
+
+
+def parse_cell_id(cell_id: str) -> tuple[str, str, str, str]:
+    """'maml__task__s13__lr0.3' -> ('maml', 'task', '13', '0.3'); anything else: the id as the task."""
+    parts = cell_id.split("__")
+    if len(parts) == 4 and parts[2].startswith("s") and parts[3].startswith("lr"):
+        return parts[0], parts[1], parts[2][1:], parts[3][2:]
+    return "?", cell_id, "", ""
+
+
+def _score(value) -> str:
+    return f"{100 * value:.1f}" if isinstance(value, (int, float)) and value == value else "-"
+
+
+def cell_row(cell_id: str, events: CellEvents | None, live: bool) -> tuple[str, ...]:
+    method, task, seed, lr = parse_cell_id(cell_id)
+    if events is None:
+        state, dev, test = "pending", "-", "-"
+    elif events.done is not None:
+        state, dev, test = "done", _score(events.done.get("dev")), _score(events.done.get("test"))
+    else:
+        state, dev, test = ("training" if live else "stopped"), _score(events.last_dev()), "-"
+    return label(method) if method != "?" else method, task, seed, lr, state, dev, test
+
+
+class CellList(Vertical):
+    """A filter box over the cell table; the screen reads the highlighted cell from `DataTable.RowHighlighted`."""
+
+    def __init__(self, *, id: str | None = None) -> None:
+        super().__init__(id=id)
+        self.run_id: str | None = None
+        self.shown: dict[str, tuple[int, tuple]] = {}  # cell id -> (rev drawn, row drawn)
+        self.order: list[str] = []
+        self.view: RunView | None = None
+
+    def compose(self) -> ComposeResult:
+        yield Input(placeholder="/ filter cells: method task seed state", id="cell-filter", compact=True)
+        yield DataTable(id="cell-table", cursor_type="row", zebra_stripes=True)
+
+    def on_mount(self) -> None:
+        table = self.query_one("#cell-table", DataTable)
+        for column in COLUMNS:
+            table.add_column(column, key=column)
+
+    @property
+    def table(self) -> DataTable:
+        return self.query_one("#cell-table", DataTable)
+
+    @property
+    def highlighted(self) -> str | None:
+        table = self.table
+        if not table.row_count:
+            return None
+        return table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value
+
+    def _matches(self, row: tuple) -> bool:
+        words = self.query_one("#cell-filter", Input).value.lower().split()
+        text = " ".join(row).lower()
+        return all(w in text for w in words)
+
+    def show(self, view: RunView | None, rebuild: bool = False) -> None:
+        """Rows for `view`'s cells: rebuilt for another run or a new filter, else only the changed ones updated."""
+        table = self.table
+        self.view = view
+        if view is None:
+            if self.run_id is not None:
+                table.clear()
+                self.shown, self.order, self.run_id = {}, [], None
+            return
+        index, live = view.index, view.is_active()
+        cells = dict.fromkeys([c.id for c in view.grid] + list(index.cells))
+        if rebuild or view.id != self.run_id or len(cells) != len(self.order):
+            self.run_id, self.order, self.shown = view.id, list(cells), {}
+            cursor = self.highlighted
+            table.clear()
+            for cell_id in self.order:
+                events = index.cells.get(cell_id)
+                row = cell_row(cell_id, events, live)
+                self.shown[cell_id] = (events.rev if events else -1, row)
+                if self._matches(row):
+                    table.add_row(*row, key=cell_id)
+            if cursor is not None and cursor in table.rows:
+                table.move_cursor(row=table.get_row_index(cursor))
+            return
+        for cell_id, (rev, row) in self.shown.items():
+            events = index.cells.get(cell_id)
+            new_rev = events.rev if events else -1
+            if new_rev == rev and (row[4] != "training" or live):
+                continue
+            new_row = cell_row(cell_id, events, live)
+            self.shown[cell_id] = (new_rev, new_row)
+            if cell_id in table.rows:
+                for column, old, value in zip(COLUMNS, row, new_row):
+                    if old != value:
+                        table.update_cell(cell_id, column, value)
+            elif self._matches(new_row):
+                table.add_row(*new_row, key=cell_id)  # now matches the filter ("training", "done"): at the end
+
+    def on_input_changed(self, event: Input.Changed) -> None:
+        event.stop()
+        self.show(self.view, rebuild=True)
+
+    def row_count(self) -> int:
+        return self.table.row_count
