@@ -10,11 +10,13 @@ the whole batch, or a bank `[J, n, d]` with `owner[b]` naming the row each examp
 from __future__ import annotations
 
 import contextlib
+import inspect
 import warnings
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from transformers.modeling_outputs import BaseModelOutput
 
 from engine import kernels
 
@@ -77,7 +79,10 @@ class Backbone:
         self.eos_id = tokenizer.eos_token_id
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_id
         self._token_cache: dict[tuple[str, str], list[int]] = {}
-        self.kernels = kernels.install(self.model)  # fused attention bias, RMSNorm and GELU (engine/kernels.py)
+        self.kernels = kernels.install(self.model)
+        # a key/value cache goes in as `cache` (transformers 5.x) or `past_key_values` (before)
+        self._cache_kwarg = "cache" if "cache" in inspect.signature(self.model.forward).parameters \
+            else "past_key_values"  # fused attention bias, RMSNorm and GELU (engine/kernels.py)
         if compile:  # dynamic: batch widths change from pass to pass
             self.model.forward = torch.compile(self.model.forward, dynamic=True)
 
@@ -227,34 +232,78 @@ class Backbone:
 
     @torch.no_grad()
     def rank_options(self, prompt: torch.Tensor, inputs: list[str], options: list[list[str]],
-                     placement: str = "before", batch_rows: int = 64,
-                     length_normalise: bool = True, owner: torch.Tensor | None = None) -> list[int]:
-        """Rank classification: index of the most likely option for each input.
+                     placement: str = "before", batch_rows: int = 64, length_normalise: bool = True,
+                     owner: torch.Tensor | None = None, shared_prefix: bool = True) -> list[int]:
+        """Rank classification: index of the most likely option for each input (see `option_scores`)."""
+        scores = self.option_scores(prompt, inputs, options, placement, batch_rows, length_normalise, owner,
+                                    shared_prefix)
+        return [max(range(len(s)), key=s.__getitem__) for s in scores]
 
-        All (input, option) pairs are scored by likelihood in batched passes;
-        no text is generated and no string is matched. With a prompt bank, `owner[i]`
-        names input i's row, so the examples of many jobs share each pass.
+    @torch.no_grad()
+    def option_scores(self, prompt: torch.Tensor, inputs: list[str], options: list[list[str]],
+                      placement: str = "before", batch_rows: int = 64, length_normalise: bool = True,
+                      owner: torch.Tensor | None = None, shared_prefix: bool = True) -> list[list[float]]:
+        """Each option's log-likelihood given its prompted input (per target token with `length_normalise`).
+
+        No text is generated and no string is matched. With `shared_prefix` the prompted input runs
+        once and every option is scored from it (decoder-only: from its key/value cache; encoder-decoder:
+        from its encoding, only the decoder runs per option), instead of one whole pass per option.
+        With a prompt bank, `owner[i]` names input i's row, so many jobs' examples share each pass.
         """
-        flat_in, flat_out, flat_owner = [], [], []
-        for i, (text, opts) in enumerate(zip(inputs, options)):
-            for opt in opts:
-                flat_in.append(text)
-                flat_out.append(opt)
-                flat_owner.append(int(owner[i]) if owner is not None else 0)
-        scores = []
-        for s in range(0, len(flat_in), batch_rows):
-            rows = torch.tensor(flat_owner[s:s + batch_rows]) if owner is not None else None
-            totals = self.token_totals(prompt, flat_in[s:s + batch_rows], flat_out[s:s + batch_rows], placement,
-                                       owner=rows)
-            per = totals.per_example_mean() if length_normalise else totals.nll
-            scores.extend((-per).tolist())
-        best: list[int] = []
-        pos = 0
-        for opts in options:
-            chunk = scores[pos:pos + len(opts)]
-            best.append(max(range(len(opts)), key=chunk.__getitem__))
-            pos += len(opts)
-        return best
+        per_input: list[list[float]] = []
+        for chunk in _chunks_of_rows([len(o) for o in options], batch_rows):
+            ins, opts = [inputs[i] for i in chunk], [options[i] for i in chunk]
+            rows = owner[chunk] if owner is not None else None
+            if shared_prefix:
+                totals = self._shared_prefix_totals(prompt, ins, opts, placement, rows)
+            else:
+                flat_owner = rows.repeat_interleave(torch.tensor([len(o) for o in opts])) if rows is not None else None
+                totals = self.token_totals(prompt, [t for t, o in zip(ins, opts) for _ in o],
+                                           [x for o in opts for x in o], placement, owner=flat_owner)
+            flat = (-(totals.per_example_mean() if length_normalise else totals.nll)).tolist()
+            for o in opts:
+                per_input.append(flat[:len(o)])
+                flat = flat[len(o):]
+        return per_input
+
+    def _shared_prefix_totals(self, prompt, inputs: list[str], options: list[list[str]], placement: str,
+                              owner: torch.Tensor | None) -> TokenTotals:
+        """`token_totals` of every (input, option) pair, the prompted inputs computed once."""
+        prefixes = [self._prompted_input(self._ids(t, "input"), placement) for t in inputs]
+        row_of = torch.tensor([b for b, opts in enumerate(options) for _ in opts], device=self.device)
+        out_ids = [self._ids(o, "target") for opts in options for o in opts]
+        width = max(len(o) for o in out_ids)
+        labels = torch.full((len(out_ids), width), -100, dtype=torch.long)  # right-padded targets
+        for r, o in enumerate(out_ids):
+            labels[r, :len(o)] = torch.tensor(o)
+        labels = labels.to(self.device)
+        with self.autocast():
+            if self.is_encoder_decoder:
+                embeds, mask = self._embed_rows(prompt, owner, prefixes)
+                encoded = self.model.get_encoder()(inputs_embeds=embeds, attention_mask=mask).last_hidden_state
+                decoder_ids = self.model.prepare_decoder_input_ids_from_labels(labels=labels)
+                logits = self.model(encoder_outputs=BaseModelOutput(last_hidden_state=encoded[row_of]),
+                                    attention_mask=mask[row_of], decoder_input_ids=decoder_ids).logits
+            else:
+                embeds, mask = self._embed_rows(prompt, owner, prefixes, left_pad=True)
+                lengths = mask.sum(dim=1)
+                out = self.model(inputs_embeds=embeds, attention_mask=mask, use_cache=True,
+                                 position_ids=(mask.cumsum(dim=1) - 1).clamp(min=0), logits_to_keep=1)
+                first = out.logits[:, -1:][row_of]  # predicts each option's first token
+                if width > 1:  # the options' other tokens continue from the prefix's cache
+                    cache = getattr(out, "cache", None) or out.past_key_values  # transformers 5.x names it cache
+                    cache.reorder_cache(row_of)  # one cache row per (input, option)
+                    feed = labels[:, :-1].clamp(min=0)
+                    cont_mask = (labels[:, :-1] >= 0).long()
+                    positions = lengths[row_of, None] + torch.arange(width - 1, device=self.device)
+                    rest = self.model(input_ids=feed, attention_mask=torch.cat([mask[row_of], cont_mask], dim=1),
+                                      position_ids=positions, use_cache=True, **{self._cache_kwarg: cache}).logits
+                    logits = torch.cat([first, rest], dim=1)
+                else:
+                    logits = first
+            token_nll = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=-100,
+                                        reduction="none").view(labels.shape)
+        return TokenTotals(nll=token_nll.sum(dim=1), tokens=(labels >= 0).sum(dim=1))
 
     @torch.no_grad()
     def generate(self, prompt: torch.Tensor, inputs: list[str], placement: str = "before",
@@ -282,3 +331,14 @@ class Backbone:
             results.extend(t.strip() for t in self.tokenizer.batch_decode(out, skip_special_tokens=True))
         return results
 
+
+def _chunks_of_rows(rows_per_input: list[int], batch_rows: int) -> list[list[int]]:
+    """Consecutive input indices grouped so that a group's rows (its options) stay within `batch_rows`."""
+    chunks, current, used = [], [], 0
+    for i, rows in enumerate(rows_per_input):
+        if current and used + rows > batch_rows:
+            chunks.append(current)
+            current, used = [], 0
+        current.append(i)
+        used += rows
+    return chunks + ([current] if current else [])

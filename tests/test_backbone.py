@@ -8,6 +8,7 @@ Expected values are never hard-coded: they come from an independent computation
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 from pathlib import Path
@@ -15,11 +16,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import assert_weights_unchanged, snapshot_weights
-
-from engine.backbone import Backbone, TokenTotals
+from engine.backbone import PLACEMENTS, Backbone, TokenTotals
 from engine.data import TaskData
 from engine.tuning import TuningConfig, prompt_tune
+
+from conftest import assert_weights_unchanged, snapshot_weights
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("MPT_TUI_SHARED_DATA", REPO.parent / "shared" / "data"))  # as conftest
@@ -281,6 +282,42 @@ def test_rank_options_picks_lowest_nll_option(tiny_model, examples):
     assert backbone.rank_options(prompt, inputs, options, batch_rows=3, length_normalise=False) == by_total
     # batching does not change the picks
     assert backbone.rank_options(prompt, inputs, options, batch_rows=64) == by_mean
+
+
+@contextlib.contextmanager
+def _counting_embedded_tokens(backbone, counts: list):
+    """Appends the number of token positions each pass embeds (the model's input embedding layer)."""
+    handle = backbone.embeddings.register_forward_hook(lambda module, args, out: counts.append(args[0].numel()))
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+@pytest.mark.parametrize("placement", PLACEMENTS)
+def test_shared_prefix_scores_equal_one_pass_per_option(tiny_model, examples, placement):
+    """Scoring every option from one pass over the prompted input (decoder-only: its key/value cache;
+    encoder-decoder: its encoding) gives each option the score of a whole pass of its own, with one prompt
+    and with a bank, options of many lengths (an empty one too), and inputs split over several passes."""
+    backbone = _load(tiny_model)
+    inputs = [e.input for e in examples]
+    options = [list(e.options) + extra for e, extra in
+               zip(examples, [["a much longer answer than the others"], [""], [], ["x y"], ["neutral"]])]
+    assert len({len(o) for o in options}) > 1
+    for prompt, owner in [(_prompt(backbone, seed=4), None),
+                          (torch.stack([_prompt(backbone, seed=s) for s in (5, 6)]),
+                           torch.tensor([i % 2 for i in range(len(inputs))]))]:
+        for rows in (3, 64):
+            full_work, shared_work = [], []
+            with _counting_embedded_tokens(backbone, full_work):
+                full = backbone.option_scores(prompt, inputs, options, placement, batch_rows=rows, owner=owner,
+                                              shared_prefix=False)
+            with _counting_embedded_tokens(backbone, shared_work):
+                shared = backbone.option_scores(prompt, inputs, options, placement, batch_rows=rows, owner=owner)
+            assert [len(s) for s in shared] == [len(o) for o in options]
+            assert sum(shared_work) < sum(full_work) / 2  # the inputs really ran once, not once per option
+            torch.testing.assert_close(torch.tensor([x for s in shared for x in s]),
+                                       torch.tensor([x for s in full for x in s]), rtol=1e-5, atol=1e-5)
 
 
 # ---------------------------------------------------------------- generation
