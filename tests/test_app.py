@@ -86,7 +86,8 @@ async def test_results_table_numbers_equal_the_index(store):
         assert len(table.columns) == 1 + 2
         for task in TARGETS:
             shown = _cell_texts(table, task)
-            assert shown[1:] == [score_text(report.score(task, c)) for c in report.columns]
+            best = report.best_column(task)
+            assert shown[1:] == [score_text(report.score(task, c)) + (" ▲" if c == best else "") for c in report.columns]
         # the paired comparison with PT over all targets, split by split
         assert _cell_texts(table, "__delta__")[1:] == [delta_text(report.paired(c)) for c in report.columns]
         assert _cell_texts(table, "__p__")[1:] == ["-", p_text(report.paired(report.columns[1]))]
@@ -177,15 +178,20 @@ async def test_launch_watch_cancel_and_resume_from_the_app(tmp_path, tiny_llama)
         await pilot.press("3")
         await pilot.pause()
         screen = app.screen
+        await settle(pilot)
         screen.query_one("#model").value = str(tiny_llama)
         screen.query_one("#setting").value = ""
-        screen.query_one("#sources").value = ", ".join(SMALL_SOURCES)
-        screen.query_one("#targets").value = ", ".join(TARGETS)
-        screen.query_one("#seeds").value = ", ".join(map(str, SMALL_SEEDS))
+        screen.set_tasks("sources", SMALL_SOURCES)
+        screen.set_tasks("targets", TARGETS)
+        await settle(pilot)
+        for box in screen.query(".seed"):
+            box.value = int(box.name.removeprefix("seed-")) in SMALL_SEEDS
         screen.query_one("#length").value = "4"
         screen.query_one("#steps").value = "300"
         screen.query_one("#up_steps").value = "3"
-        screen.query_one("#methods").deselect_all()
+        for box in screen.query("#methods Checkbox"):
+            box.value = False
+        await settle(pilot)
         await pilot.press("ctrl+s")
         await settle(pilot)
         (run,) = list_runs(root)
@@ -243,7 +249,7 @@ def test_the_app_never_imports_torch():
     assert proc.returncode == 0, proc.stderr
 
 
-async def test_launch_form_builds_task_lists_with_type_to_filter(tmp_path):
+async def test_launch_pickers_show_each_tasks_type_splits_and_test_file_and_drive_the_plan_line(tmp_path):
     root = tmp_path / "runs"
     root.mkdir()
     app = MptApp(root, data_dir=str(DEMO_DATA))
@@ -251,18 +257,44 @@ async def test_launch_form_builds_task_lists_with_type_to_filter(tmp_path):
         await pilot.press("3")
         await settle(pilot)
         screen = app.screen
-        screen.query_one("#targets").value = ""
+        plan = screen.query_one("#plan-line")
+        # the demo preset: its setting's 4 sources and 3 targets, 2 splits, PT + 4 methods
+        await within(pilot, 10, lambda: "30 grid cells" in str(plan.render()), "the preset's plan")
+        assert "4 sources · 3 targets · 2 splits · 5 methods" in str(plan.render())
         screen.query_one("#task-filter").value = "sentiment"
-        await settle(pilot)
-        listing = screen.query_one("#task-list")
-        shown = [listing.get_option_at_index(i).value for i in range(listing.option_count)]
-        assert shown == ["demo-movie_sentiment", "demo-product_sentiment"]
-        listing.toggle(shown[0])
         await pilot.pause()
-        assert screen.query_one("#targets").value == shown[0]
-        listing.toggle(shown[1])
+        targets = screen.query_one("#targets-list")
+        shown = [targets.get_option_at_index(i) for i in range(targets.option_count)]
+        assert [o.value for o in shown] == ["demo-movie_sentiment", "demo-product_sentiment"]
+        line = str(shown[0].prompt)
+        assert "class" in line and " 3 " in line and "test" in line  # type, 3 splits, a test file
+        # "clear", then pick one target by toggling it: the plan line follows (PT + 4 methods x 1 x 2 splits)
+        await pilot.click("#targets-clear")
         await pilot.pause()
-        assert screen.query_one("#targets").value == f"{shown[0]}, {shown[1]}"
+        assert screen.chosen["targets"] == [] and "no target task chosen" in str(screen.query_one("#form-issues").render())
+        targets.toggle("demo-product_sentiment")
+        await pilot.pause()
+        assert screen.chosen["targets"] == ["demo-product_sentiment"]
+        await within(pilot, 10, lambda: "10 grid cells" in str(plan.render()), "the plan of one target")
+        assert "4 sources · 1 targets · 2 splits" in str(plan.render())
+        # a target that is also a source is flagged at once, before any start
+        screen.query_one("#sources-list").toggle("demo-product_sentiment")
+        await pilot.pause()
+        assert "both source and target: demo-product_sentiment" in str(screen.query_one("#form-issues").render())
+        # unchecking an algorithm and a split changes the plan
+        screen.query_one("#method-maml").value = False
+        next(b for b in screen.query(".seed") if b.name == "seed-2").value = False
+        await within(pilot, 10, lambda: "1 splits · 4 methods" in str(plan.render()), "fewer methods and splits")
+        assert "4 grid cells" in str(plan.render())
+        # "all classification" for the targets: every demo task has a test file, none of the sources is taken
+        await pilot.click("#targets-class")
+        await pilot.pause()
+        assert screen.chosen["targets"] == ["demo-emotion", "demo-formality"]  # product_sentiment is a source now
+        # "setting's tasks" puts both lists back
+        await pilot.press("ctrl+g")
+        await pilot.pause()
+        assert screen.chosen["targets"] == ["demo-product_sentiment", "demo-emotion", "demo-formality"]
+        assert not any(o.startswith(("data.targets", "data.sources")) for o in screen.overrides())  # the setting's own
 
 
 # ---- hand-written finished runs (no training): fixed scores ---------------------------------
@@ -429,12 +461,13 @@ async def test_launch_form_saves_a_checked_preset(tmp_path, monkeypatch):
         await pilot.pause()
         assert "downstream.steps" in str(screen.query_one("#form-error").render()) and not target.exists()
         screen.query_one("#steps").value = "7"
-        screen.query_one("#seeds").value = "5, 6"
+        next(b for b in screen.query(".seed") if b.name == "seed-1").value = False
+        await pilot.pause()
         await pilot.press("ctrl+w")
         await pilot.pause()
         assert str(screen.query_one("#form-error").render()) == ""
     preset, _ = load_preset(str(target))  # it runs from anywhere: the demo data's path was made absolute
-    assert preset.name == "mine" and preset.downstream.steps == 7 and preset.data.seeds == [5, 6]
+    assert preset.name == "mine" and preset.downstream.steps == 7 and preset.data.seeds == [2]
     assert preset.upstream.methods == ["mtl", "maml", "fomaml", "reptile"]
 
 
@@ -453,3 +486,178 @@ async def test_the_command_palette_exports_each_format(store):
         splits, tasks = app.screen.last_export
         assert (splits.suffix, tasks.suffix) == (".tex", ".tex")
         assert "\\begin{tabular}" in tasks.read_text() and "\\toprule" in tasks.read_text()
+
+
+# ---- the per-cell event index, the Runs screen's cells and plots, Results' chart, Analysis ---------
+
+def _live_run(root, run_id: str = "20260101-000000-live", cluster: dict | None = None) -> Run:
+    """A running run (this process as its worker) with PT and MAML cells on two targets, one lr, two splits."""
+    run = Run(root / run_id)
+    run.path.mkdir(parents=True)
+    write_json_atomic(run.config_path, {
+        "preset": {"name": "live", "model": {"name": "tiny"}, "downstream": {"learning_rates": [0.3, 0.1]}},
+        "plan": {"setting": "", "targets": ["t1", "t2"], "seeds": [1, 2], "methods": ["pt", "maml"]}})
+    for step in range(1, 6):
+        run.log_upstream_loss("maml", step, 2.0 / step)
+    for method, dev in (("pt", 0.4), ("maml", 0.6)):
+        cell = f"{method}__t1__s1__lr0.3"
+        for step in range(1, 5):
+            run.log_cell_loss(cell, step, 1.0 / step)
+            run.log_cell_dev(cell, step, dev + 0.01 * step)
+        run.log_cell_done(cell, dev + 0.04, dev)
+    status = {"state": "running", "run_id": run_id, "pid": os.getpid(), "heartbeat": time.time(), "started": time.time(),
+              "progress": 0.25, "stage": "downstream", "total_cells": 16}
+    if cluster:
+        status["cluster"] = cluster
+    write_json_atomic(run.status_path, status)
+    return run
+
+
+def test_the_event_index_reads_incrementally_and_agrees_with_the_engines_readers(tmp_path):
+    from engine.runs import cell_curves, finished_cells, last_cell, upstream_curves
+    from mpt_tui.events_index import EventIndex
+
+    run = _live_run(tmp_path)
+    index = EventIndex(run.metrics_path)
+    assert index.read() == len(run.events())
+    with run.metrics_path.open("ab") as f:  # a writer mid-line: the torn line waits for its end
+        f.write(b'{"stage": "downstream", "cell": "pt__t2__s1__lr0.3", "step": 1, "lo')
+    assert index.read() == 0 and "pt__t2__s1__lr0.3" not in index.cells
+    with run.metrics_path.open("ab") as f:
+        f.write(b'ss": 0.9}\n')
+    run.log_cell_loss("pt__t1__s1__lr0.3", 2, 0.25)  # a step logged again (a resume): the later event wins
+    assert index.read() == 2
+    events = run.events()
+    for cell in {e["cell"] for e in events if e.get("cell")}:
+        assert index.cell_curves(cell) == cell_curves(events, cell)
+    assert index.upstream_curves() == upstream_curves(events)
+    assert index.last_cell == last_cell(events) and index.finished == finished_cells(events)
+    # the file replaced by a shorter one: read again from the start
+    run.metrics_path.write_text('{"stage": "upstream", "method": "mtl", "step": 1, "loss": 1.0}\n')
+    assert index.read() == 1 and index.restarts == 1
+    assert index.upstream_curves() == {"mtl": ([1], [1.0])} and not index.cells
+
+
+async def test_choosing_a_cell_plots_its_curves_and_compare_and_upstream_views(tmp_path):
+    from mpt_tui.widgets import CellList, RunDetail
+
+    root = tmp_path / "runs"
+    cluster = {"backend": "ray", "address": "10.0.0.1:6379", "gpus_total": 2.0, "gpus_in_use": 1.0,
+               "workers": [{"id": "w0", "node": "gpu-node-1", "device": "cuda:0", "pid": 4242,
+                            "unit": "group 3/12 (8 cells)"}]}
+    run = _live_run(root, cluster=cluster)
+    app = MptApp(root, refresh_hz=10)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await settle(pilot)
+        screen = app.screen
+        cells, detail = screen.query_one(CellList), screen.query_one(RunDetail)
+        await within(pilot, 5, lambda: cells.row_count() == 16, "the grid's 16 cells listed")
+        table = cells.table
+        assert _cell_texts(table, "maml__t1__s1__lr0.3") == ["MAML", "t1", "1", "0.3", "done", "64.0", "60.0"]
+        assert _cell_texts(table, "pt__t2__s2__lr0.1")[4] == "pending"
+        # no cell chosen: the last one that logged is plotted
+        assert detail.plot_title.startswith("maml__t1__s1__lr0.3")
+        # choose PT's cell (arrows onto it, or enter): its train loss and dev score are plotted
+        table.focus()
+        await pilot.press("down", "up")
+        assert cells.highlighted == "pt__t1__s1__lr0.3"
+        await within(pilot, 2, lambda: detail.plot_title.startswith("pt__t1__s1__lr0.3"), "the chosen cell plotted")
+        events = run.events()
+        from engine.runs import cell_curves
+
+        loss, dev = cell_curves(events, "pt__t1__s1__lr0.3")
+        assert detail.plotted == {"train loss": loss, "dev score": dev}
+        # v: the methods compared on t1, split 1 (each at the lr it selects); v again: the upstream losses
+        await pilot.press("v")
+        await pilot.pause()
+        assert detail.plot_title == "t1 split 1: dev per method"
+        assert set(detail.plotted) == {"PT lr 0.3", "MAML lr 0.3"}
+        assert detail.plotted["MAML lr 0.3"] == cell_curves(events, "maml__t1__s1__lr0.3")[1]
+        await pilot.press("v")
+        await pilot.pause()
+        assert detail.plot_title.startswith("upstream") and detail.plotted == {"MAML": ([1, 2, 3, 4, 5],
+                                                                                        [2.0, 1.0, 2 / 3, 0.5, 0.4])}
+        # the Ray workers of the run
+        scores = str(screen.query_one("#run-scores").render())
+        assert "ray" in scores and "10.0.0.1:6379" in scores and "GPUs 1.0/2.0" in scores
+        assert "w0 gpu-node-1 cuda:0 pid 4242: group 3/12 (8 cells)" in scores
+        # the filter: only the done cells
+        screen.query_one("#cell-filter").value = "done"
+        await pilot.pause()
+        assert sorted(k.value for k in table.rows) == ["maml__t1__s1__lr0.3", "pt__t1__s1__lr0.3"]
+        # live: a cell that starts logging shows up as training at the next refresh
+        screen.query_one("#cell-filter").value = ""
+        run.log_cell_loss("pt__t2__s1__lr0.3", 1, 0.7)
+        await within(pilot, 3, lambda: "pt__t2__s1__lr0.3" in table.rows
+                     and _cell_texts(table, "pt__t2__s1__lr0.3")[4] == "training", "live update")
+
+
+async def test_results_mark_the_best_method_and_chart_mean_and_std(tmp_path):
+    from mpt_tui.widgets import BarChart
+
+    root = tmp_path / "runs"
+    _write_finished_run(root, "20260101-000000-a", {"pt": {"t1": 0.3, "t2": 0.7}, "mtl": {"t1": 0.5, "t2": 0.6}})
+    RunIndex(root).rebuild()
+    app = MptApp(root)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await pilot.press("2")
+        await settle(pilot)
+        screen = app.screen
+        table = screen.query_one("#comparison")
+        # the best per task: bold and ▲ (the marker is text: it survives a monochrome terminal)
+        assert _cell_texts(table, "t1")[1:] == ["30.0 ± 0.0", "50.0 ± 0.0 ▲"]
+        assert _cell_texts(table, "t2")[1:] == ["70.0 ± 0.0 ▲", "60.0 ± 0.0"]
+        assert "bold" in str(table.get_cell("t2", "20260101-000000-a/pt").style)
+        chart = screen.query_one(BarChart)
+        assert chart.rows == [("PT", 30.0, 0.0), ("MTL", 50.0, 0.0)]  # the first task is under the cursor
+        text = str(chart.render())
+        assert "50.0 ±  0.0 ▲" in text and "█" in text
+        table.focus()
+        table.move_cursor(row=table.get_row_index("__mean__"))
+        await pilot.pause()
+        assert [(name, round(mean, 6)) for name, mean, _ in chart.rows] == [("PT", 50.0), ("MTL", 55.0)]
+        assert chart.chart_title.startswith("all targets")
+
+
+ANALYSIS = {"version": 1, "sources": ["s-a", "s-b", "s-c"], "targets": ["t1", "t2"],
+            "kinds": {"prompt": {"matrix": [[0.9, 0.2, 0.1], [0.3, 0.8, 0.4]],
+                                 "nearest": {"t1": [["s-a", 0.9], ["s-b", 0.2]], "t2": [["s-b", 0.8], ["s-c", 0.4]]}},
+                      "text": {"matrix": [[0.5, 0.6, 0.7], [0.7, 0.6, 0.5]],
+                               "nearest": {"t1": [["s-c", 0.7]], "t2": [["s-a", 0.7]]}}},
+            "correlations": [{"similarity": "prompt", "method": "maml", "aggregate": "max", "level": "task", "n": 2,
+                              "rho": 1.0, "p": 0.5}],
+            "gains": {"maml": {"t1": 0.1, "t2": 0.05}}, "note": "two targets: a correlation means little"}
+
+
+async def test_analysis_screen_shows_the_matrix_nearest_sources_and_correlations(tmp_path):
+    import json
+
+    root = tmp_path / "runs"
+    _write_finished_run(root, "20260101-000000-a", {"pt": {"t1": 0.3}, "mtl": {"t1": 0.5}})
+    _write_finished_run(root, "20260102-000000-b", {"pt": {"t1": 0.3}, "mtl": {"t1": 0.5}})
+    (root / "20260101-000000-a" / "analysis.json").write_text(json.dumps(ANALYSIS))
+    app = MptApp(root)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await pilot.press("4")
+        await settle(pilot)
+        screen = app.screen
+        assert screen.run_id == "20260101-000000-a"  # the newest run with an analysis
+        heat = str(screen.query_one("#heatmap").render())
+        assert "t1" in heat and "0.90" in heat and "0.80" in heat and "s1 s-a" in heat
+        nearest = str(screen.query_one("#nearest").render())
+        assert "t1: s-a (0.90), s-b (0.20)" in nearest and "t2: s-b (0.80), s-c (0.40)" in nearest
+        table = screen.query_one("#correlations")
+        assert [str(c) for c in table.get_row_at(0)] == ["prompt", "MAML", "max", "task", "2", "1.00", "0.500"]
+        assert "means little" in str(screen.query_one("#analysis-note").render())
+        await pilot.press("k")  # the text embeddings
+        await pilot.pause()
+        assert "0.70" in str(screen.query_one("#heatmap").render()) and "t1: s-c (0.70)" in \
+            str(screen.query_one("#nearest").render())
+        # a run without analysis.json says how to compute it
+        runs = screen.query_one("#analysis-runs")
+        runs.focus()
+        runs.move_cursor(row=runs.get_row_index("20260102-000000-b"))
+        await pilot.press("enter")
+        await settle(pilot)
+        title = str(screen.query_one("#analysis-title").render())
+        assert "mpt-tui analyse 20260102-000000-b" in title and 'similarity = ["prompt", "text"]' in title
