@@ -10,9 +10,14 @@ and run by any process that can read the paths it names:
 
 An `Executor` holds the loaded backbone and runs units; it reports through
 `UnitEvents` (per-step losses, dev scores, log lines, the stop flag) and returns
-records. `run_grid` is the order of a whole run: the upstream units, then the
-cell groups (stored in groups.json), each finished cell stored in the run
-directory as soon as its group ends; then the paper's selection and aggregation.
+records. `run_grid` is the order of a whole run, written down as a `Schedule`:
+the upstream units, then the cell groups (stored in groups.json), each group
+waiting only for the initialisations its cells start from (PT groups wait for
+nothing); each finished cell is stored in the run directory as soon as its group
+ends; then the paper's selection and aggregation. A backend runs a schedule: the
+`LocalBackend` one unit at a time in the schedule's order, on this process's
+device; `engine.cluster.RayBackend` on a pool of Ray actors. Either way the
+process that runs `run_grid` alone writes the run's records.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Callable, Protocol
 
 from engine import faults
 from engine.checkpoint import remove_checkpoint, resume_step, saved_step
@@ -132,8 +137,9 @@ def subsample(examples: list, limit: int, seed: int = 0) -> list:
 class Executor:
     """Runs units over one loaded backbone (loaded once per process, reused by every unit)."""
 
-    def __init__(self, backbone):
+    def __init__(self, backbone, memory_share: float = 1.0):
         self.backbone = backbone
+        self.memory_share = memory_share  # the share of its GPU this executor may use (Ray: gpus_per_worker < 1)
         self._data: dict[tuple, object] = {}
 
     def data(self, unit: Unit) -> TaskData:
@@ -250,11 +256,110 @@ class Executor:
         prompt = initial_prompt(self.backbone, length=preset.prompt.length, method="vocab", seed=0,
                                 pool=preset.prompt.vocab_pool)
         fits, probe = group_size_that_fits(self.backbone, examples, down.batch_size, prompt,
-                                           preset.prompt.placement, down.group_memory_fraction)
+                                           preset.prompt.placement, down.group_memory_fraction * self.memory_share)
         size = min(len(pending), fits)
         events.message(f"group size {size}: {probe['per_job_mib']:.0f} MiB per job + {probe['fixed_mib']:.0f} MiB "
                        f"fixed, {probe['free_mib']:.0f} MiB free")
         return size
+
+
+# ---- the schedule: a run's units in order, each with the units it waits for -----------
+
+@dataclass
+class Scheduled:
+    """One unit of a schedule. The callbacks run in the process that owns the run (records, progress)."""
+
+    name: str  # what status.json calls it while it runs: "upstream:maml", "group 3/12 (8 cells)"
+    unit: Unit
+    needs: frozenset[str] = frozenset()  # names of units that must have finished first
+    on_start: Callable[[], None] = lambda: None
+    on_done: Callable[[object], None] = lambda result: None
+    on_error: Callable[[BaseException], bool] = lambda exc: False  # true: handled (say, re-submitted split)
+    on_retry: Callable[[], None] = lambda: None  # it runs again from its checkpoints (its worker was lost)
+
+
+class Schedule:
+    """The order of a run's units, independent of where they run: a backend `take`s the first waiting unit
+    whose needs have finished and reports back with `done`, `retry` or `failed`. More units may be
+    submitted at any time, also after the grid (e.g. train-only `TrainCells` of an analysis)."""
+
+    def __init__(self):
+        self.waiting: list[Scheduled] = []
+        self.running: list[Scheduled] = []
+        self.finished: set[str] = set()
+        self._known: set[str] = set()
+
+    def submit(self, item: Scheduled, at: int | None = None) -> Scheduled:
+        unknown = item.needs - self._known
+        if unknown:
+            raise ValueError(f"unit {item.name} needs {sorted(unknown)}, which were never submitted")
+        self._known.add(item.name)
+        self.waiting.insert(len(self.waiting) if at is None else at, item)
+        return item
+
+    def take(self) -> Scheduled | None:
+        """The first waiting unit that can start now (None: none can, until a running one finishes)."""
+        for item in self.waiting:
+            if item.needs <= self.finished:
+                self.waiting.remove(item)
+                self.running.append(item)
+                item.on_start()
+                return item
+        return None
+
+    def done(self, item: Scheduled, result) -> None:
+        self.running.remove(item)
+        item.on_done(result)
+        self.finished.add(item.name)
+
+    def retry(self, item: Scheduled) -> None:
+        """Its worker was lost: it goes first again, to resume from its checkpoints."""
+        self.running.remove(item)
+        self.waiting.insert(0, item)
+        item.on_retry()
+
+    def failed(self, item: Scheduled, exc: BaseException) -> None:
+        """Its unit raised: the item's `on_error` may handle it (re-submitting work at the front); else it raises."""
+        self.running.remove(item)
+        if not item.on_error(exc):
+            raise exc
+
+    def empty(self) -> bool:
+        return not self.waiting and not self.running
+
+
+class Backend(Protocol):
+    """Where a schedule's units run."""
+
+    def run(self, schedule: Schedule, events: UnitEvents) -> None: ...  # until the schedule is empty
+    def group_size(self, preset: Preset, data, pending: list[Cell], events: UnitEvents) -> int: ...
+
+
+class LocalBackend:
+    """One unit at a time, in the schedule's order, on this process's executor (today's local runs)."""
+
+    def __init__(self, executor: Executor):
+        self.executor = executor
+
+    def run(self, schedule: Schedule, events: UnitEvents) -> None:
+        while (item := schedule.take()) is not None:
+            try:
+                result = self.executor.run(item.unit, events)
+            except Exception as exc:
+                schedule.failed(item, exc)
+                continue
+            schedule.done(item, result)
+        if not schedule.empty():
+            raise RuntimeError(f"units wait for each other: {', '.join(i.name for i in schedule.waiting)}")
+
+    def group_size(self, preset: Preset, data, pending: list[Cell], events: UnitEvents) -> int:
+        return self.executor.group_size(preset, data, pending, events)
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    import torch
+
+    return isinstance(exc, torch.cuda.OutOfMemoryError)  # a Ray task error is an instance of its cause too
 
 
 # ---- a whole run ----------------------------------------------------------------------
@@ -304,7 +409,7 @@ def methods_to_learn(run: Run, preset: Preset, plan: Plan) -> list[str]:
             and not run.upstream_prompt(m).is_file()]
 
 
-def cell_groups(run: Run, preset: Preset, executor: Executor, data, cells: list[Cell], done: dict,
+def cell_groups(run: Run, preset: Preset, backend: Backend, data, cells: list[Cell], done: dict,
                 events: UnitEvents) -> list[list[Cell]]:
     """All grid cells in the groups they train in: consecutive pending cells, `size` at a time.
 
@@ -318,7 +423,7 @@ def cell_groups(run: Run, preset: Preset, executor: Executor, data, cells: list[
     if isinstance(stored, list) and sorted(i for g in stored for i in g) == sorted(by_id):
         return [[by_id[i] for i in g] for g in stored]
     pending = [c for c in cells if c.id not in done]
-    size = executor.group_size(preset, data, pending, events) if pending else 1
+    size = backend.group_size(preset, data, pending, events) if pending else 1
     groups = [[c] for c in cells if c.id in done] + [pending[i:i + size] for i in range(0, len(pending), size)]
     save_groups(run, groups)
     return groups
@@ -356,12 +461,17 @@ def save_groups(run: Run, groups: list[list[Cell]]) -> None:
     write_json_atomic(run.groups_path, [[c.id for c in g] for g in groups])
 
 
-def run_grid(run: Run, preset: Preset, plan: Plan, executor: Executor, events: GridEvents) -> dict:
-    """Run or resume every unit of the run; store each finished cell; return (and store) the results."""
-    import torch
+def run_grid(run: Run, preset: Preset, plan: Plan, backend: Backend | Executor, events: GridEvents,
+             after_grid: Callable[[Schedule], None] | None = None) -> dict:
+    """Run or resume every unit of the run; store each finished cell; return (and store) the results.
 
-    down, up = preset.downstream, preset.upstream
-    cells = grid_cells(plan, down.learning_rates)
+    `after_grid(schedule)` may submit more units once the grid is done and its results stored; they run
+    on the same backend (workers keep their loaded backbone) and their own callbacks store what they make.
+    """
+    if isinstance(backend, Executor):
+        backend = LocalBackend(backend)
+    up = preset.upstream
+    cells = grid_cells(plan, preset.downstream.learning_rates)
     done = run.finished_cell_records([c.id for c in cells])
     to_learn = methods_to_learn(run, preset, plan)
 
@@ -376,34 +486,21 @@ def run_grid(run: Run, preset: Preset, plan: Plan, executor: Executor, events: G
                 + sum(saved_step(run.upstream_checkpoint(m)) for m in to_learn if m not in learned)
                 + sum(resume_step(run.cell_checkpoint(c.id)) for c in cells if c.id not in done))
 
+    def recount() -> None:
+        events.progress_to(steps_done())  # early-stopped jobs, steps past a checkpoint that run again
+
     events.begin(sum(method_steps.values()) + sum(steps_of_cell.values()), steps_done())
     for method in plan.methods:
         if method != PT and up.hyperparameters[method].prompt_file:
             events.message(f"upstream {method}: reusing {up.hyperparameters[method].prompt_file}")
+    groups = cell_groups(run, preset, backend, data, cells, done, events)
+    schedule = Schedule()
     for method in to_learn:
-        events.stage(f"upstream:{method}")
-        executor.run(upstream_unit(run, preset, plan, method), events)
-        events.progress_to(steps_done())
+        schedule.submit(Scheduled(f"upstream:{method}", upstream_unit(run, preset, plan, method),
+                                  on_start=lambda m=method: events.stage(f"upstream:{m}"),
+                                  on_done=lambda result: recount(), on_retry=recount))
 
-    events.stage("downstream", total_cells=len(cells), done_cells=len(done))
-    groups = cell_groups(run, preset, executor, data, cells, done, events)
-    i = 0
-    while i < len(groups):
-        group = groups[i]
-        part = [c for c in group if c.id not in done]
-        try:
-            records = executor.run(cells_unit(run, preset, plan, part), events) if part else []
-        except torch.cuda.OutOfMemoryError:
-            if len(part) == 1:
-                raise
-            # the memory probe was too optimistic: split the group, remember the split, go on
-            torch.cuda.empty_cache()
-            events.progress_to(steps_done())  # the failed attempt's steps past its checkpoints run again
-            events.message(f"out of GPU memory with {len(part)} cells in a group; splitting it in two")
-            half = (len(group) + 1) // 2
-            groups[i:i + 1] = [group[:half], group[half:]]
-            save_groups(run, groups)
-            continue
+    def store(part: list[Cell], records: list[dict]) -> None:
         for cell, record in zip(part, records):
             faults.point("grid.record")
             record["prompt"] = str(run.cell_prompt(cell.id).relative_to(run.path))
@@ -412,9 +509,46 @@ def run_grid(run: Run, preset: Preset, plan: Plan, executor: Executor, events: G
             run.log_cell_done(cell.id, record["dev"], record["test"])
             events.message(f"cell {cell.id}: dev {record['dev']:.4f} test {record['test']:.4f} ({record['metric']})")
             done[cell.id] = record
-        events.progress_to(steps_done())  # jobs that stopped early (NaN) count as done
+        recount()
         events.stage("downstream", done_cells=len(done))
-        i += 1
+
+    def group_item(group: list[Cell]) -> Scheduled | None:
+        part = [c for c in group if c.id not in done]
+        if not part:
+            return None
+        name = f"group {groups.index(group) + 1}/{len(groups)} ({len(part)} cells)"
+        needs = frozenset(f"upstream:{c.method}" for c in part if c.method in to_learn)  # PT: none
+        return Scheduled(name, cells_unit(run, preset, plan, part), needs,
+                         on_start=lambda: events.stage("downstream", total_cells=len(cells), done_cells=len(done)),
+                         on_done=lambda records: store(part, records), on_error=lambda exc: split(group, exc),
+                         on_retry=recount)
+
+    def split(group: list[Cell], exc: BaseException) -> bool:
+        """The memory probe was too optimistic: split the group in two, remember the split, go on."""
+        part = [c for c in group if c.id not in done]
+        if not is_out_of_memory(exc) or len(part) == 1:
+            return False
+        import torch
+
+        torch.cuda.empty_cache()
+        recount()  # the failed attempt's steps past its checkpoints run again
+        events.message(f"out of GPU memory with {len(part)} cells in a group; splitting it in two")
+        half = (len(group) + 1) // 2
+        i = groups.index(group)
+        groups[i:i + 1] = [group[:half], group[half:]]
+        save_groups(run, groups)
+        for at, item in enumerate(filter(None, map(group_item, groups[i:i + 2]))):
+            schedule.submit(item, at=at)
+        return True
+
+    for group in groups:
+        item = group_item(group)
+        if item:
+            schedule.submit(item)
+    backend.run(schedule, events)
     results = select_and_aggregate([done[c.id] for c in cells])
     write_json_atomic(run.results_path, results)
+    if after_grid is not None:
+        after_grid(schedule)
+        backend.run(schedule, events)
     return results

@@ -4,7 +4,8 @@
 data (the plan) and runs every preflight check (the model can be found, prompt
 files fit it); `prepare_run` then writes the run directory. Nothing here imports
 torch or transformers: a model's config.json and a prompt file's safetensors
-header are plain JSON, so the app can call this on its UI path. Every problem is
+header are plain JSON, so the app can call this on its UI path (a Ray preset's
+address is checked with one TCP connection). Every problem is
 a one-line `PresetError` naming the key.
 """
 
@@ -15,6 +16,7 @@ import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from engine.cluster import check_cluster
 from engine.config import Preset, PresetError, load_preset
 from engine.protocol import Plan, make_plan
 from engine.runs import Run, create_run, ensure_writable_root
@@ -42,6 +44,7 @@ def check_preset(name_or_path: str, overrides: list[str] = (), data_dir: str | N
     check_prompt_files(preset, hidden_size(model_config) if model_config else None)
     check_sequence_length(preset, model_config or {})
     plan.warnings += check_vocab_pool(preset, model_config or {})
+    check_cluster(preset.cluster)  # last: it may look for a running Ray cluster
     return Prepared(preset, plan, path, list(overrides))
 
 

@@ -3,7 +3,9 @@
     python -m engine.worker <run-dir>
 
 This module is a run's lifecycle: status and heartbeat, the device lock, signals,
-the log, the index record. The work itself (units, the executor, the order of a
+the log, the index record. A preset with `[cluster] backend = "ray"` takes no
+device lock here: this process becomes the Ray driver (engine.cluster) and its
+units run on the cluster's workers, while it alone writes the run directory. The work itself (units, the executor, the order of a
 run) is `engine.grid`, imported with torch only once a device is held, so
 importing this module stays torch-free. The headless CLI calls `execute()`
 in-process with a progress reporter; the app and any queue start this module as
@@ -39,12 +41,14 @@ class Reporter(Protocol):
     def start(self, total_steps: int, done_steps: int) -> None: ...
     def advance(self, done_steps: int, text: str) -> None: ...
     def message(self, text: str) -> None: ...
+    def workers(self, cluster: dict) -> None: ...  # a Ray run: what each worker runs now (status.json's `cluster`)
 
 
 class _Silent:
     def start(self, total_steps, done_steps): pass
     def advance(self, done_steps, text): pass
     def message(self, text): pass
+    def workers(self, cluster): pass
 
 
 class StatusWriter:
@@ -94,7 +98,7 @@ def _first_start(run: Run) -> bool:
     return "warnings" not in status and "started" not in status
 
 
-def _quiet_libraries() -> None:
+def quiet_libraries() -> None:
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -163,12 +167,17 @@ def _execute_locked(run: Run, reporter: Reporter | None, stop: StopFlag | None) 
         status.set(state="queued", pid=os.getpid(), host=socket.gethostname(), stage="waiting for a device",
                    error=None)
         status.start()
-        candidates = candidate_devices(preset.model.device)
-        device, device_lock = acquire_device(run.path.parent, candidates, on_wait=lambda: _check_stop(stop))
-        _check_stop(stop)  # cancelled before it got a device: nothing to load
-        status.set(state="running", started=time.time(), stage="setup", device=device)
-        log.info("running on %s (pid %d)", device, os.getpid())
-        results = _execute(run, preset, plan, device, reporter, status, log, stop)
+        if preset.cluster.backend == "ray":  # Ray owns the cluster's devices: no local device lock
+            _check_stop(stop)
+            status.set(state="running", started=time.time(), stage="connecting to Ray", device="ray")
+            results = _execute_on_ray(run, preset, plan, reporter, status, log, stop)
+        else:
+            candidates = candidate_devices(preset.model.device)
+            device, device_lock = acquire_device(run.path.parent, candidates, on_wait=lambda: _check_stop(stop))
+            _check_stop(stop)  # cancelled before it got a device: nothing to load
+            status.set(state="running", started=time.time(), stage="setup", device=device)
+            log.info("running on %s (pid %d)", device, os.getpid())
+            results = _execute(run, preset, plan, device, reporter, status, log, stop)
     except (RunCancelled, KeyboardInterrupt) as exc:
         status.set(state="cancelled", finished=time.time())
         log.info("cancelled: %s", exc or "interrupted")
@@ -239,6 +248,11 @@ class RunEvents:
     def should_stop(self) -> bool:
         return self.stop()
 
+    def cluster(self, info: dict) -> None:
+        """A Ray run's workers and GPUs (engine.cluster), for the app and the headless output."""
+        self.status.set(cluster=info)
+        self.reporter.workers(info)
+
 
 def _check_stop(stop: StopFlag) -> None:
     if stop():
@@ -247,7 +261,7 @@ def _check_stop(stop: StopFlag) -> None:
 
 def _execute(run: Run, preset, plan: Plan, device: str, reporter: Reporter, status: StatusWriter,
              log: logging.Logger, stop: StopFlag) -> dict:
-    _quiet_libraries()
+    quiet_libraries()
     from engine.backbone import Backbone
     from engine.grid import Executor, run_grid
     from engine.upstream import check_second_order
@@ -265,6 +279,31 @@ def _execute(run: Run, preset, plan: Plan, device: str, reporter: Reporter, stat
     # what stored timings are matched on (engine.estimate): the device's model, not just its index
     status.set(device_name=device_name(device), precision=backbone.precision)
     return run_grid(run, preset, plan, Executor(backbone), RunEvents(run, preset, status, reporter, log, stop))
+
+
+def _execute_on_ray(run: Run, preset, plan: Plan, reporter: Reporter, status: StatusWriter, log: logging.Logger,
+                    stop: StopFlag) -> dict:
+    """This process as the Ray driver: the run's schedule on a pool of Ray workers (engine.cluster)."""
+    quiet_libraries()
+    from engine import cluster
+    from engine.grid import run_grid
+
+    reporter.message("connecting to Ray" + (f" at {preset.cluster.address}" if preset.cluster.address else
+                                            " (a local instance)"))
+    address = cluster.connect(preset.cluster, run.log_path)
+    stop.install_signal_handlers()  # ray.init installs its own SIGTERM handler: cancel must stay a clean stop
+    backend = None
+    try:
+        events = RunEvents(run, preset, status, reporter, log, stop)
+        backend = cluster.RayBackend(run, preset, address, events, log)
+        reporter.message(f"Ray at {address}: {backend.size} workers loading {preset.model.name}")
+        first = backend.first_info()
+        status.set(stage="setup", device_name=first["device_name"], precision=first["precision"])
+        return run_grid(run, preset, plan, backend, events)
+    finally:
+        if backend is not None:
+            backend.close()
+        cluster.disconnect()
 
 
 def _redirect_output_to(log_path: Path) -> None:

@@ -13,6 +13,13 @@ from engine.report import (DELTA_LABEL, P_LABEL, PAIRED_EXPLANATION, Report, del
                            mean_text, p_text, score_text)
 
 
+def workers_line(cluster: dict) -> str:
+    """A Ray run's workers in one line: each one's node, device and unit, and the cluster's GPUs in use."""
+    workers = "; ".join(f"{w['id']} {w['node']} {w['device']}: {w['unit']}" for w in cluster.get("workers", []))
+    gpus = f", GPUs {cluster['gpus_in_use']:g}/{cluster['gpus_total']:g} in use" if cluster.get("gpus_total") else ""
+    return f"ray workers{gpus}: {workers or 'none yet'}"
+
+
 class TerminalReporter:
     """A progress bar with ETA, for an interactive terminal."""
 
@@ -32,6 +39,9 @@ class TerminalReporter:
 
     def message(self, text: str) -> None:
         self.console.print(f"[dim]{text}[/dim]")
+
+    def workers(self, cluster: dict) -> None:
+        self.console.print(f"[dim]{workers_line(cluster)}[/dim]", highlight=False)
 
     def close(self) -> None:
         self.progress.stop()
@@ -65,6 +75,9 @@ class LineReporter:
 
     def message(self, text: str) -> None:
         self._line(text)
+
+    def workers(self, cluster: dict) -> None:
+        self._line(workers_line(cluster))
 
     def close(self) -> None:
         pass
