@@ -259,7 +259,11 @@ def bench_pt_step(backbone, mode: Mode, maker: TextMaker) -> dict:
         report["note"] = "peft is not installed: pip install peft"
         return report
     report["peft_version"] = peft.__version__
-    report["peft_s"] = peft_step_time(backbone, mode, maker)
+    try:
+        report["peft_s"] = peft_step_time(backbone, mode, maker)
+    except Exception as exc:  # noqa: BLE001 - a PEFT that breaks on this transformers is a note, not a crash
+        report["peft_s"], report["note"] = None, f"PEFT failed: {type(exc).__name__}: {str(exc)[:160]}"
+        return report
     report["ours_vs_peft"] = report["peft_s"] / ours
     return report
 
@@ -271,7 +275,7 @@ def peft_step_time(backbone, mode: Mode, maker: TextMaker) -> float:
 
     from engine.tuning import make_optimizer
 
-    tok, model, device = backbone.tokenizer, backbone.model, backbone.device
+    model, device = backbone.model, backbone.device
     task_type = TaskType.SEQ_2_SEQ_LM if backbone.is_encoder_decoder else TaskType.CAUSAL_LM
     peft_model = get_peft_model(model, PromptTuningConfig(task_type=task_type, num_virtual_tokens=mode.prompt_tokens))
     params = [p for p in peft_model.parameters() if p.requires_grad]
@@ -308,6 +312,148 @@ def peft_step_time(backbone, mode: Mode, maker: TextMaker) -> float:
     finally:  # prompt learning leaves the base model's modules as they were; keep it frozen
         backbone.model.requires_grad_(False)
     return statistics.mean(times[1:])  # the first step warms up
+
+
+# ---- 4. kernels: transformers' own modules vs engine/kernels.py ----------------------------------
+
+def training_step_choices(backbone, mode: Mode, maker: TextMaker) -> dict:
+    """Which SDPA kernel each attention call of one training step (forward and backward) would run."""
+    from engine import kernels
+    from engine.prompt import initial_prompt
+
+    train, _, _ = make_task(maker, mode, mode.batch, "probe")
+    prompt = initial_prompt(backbone, length=mode.prompt_tokens, method="vocab", seed=0).requires_grad_(True)
+    with kernels.sdpa_choices() as choices:
+        backbone.token_totals(prompt, [e.input for e in train], [e.output for e in train]).mean_loss().backward()
+    return dict(choices)
+
+
+def fused_only_failure(backbone, mode: Mode, maker: TextMaker) -> str:
+    """'' when a training step runs with SDPA's fused kernels alone (no math fallback), else why not
+    (PyTorch's own warnings say why each kernel refused)."""
+    import warnings
+
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    if backbone.device.type != "cuda":
+        return "n/a on CPU"
+    fused = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.CUDNN_ATTENTION]
+    with warnings.catch_warnings(record=True) as caught, sdpa_kernel(fused):
+        warnings.simplefilter("always")
+        try:
+            training_step_choices(backbone, mode, maker)
+            return ""
+        except RuntimeError as exc:
+            reasons = sorted({str(w.message).splitlines()[0][:160] for w in caught})
+            return f"{str(exc).splitlines()[0][:120]} | " + " | ".join(reasons[:6])
+
+
+def kernel_variant(backbone, mode: Mode, maker: TextMaker, flops_per_seq: float) -> dict:
+    one = group_step_time(backbone, mode, maker, 1, mode.pt_steps)
+    group = group_step_time(backbone, mode, maker, mode.jobs, max(2, mode.grid_steps // 2))
+    return {"one_job_step_s": one, "group_step_s": group, "step_speedup": mode.jobs * one / group,
+            "group_step_tflops": flops_per_seq * mode.jobs * mode.batch / group / 1e12,
+            "sdpa_choices": training_step_choices(backbone, mode, maker),
+            "fused_only": fused_only_failure(backbone, mode, maker) or "ok"}
+
+
+def bench_kernels(backbone, mode: Mode, maker: TextMaker, flops_per_seq: float) -> dict:
+    """The same steps with transformers' own attention, norms and GELU, then with engine/kernels.py
+    installed into the same model (the backbone must have been made with fused_kernels=False)."""
+    from engine import kernels
+
+    assert not backbone.kernels, "bench_kernels starts from the model's own modules"
+    report = {"transformers": kernel_variant(backbone, mode, maker, flops_per_seq)}
+    backbone.kernels = kernels.install(backbone.model)
+    report["installed"] = backbone.kernels
+    report["fused"] = kernel_variant(backbone, mode, maker, flops_per_seq)
+    report["group_step_gain"] = report["transformers"]["group_step_s"] / report["fused"]["group_step_s"]
+    report["one_job_step_gain"] = report["transformers"]["one_job_step_s"] / report["fused"]["one_job_step_s"]
+    return report
+
+
+def bench_compile(backbone, mode: Mode, maker: TextMaker) -> dict:
+    """The single-job step (fixed shapes) with the model compiled in "reduce-overhead" mode (CUDA graphs)
+    against eager; the first compiled steps' extra time is the compile time."""
+    if backbone.device.type != "cuda":
+        return {"note": "CUDA graphs are a GPU feature: not measured on CPU"}
+    eager = group_step_time(backbone, mode, maker, 1, mode.pt_steps)
+    original = backbone.model.forward
+    backbone.model.forward = torch.compile(original, mode="reduce-overhead", dynamic=False)
+    try:
+        started = time.perf_counter()
+        group_step_time(backbone, mode, maker, 1, 2)  # compiles (forward, backward), records the graphs
+        first = time.perf_counter() - started
+        compiled = group_step_time(backbone, mode, maker, 1, mode.pt_steps)
+    except Exception as exc:  # noqa: BLE001 - a compiler failure is a result to report, not a crash
+        return {"eager_s": eager, "error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"}
+    finally:
+        backbone.model.forward = original
+    return {"eager_s": eager, "compiled_s": compiled, "speedup": eager / compiled,
+            "compile_and_first_steps_s": first}
+
+
+# ---- 5. evaluation: rank classification, shared prefix, beam search -------------------------------
+
+def eval_examples(backbone, mode: Mode, maker: TextMaker, real_weights: bool) -> tuple[list, str]:
+    """(prompt, examples) per job: the demo's targets and splits (dev sets) on the real SmolLM2, else
+    random three-option tasks."""
+    from engine.prompt import initial_prompt
+
+    if real_weights:
+        from engine.config import load_preset
+        from engine.data import TaskData
+        from engine.protocol import make_plan
+
+        preset, _ = load_preset("demo")
+        plan = make_plan(preset)
+        data = TaskData(preset.data.dir)
+        items = [(initial_prompt(backbone, length=preset.prompt.length, method="task_name", task_names=[t], seed=s),
+                  data.load_split(t, preset.data.k, s).dev) for t in plan.targets for s in plan.seeds]
+        return items, f"the demo's {len(plan.targets)} targets x {len(plan.seeds)} splits, dev sets"
+    items = []
+    for r in range(4):
+        options = tuple(maker.text(mode.target_tokens - 1) for _ in range(3))
+        examples = [Example(maker.text(mode.input_tokens), options[i % 3], options) for i in range(mode.dev_examples)]
+        items.append((initial_prompt(backbone, length=mode.prompt_tokens, method="vocab", seed=r), examples))
+    return items, f"4 random 3-option tasks x {mode.dev_examples} examples"
+
+
+def bench_eval(backbone, mode: Mode, maker: TextMaker, real_weights: bool) -> dict:
+    """One multi-prompt evaluation pass, each way: a pass per option, the shared prefix, beam search."""
+    items, source = eval_examples(backbone, mode, maker, real_weights)
+    bank = torch.stack([p for p, _ in items])
+    owner = torch.tensor([j for j, (_, ex) in enumerate(items) for _ in ex])
+    examples = [e for _, ex in items for e in ex]
+    inputs, options = [e.input for e in examples], [list(e.options) for e in examples]
+    prefix = [len(backbone._ids(t, "input")) + bank.shape[1] + (1 if backbone.is_encoder_decoder else 0)
+              for t in inputs]
+    answer = [[len(backbone._ids(o, "target")) for o in opts] for opts in options]
+    full_tokens = sum(p * len(a) + sum(a) for p, a in zip(prefix, answer))
+    shared_tokens = sum(p + sum(a) for p, a in zip(prefix, answer))
+    rows = mode.eval_batch
+
+    def timed(fn):
+        sync(backbone.device)
+        started = time.perf_counter()
+        out = fn()
+        sync(backbone.device)
+        return time.perf_counter() - started, out
+
+    backbone.rank_options(bank, inputs[:4], options[:4], batch_rows=rows, owner=owner[:4])  # warm-up
+    per_option_s, picks_full = timed(lambda: backbone.rank_options(bank, inputs, options, batch_rows=rows,
+                                                                   owner=owner, shared_prefix=False))
+    shared_s, picks_shared = timed(lambda: backbone.rank_options(bank, inputs, options, batch_rows=rows,
+                                                                 owner=owner))
+    beams = {"num_beams": 4, "repetition_penalty": 2.5, "early_stopping": True, "max_new_tokens": 32}
+    beam_s, _ = timed(lambda: backbone.generate(bank, inputs, batch_rows=max(1, rows // 4), owner=owner, **beams))
+    bound = full_tokens / shared_tokens
+    return {"source": source, "examples": len(examples), "options_per_example": sum(map(len, options)) / len(options),
+            "rank_pass_per_option_s": per_option_s, "rank_shared_prefix_s": shared_s,
+            "shared_prefix_gain": per_option_s / shared_s, "token_bound": bound,
+            "share_of_bound": per_option_s / shared_s / bound, "same_picks": picks_full == picks_shared,
+            "beam4_32_tokens_s": beam_s, "beam_vs_shared_rank": beam_s / shared_s,
+            "sdpa_kernels": backbone.kernels.get("attention", "transformers' own")}
 
 
 # ---- 3. meta-updates ---------------------------------------------------------------------------
@@ -401,6 +547,22 @@ def print_table(report: dict) -> None:
         print(f"\n2. single-job PT step, batch {p['batch']}: ours {p['ours_s'] * 1e3:.1f} ms; PEFT {peft_text}")
     if "meta" in report:
         print_meta(report)
+    if "kernels" in report:
+        print_kernels(report["kernels"])
+    if "compiled_step" in report:
+        c = report["compiled_step"]
+        print("\n5. single-job step compiled (reduce-overhead, CUDA graphs): "
+              + (f"eager {c['eager_s'] * 1e3:.1f} ms, compiled {c['compiled_s'] * 1e3:.1f} ms ({c['speedup']:.2f}x), "
+                 f"compile and first steps {c['compile_and_first_steps_s']:.0f} s" if "compiled_s" in c
+                 else c.get("error") or c["note"]))
+    if "eval" in report:
+        e = report["eval"]
+        print(f"\n6. evaluation, {e['examples']} examples ({e['source']}), {e['options_per_example']:.2f} options "
+              f"each:\n   rank, a pass per option {e['rank_pass_per_option_s']:.2f} s; shared prefix "
+              f"{e['rank_shared_prefix_s']:.2f} s: {e['shared_prefix_gain']:.2f}x (token bound "
+              f"{e['token_bound']:.2f}x, {e['share_of_bound']:.0%} of it; same picks: {e['same_picks']})\n"
+              f"   beam search (4 beams, 32 tokens) {e['beam4_32_tokens_s']:.2f} s = "
+              f"{e['beam_vs_shared_rank']:.1f}x rank classification")
 
 
 def print_grid(report: dict) -> None:
@@ -419,6 +581,17 @@ def print_grid(report: dict) -> None:
     print(f"   training step alone: one job {g['one_job_step_s'] * 1e3:.1f} ms, the group of {g['jobs']} "
           f"{g['group_step_s'] * 1e3:.1f} ms ({g['step_speedup']:.2f}x the throughput, "
           f"{g['group_step_tflops']:.2f} TFLOP/s{step_share})")
+
+
+def print_kernels(k: dict) -> None:
+    print(f"\n4. kernels, transformers' own vs engine/kernels.py ({k['installed']})")
+    for variant in ("transformers", "fused"):
+        v = k[variant]
+        share = f", {v['group_step_peak_share']:.0%} of peak" if v.get("group_step_peak_share") else ""
+        print(f"   {variant:12s} one job {v['one_job_step_s'] * 1e3:8.1f} ms, group {v['group_step_s'] * 1e3:8.1f} ms "
+              f"({v['group_step_tflops']:.1f} TFLOP/s{share}, step speed-up {v['step_speedup']:.2f}x); "
+              f"SDPA kernels {v['sdpa_choices']}; fused kernels alone: {v['fused_only']}")
+    print(f"   gain: group step {k['group_step_gain']:.2f}x, one-job step {k['one_job_step_gain']:.2f}x")
 
 
 def print_meta(report: dict) -> None:
@@ -443,7 +616,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--compile", action="store_true", help="torch.compile the frozen model")
     parser.add_argument("--precision", default="auto", choices=("auto", "bf16", "autocast", "fp32"),
                         help="the backbone's precision (auto: bf16 weights on a bf16 GPU, fp32 on CPU)")
-    parser.add_argument("--only", default="grid,pt_step,meta", help="comma-separated sections to run")
+    parser.add_argument("--only", default="grid,pt_step,meta,eval",
+                        help="comma-separated sections to run: grid, pt_step, meta, eval, and kernels (transformers' "
+                             "own modules, then engine/kernels.py, measured first), compile (GPU)")
     parser.add_argument("--meta-probe", help=argparse.SUPPRESS)  # METHOD:0|1, one CPU meta variant (bench_meta)
     args = parser.parse_args(argv)
     mode = MODES[args.mode]
@@ -455,8 +630,10 @@ def main(argv: list[str] | None = None) -> dict:
         raise SystemExit("gpu mode needs a CUDA device")
     started = time.perf_counter()
     model, tokenizer, weights = build_model(mode.arch, mode.device)
+    sections = set(args.only.split(","))
     backbone = Backbone(model, tokenizer, mode.arch, device=mode.device, max_input_length=mode.input_tokens,
-                        max_output_length=mode.target_tokens, precision=args.precision, compile=args.compile)
+                        max_output_length=mode.target_tokens, precision=args.precision, compile=args.compile,
+                        fused_kernels="kernels" not in sections)
     bf16 = backbone.precision in ("bf16", "autocast")
     maker = TextMaker(tokenizer)
     if args.meta_probe:
@@ -472,7 +649,15 @@ def main(argv: list[str] | None = None) -> dict:
               "input_tokens": mode.input_tokens, "prompt_tokens": mode.prompt_tokens,
               "target_tokens": mode.target_tokens, "tokens_per_sequence": tokens,
               "torch": torch.__version__}
-    sections = set(args.only.split(","))
+    if "kernels" in sections:  # first: it installs engine/kernels.py, which every later section uses
+        report["kernels"] = bench_kernels(backbone, mode, maker, flops_per_seq)
+        peak = next((v for k, v in BF16_PEAK_TFLOPS.items() if k in report["device"]), None)
+        if peak and bf16 and backbone.device.type == "cuda":
+            for variant in ("transformers", "fused"):
+                k = report["kernels"][variant]
+                k["group_step_peak_share"] = k["group_step_tflops"] / peak
+    report["attention"] = backbone.kernels.get("attention", "transformers' " +
+                                               str(getattr(backbone.model.config, "_attn_implementation", "")))
     if "grid" in sections:
         report["grid"] = bench_grid(backbone, mode, maker, flops_per_seq)
         peak = next((v for k, v in BF16_PEAK_TFLOPS.items() if k in report["device"]), None)
@@ -486,6 +671,10 @@ def main(argv: list[str] | None = None) -> dict:
         report["pt_step"] = bench_pt_step(backbone, mode, maker)
     if "meta" in sections:
         report["meta"] = bench_meta(backbone, args.mode, mode, maker)
+    if "compile" in sections:
+        report["compiled_step"] = bench_compile(backbone, mode, maker)
+    if "eval" in sections:
+        report["eval"] = bench_eval(backbone, mode, maker, real_weights=weights == "real weights")
     report["total_s"] = time.perf_counter() - started
     text = json.dumps(report, default=float)
     print(text)

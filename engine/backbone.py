@@ -59,7 +59,8 @@ class TokenTotals:
 class Backbone:
     def __init__(self, model, tokenizer, name: str, *, device: str = "cpu",
                  max_input_length: int = 256, max_output_length: int = 64,
-                 precision: str = "fp32", compile: bool = False, dropout: bool = False):
+                 precision: str = "fp32", compile: bool = False, dropout: bool = False,
+                 fused_kernels: bool = True):
         model.requires_grad_(False)  # frozen: no gradient, so no optimizer state either
         model.eval()  # evaluation never drops out; training does only inside `training()` with dropout on
         self.dropout = dropout
@@ -79,10 +80,11 @@ class Backbone:
         self.eos_id = tokenizer.eos_token_id
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_id
         self._token_cache: dict[tuple[str, str], list[int]] = {}
-        self.kernels = kernels.install(self.model)
+        # fused attention bias, RMSNorm and GELU (engine/kernels.py); off only to measure against
+        self.kernels = kernels.install(self.model) if fused_kernels else {}
         # a key/value cache goes in as `cache` (transformers 5.x) or `past_key_values` (before)
         self._cache_kwarg = "cache" if "cache" in inspect.signature(self.model.forward).parameters \
-            else "past_key_values"  # fused attention bias, RMSNorm and GELU (engine/kernels.py)
+            else "past_key_values"
         if compile:  # dynamic: batch widths change from pass to pass
             self.model.forward = torch.compile(self.model.forward, dynamic=True)
 

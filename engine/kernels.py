@@ -22,11 +22,11 @@ import contextlib
 
 import torch
 import torch.nn.functional as F
+from torch.overrides import TorchFunctionMode
 
 FUSED_SDPA = "mpt_sdpa"  # the attention implementation name registered with transformers
 
 _double_backward = 0  # > 0 inside double_backward()
-_choices: collections.Counter | None = None  # counting inside sdpa_choices()
 
 
 @contextlib.contextmanager
@@ -43,43 +43,42 @@ def double_backward():
         _double_backward -= 1
 
 
+class _CountSdpaChoices(TorchFunctionMode):
+    def __init__(self):
+        super().__init__()
+        self.counts = collections.Counter()
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is F.scaled_dot_product_attention:
+            from torch.nn.attention import SDPBackend
+
+            q, k, v = args[:3]
+            mask = kwargs.get("attn_mask", args[3] if len(args) > 3 else None)
+            choice = torch._fused_sdp_choice(q, k, v, mask, kwargs.get("dropout_p", 0.0),
+                                             kwargs.get("is_causal", False), scale=kwargs.get("scale"),
+                                             enable_gqa=kwargs.get("enable_gqa", False))
+            self.counts[SDPBackend(choice).name] += 1
+        return func(*args, **kwargs)
+
+
 @contextlib.contextmanager
 def sdpa_choices():
-    """Count the SDPA kernel PyTorch picks for each attention call made inside (name -> calls)."""
-    global _choices
-    _choices = collections.Counter()
-    try:
-        yield _choices
-    finally:
-        _choices = None
-
-
-def _count_choice(query, key, value, mask, scale, is_causal) -> None:
-    from torch.nn.attention import SDPBackend
-
-    if _double_backward:
-        _choices["MATH"] += 1
-        return
-    choice = torch._fused_sdp_choice(query, key, value, mask, 0.0, bool(is_causal), scale=scale)
-    _choices[SDPBackend(choice).name] += 1
+    """Count the kernel PyTorch picks for each scaled_dot_product_attention call made inside
+    (name -> calls), whichever attention implementation makes them."""
+    with _CountSdpaChoices() as mode:
+        yield mode.counts
 
 
 def fused_bias_sdpa(module, query, key, value, attention_mask, dropout=0.0, scaling=None, is_causal=None,
                     position_bias=None, **kwargs):
     """transformers' SDPA attention with the position bias and a float mask cast to the query's dtype."""
-    from transformers.integrations.sdpa_attention import create_position_bias_mask, sdpa_attention_forward
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     if attention_mask is not None and attention_mask.dtype.is_floating_point:
         attention_mask = attention_mask.to(query.dtype)
     if position_bias is not None:
         position_bias = position_bias.to(query.dtype)
-        if _choices is not None:
-            causal = is_causal if is_causal is not None else getattr(module, "is_causal", True)
-            mask = create_position_bias_mask(position_bias, attention_mask, causal and attention_mask is None,
-                                             query, key)
-            _count_choice(query, key, value, mask, scaling, False)
-    elif _choices is not None:
-        _count_choice(query, key, value, attention_mask, scaling, attention_mask is None and query.shape[2] > 1)
     return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                   is_causal=is_causal, position_bias=position_bias, **kwargs)
 

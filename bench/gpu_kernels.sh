@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Issue 15's GPU measurements in one go (about 6 minutes on an H100/H200), each step side by side in one process:
+#   1. bf16 weights: transformers' own attention/norms vs engine/kernels.py (step times, share of peak,
+#      the SDPA kernel each attention call runs), then our single-job step vs PEFT's, and evaluation;
+#   2. the single-job step compiled with CUDA graphs ("reduce-overhead") vs eager, compile time included;
+#   3. fp32 weights under bf16 autocast (the paper presets' precision): the same comparison.
+#
+#   bash bench/gpu_kernels.sh              # JSON reports to $OUT (default bench/results)
+#   MODE=tiny bash bench/gpu_kernels.sh    # the same script on a CPU with a tiny model, to check it runs
+# Wheels in .whl/ (a newer transformers, say) are installed first when present.
+set -uo pipefail
+OUT=${OUT:-bench/results}
+MODE=${MODE:-gpu}
+PY=${PYTHON:-python3}
+if [ -d .whl ] && [ "$MODE" = gpu ]; then
+  $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    && export PYTHONPATH=/tmp/site
+fi
+export PYTHONUNBUFFERED=1 TORCHINDUCTOR_CACHE_DIR=${TORCHINDUCTOR_CACHE_DIR:-/tmp/inductor-cache}
+$PY -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)"
+timeout 240 $PY bench/speed.py --mode "$MODE" --only kernels,pt_step,eval --json "$OUT/kernels-$MODE-bf16.json"
+timeout 180 $PY bench/speed.py --mode "$MODE" --only compile --json "$OUT/kernels-$MODE-compile.json"
+timeout 150 $PY bench/speed.py --mode "$MODE" --precision autocast --only kernels,pt_step \
+  --json "$OUT/kernels-$MODE-autocast.json"
