@@ -348,13 +348,38 @@ def fused_only_failure(backbone, mode: Mode, maker: TextMaker) -> str:
             return f"{str(exc).splitlines()[0][:120]} | " + " | ".join(reasons[:6])
 
 
+def cuda_profile(backbone, mode: Mode, maker: TextMaker, jobs: int) -> dict:
+    """Where the GPU time of two training steps of a group goes: the top kernels' shares, and the
+    step's host (CPU) time against its GPU time (host-bound when the first is larger)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from engine.tuning import prompt_tune_group
+
+    if backbone.device.type != "cuda":
+        return {}
+    group = make_jobs(backbone, mode, maker, jobs, dev_examples=1, steps=2, eval_every=10**9)
+    sync(backbone.device)
+    started = time.perf_counter()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        prompt_tune_group(backbone, group)
+        sync(backbone.device)
+    wall = time.perf_counter() - started
+    rows = [e for e in prof.key_averages() if getattr(e, "self_device_time_total", 0) > 0]
+    gpu_us = sum(e.self_device_time_total for e in rows)
+    top = sorted(rows, key=lambda e: -e.self_device_time_total)[:10]
+    return {"jobs": jobs, "wall_s": wall, "gpu_busy_s": gpu_us / 1e6,
+            "top_kernels": [[e.key[:90], round(e.self_device_time_total / gpu_us, 3)] for e in top]}
+
+
 def kernel_variant(backbone, mode: Mode, maker: TextMaker, flops_per_seq: float) -> dict:
     one = group_step_time(backbone, mode, maker, 1, mode.pt_steps)
     group = group_step_time(backbone, mode, maker, mode.jobs, max(2, mode.grid_steps // 2))
     return {"one_job_step_s": one, "group_step_s": group, "step_speedup": mode.jobs * one / group,
             "group_step_tflops": flops_per_seq * mode.jobs * mode.batch / group / 1e12,
             "sdpa_choices": training_step_choices(backbone, mode, maker),
-            "fused_only": fused_only_failure(backbone, mode, maker) or "ok"}
+            "fused_only": fused_only_failure(backbone, mode, maker) or "ok",
+            "profile_group": cuda_profile(backbone, mode, maker, mode.jobs),
+            "profile_one_job": cuda_profile(backbone, mode, maker, 1)}
 
 
 def bench_kernels(backbone, mode: Mode, maker: TextMaker, flops_per_seq: float) -> dict:
