@@ -18,7 +18,7 @@ if [ -d .whl ] && [ "$MODE" = gpu ]; then
 fi
 export PYTHONUNBUFFERED=1 TORCHINDUCTOR_CACHE_DIR=${TORCHINDUCTOR_CACHE_DIR:-/tmp/inductor-cache}
 $PY -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)"
-timeout 240 $PY bench/speed.py --mode "$MODE" --only kernels,pt_step,eval --json "$OUT/kernels-$MODE-bf16.json"
-timeout 180 $PY bench/speed.py --mode "$MODE" --only compile --json "$OUT/kernels-$MODE-compile.json"
-timeout 150 $PY bench/speed.py --mode "$MODE" --precision autocast --only kernels,pt_step \
+timeout 200 $PY bench/speed.py --mode "$MODE" --only kernels,pt_step,eval --json "$OUT/kernels-$MODE-bf16.json"
+timeout 150 $PY bench/speed.py --mode "$MODE" --only compile --json "$OUT/kernels-$MODE-compile.json"
+timeout 120 $PY bench/speed.py --mode "$MODE" --precision autocast --only kernels,pt_step \
   --json "$OUT/kernels-$MODE-autocast.json"
