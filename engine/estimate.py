@@ -11,6 +11,11 @@ steps (under `downstream.max_epochs`), the groups. The time comes from, in this 
   3. otherwise no estimate, and the reason.
 It never waits for a busy device and writes nothing to the runs root. Shared by `mpt-tui --dry-run`
 (and meant for the Launch form's plan line).
+
+A Ray preset (`[cluster] backend = "ray"`) is estimated for its workers running in parallel: the
+units are placed on `workers` free workers in the run's schedule order (engine.grid), each group
+waiting for the upstream method its cells start from, and the estimate is when the last one ends.
+The timings are still this machine's (or stored ones): a cluster of other GPUs scales them.
 """
 
 from __future__ import annotations
@@ -48,6 +53,9 @@ class DryRun:
     timings: dict = field(default_factory=dict)  # {"pass_s": ..., "update_s": {method: s}}
     estimate_s: float | None = None
     estimate_from: str = ""
+    workers: int = 1  # units running at once (a Ray run's workers)
+    workers_from: str = ""
+    serial_s: float | None = None  # the same work on one worker
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -111,10 +119,56 @@ def dry_run(preset: Preset, plan: Plan, runs_root: Path, *, probe: bool = True) 
         result.timings = probe_timings(backbone, preset, plan, data, cells[:size], list(updates))
         result.estimate_from = f"a probe on {result.device_name}: {PROBE_PASSES} group passes, " \
                                f"{PROBE_UPDATES} meta-updates per method"
+    result.workers, result.workers_from = planned_workers(preset)
     if result.timings:
-        result.estimate_s = passes * result.timings["pass_s"] + sum(
-            n * result.timings["update_s"][m] for m, n in updates.items())
+        pass_s, update_s = result.timings["pass_s"], result.timings["update_s"]
+        result.serial_s = passes * pass_s + sum(n * update_s[m] for m, n in updates.items())
+        units = [(n * update_s[m], frozenset(), m) for m, n in updates.items()]
+        units += [(max(steps[c.id] for c in g) * pass_s, frozenset(c.method for c in g) & set(updates), "")
+                  for g in groups]
+        result.estimate_s = parallel_time(units, result.workers)
     return result
+
+
+def planned_workers(preset: Preset) -> tuple[int, str]:
+    """How many units run at once, and why: 1 locally; a Ray run's `max_workers`, or for a local Ray
+    instance this machine's GPUs (per `gpus_per_worker`) or CPUs. A cluster's size is not asked for."""
+    cluster = preset.cluster
+    if cluster.backend != "ray":
+        return 1, ""
+    if cluster.max_workers:
+        return cluster.max_workers, "cluster.max_workers"
+    if cluster.address:
+        return 1, "the cluster's size is not looked up: set cluster.max_workers for a parallel estimate"
+    import torch
+
+    if preset.model.device != "cpu" and torch.cuda.is_available():
+        return max(1, int(torch.cuda.device_count() / cluster.gpus_per_worker + 1e-9)), "this machine's GPUs"
+    return max(1, os.cpu_count() or 1), "this machine's CPUs"
+
+
+def parallel_time(units: list[tuple[float, frozenset, str]], workers: int) -> float:
+    """When the last unit ends with `workers` workers taking the first ready unit in order, as the Ray
+    backend does. A unit is (seconds, names it waits for, its own name or '')."""
+    free = [0.0] * max(1, workers)  # when each worker is next free
+    ended: dict[str, float] = {}
+    waiting = list(units)
+    while waiting:
+        now = min(free)
+        worker = free.index(now)
+        ready = [u for u in waiting if all(ended.get(n, float("inf")) <= now for n in u[1])]
+        if not ready:  # this worker idles until the next unit or worker ends
+            later = [t for t in [*ended.values(), *free] if t > now]
+            if not later:
+                raise ValueError("units wait for a unit that is not there")
+            free[worker] = min(later)
+            continue
+        seconds, _, name = ready[0]
+        free[worker] = now + seconds
+        if name:
+            ended[name] = free[worker]
+        waiting.remove(ready[0])
+    return max(free)
 
 
 def _load(preset: Preset, device: str):
@@ -251,5 +305,8 @@ def render(d: DryRun) -> str:
         timing = f" ({d.timings['pass_s']:.3f} s per group pass" + "".join(
             f", {m} {s:.3f} s per update" for m, s in d.timings["update_s"].items()) + ")"
     lines.append(f"estimated time: {format_duration_estimate(d.estimate_s)}, from {d.estimate_from}{timing}")
+    if d.workers_from:
+        serial = f" ({format_duration_estimate(d.serial_s)} on one)" if d.serial_s is not None else ""
+        lines.append(f"ray: {d.workers} workers at once{serial}, from {d.workers_from}")
     lines.append("nothing was written (dry run)")
     return "\n".join(lines)

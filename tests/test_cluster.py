@@ -22,8 +22,7 @@ from engine.worker import execute
 
 from conftest import REPO, small_preset
 
-pytest.importorskip("ray")
-pytestmark = pytest.mark.ray
+ray_test = pytest.mark.ray
 
 # upstream MTL (6 meta-updates), then 2 methods x 2 targets x 2 splits = 8 cells in 4 groups of 2; a group's
 # 40 steps checkpointed every 4 last long enough to be interrupted in the middle
@@ -40,6 +39,7 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def ray_address(tmp_path_factory):
     """A Ray head node with 2 CPUs (this machine's cores), shared by the module's runs; stopped at the end."""
+    pytest.importorskip("ray")
     from ray._private.services import get_node_ip_address
 
     port, ip = _free_port(), get_node_ip_address()
@@ -124,6 +124,7 @@ def _launch(run) -> None:
             os.environ["OMP_NUM_THREADS"] = env_before
 
 
+@ray_test
 def test_two_workers_give_the_records_of_the_local_backend(ray_address, reference, tmp_path, tiny_llama):
     root = tmp_path / "runs"
     run = _run(root, tiny_llama, "cluster", *_ray(ray_address))
@@ -144,6 +145,7 @@ def test_two_workers_give_the_records_of_the_local_backend(ray_address, referenc
     assert not (run.path / ".cluster-check").exists()
 
 
+@ray_test
 def test_a_worker_killed_mid_group_is_replaced_and_the_group_resumes(ray_address, reference, tmp_path, tiny_llama):
     run = _run(tmp_path / "runs", tiny_llama, "cluster", *_ray(ray_address))
     _launch(run)
@@ -159,6 +161,7 @@ def test_a_worker_killed_mid_group_is_replaced_and_the_group_resumes(ray_address
     assert records(run) == records(reference)
 
 
+@ray_test
 def test_driver_death_crashes_the_run_and_cancel_checkpoints_then_resume_finishes(ray_address, reference, tmp_path,
                                                                                   tiny_llama):
     run = _run(tmp_path / "runs", tiny_llama, "cluster", *_ray(ray_address))
@@ -191,6 +194,7 @@ def test_driver_death_crashes_the_run_and_cancel_checkpoints_then_resume_finishe
     assert all(any(f"{c} (resuming after step" in line for line in resumed) for c in cells)
 
 
+@ray_test
 def test_an_unreachable_address_is_one_line_and_exit_2_without_a_run_directory(tmp_path, tiny_llama):
     preset = small_preset(tmp_path / "p.toml", tiny_llama, downstream=DOWNSTREAM, upstream=UPSTREAM)
     root = tmp_path / "runs"
@@ -203,6 +207,7 @@ def test_an_unreachable_address_is_one_line_and_exit_2_without_a_run_directory(t
     assert not root.exists() or not any(root.iterdir())
 
 
+@ray_test
 def test_check_preset_names_the_ray_extra_and_the_address(tmp_path, tiny_llama):
     from engine.config import PresetError
 
@@ -212,6 +217,7 @@ def test_check_preset_names_the_ray_extra_and_the_address(tmp_path, tiny_llama):
     assert check_preset(str(preset), [override("cluster.backend", "ray")]).preset.cluster.backend == "ray"
 
 
+@ray_test
 def test_the_ray_missing_error_names_the_extra(tmp_path, tiny_llama):
     """Without the Ray package (hidden from this one interpreter), a Ray preset is refused before anything."""
     preset = small_preset(tmp_path / "p.toml", tiny_llama)
