@@ -1,12 +1,16 @@
-"""How fast the app starts and how it keeps up with many runs and a fast writer.
+"""How fast the app starts and how it keeps up with many runs, a paper-scale run and a fast writer.
 
-    python bench/app_responsiveness.py [--runs 50] [--seconds 5]
+    python bench/app_responsiveness.py [--runs 50] [--cells 1400] [--events-per-cell 300] [--seconds 5]
 
-Prints one JSON report: the import time of the app (no torch), the time to the
-first Runs screen with every run listed, and, with N stored runs and one run
-appending a metrics event every 2 ms: the cost of reading the run directories
-per tick (in a worker thread), of showing them (on the UI thread), the detail's
-redraws per second (bound by the refresh timer) and the slowest key press.
+The store: N finished runs, and one running run of a paper setting's size (`--cells` grid
+cells, `--events-per-cell` metrics events each), to which a thread appends an event every
+2 ms while the app shows it. Prints one JSON report: the import time of the app (no
+torch), the time to the first Runs screen with every run listed, the first indexing of
+the big run's metrics, then per refresh tick the cost of reading the run directories (in a
+worker thread; mean and max) and of showing them (on the UI thread: the runs table, the
+1,400-row cell list, the plot; mean and max), the detail's redraws per second, and the
+slowest key press: moving in the cell list (the chosen cell's curves replotted) and in the
+runs table (another run's detail shown, then the big run's cell list rebuilt).
 """
 
 from __future__ import annotations
@@ -23,6 +27,35 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+
+def make_big_run(root: Path, cells: int, events_per_cell: int) -> Path:
+    """A running run whose grid has `cells` cells (5 methods x targets x 5 splits x 2 lrs), each with its events."""
+    from engine.runs import create_run
+
+    methods, seeds, lrs = ["pt", "mtl", "maml", "fomaml", "reptile"], [100, 13, 21, 42, 87], [0.3, 0.1]
+    targets = [f"task{i:02d}" for i in range(max(1, cells // (len(methods) * len(seeds) * len(lrs))))]
+    run = create_run(root, {"preset": {"name": "paper-scale", "downstream": {"learning_rates": lrs}},
+                            "plan": {"targets": targets, "seeds": seeds, "methods": methods}}, "paper-scale")
+    t = time.time()
+    with run.metrics_path.open("w") as f:
+        for m in methods:
+            for step in range(events_per_cell):
+                f.write(json.dumps({"t": t, "stage": "upstream", "method": m, "step": step, "loss": 1 / (step + 1)})
+                        + "\n")
+        for m in methods:
+            for task in targets:
+                for seed in seeds:
+                    for lr in lrs:
+                        cell = f"{m}__{task}__s{seed}__lr{lr:g}"
+                        for step in range(events_per_cell - 1):
+                            key = "dev" if step % 10 == 9 else "loss"
+                            f.write(json.dumps({"t": t, "stage": "downstream", "cell": cell, "step": step,
+                                                key: 1.0 / (step + 1)}) + "\n")
+                        f.write(json.dumps({"t": t, "stage": "downstream", "cell": cell, "event": "cell_done",
+                                            "dev": 0.5, "test": 0.4}) + "\n")
+    run.update_status(state="running", progress=0.5, started=time.time() - 60)
+    return run.path
 
 
 def make_store(root: Path, runs: int, events_per_run: int = 500) -> list[Path]:
@@ -43,7 +76,7 @@ def make_store(root: Path, runs: int, events_per_run: int = 500) -> list[Path]:
 async def measure(root: Path, seconds: float, writer_path: Path, runs: int) -> dict:
     from mpt_tui.app import MptApp
     from mpt_tui.screens.runs import RunsScreen
-    from mpt_tui.widgets import RunDetail
+    from mpt_tui.widgets import CellList, RunDetail
 
     t0 = time.perf_counter()
     app = MptApp(root, refresh_hz=4)
@@ -54,9 +87,16 @@ async def measure(root: Path, seconds: float, writer_path: Path, runs: int) -> d
         while table.row_count < runs:  # the first refresh is read in a worker, then shown
             await pilot.pause(0.01)
         first_screen_s = time.perf_counter() - t0
+        detail, cells = screen.query_one(RunDetail), screen.query_one(CellList)
+        lines = sum(1 for _ in writer_path.joinpath("metrics.jsonl").open())
+        while detail.run is None or detail.run.run.path != writer_path or detail.run.index.events < lines:
+            await pilot.pause(0.01)
+        index_s = time.perf_counter() - t0 - first_screen_s
+        while cells.row_count() < len(detail.run.grid):
+            await pilot.pause(0.01)
         # the run directories are read in a worker thread (refresh), the table and detail
         # are updated on the UI thread (show): time each side
-        reads, read_s, shows, show_s = [0], [0.0], [0], [0.0]
+        read_ms, show_ms = [], []
         refresh, show = screen.watcher.refresh, screen.show_runs
 
         def timed_refresh(*args):
@@ -64,28 +104,26 @@ async def measure(root: Path, seconds: float, writer_path: Path, runs: int) -> d
             try:
                 return refresh(*args)
             finally:
-                read_s[0] += time.perf_counter() - start
-                reads[0] += 1
+                read_ms.append(1000 * (time.perf_counter() - start))
 
         def timed_show(views):
             start = time.perf_counter()
             show(views)
-            show_s[0] += time.perf_counter() - start
-            shows[0] += 1
+            show_ms.append(1000 * (time.perf_counter() - start))
 
         screen.watcher.refresh, screen.show_runs = timed_refresh, timed_show
-        detail = screen.query_one(RunDetail)  # the newest run, which the writer writes to, is selected
         redraws_before, measure_t = detail.redraws, time.perf_counter()
         stop = threading.Event()
+        cell_ids = [c.id for c in detail.run.grid]
 
         def writer():
             from engine.runs import Run
 
             run = Run(writer_path)
-            run.update_status(state="running", pid=__import__("os").getpid(), heartbeat=time.time(), progress=0.0)
-            step = 0
+            run.update_status(state="running", pid=__import__("os").getpid(), heartbeat=time.time(), progress=0.5)
+            step = 1000
             while not stop.is_set():
-                run.log_cell_loss("pt__x__s1__lr0.3", step, 1 / (step + 1))
+                run.log_cell_loss(cell_ids[step % 7], step, 1 / (step + 1))
                 step += 1
                 time.sleep(0.002)
             return step
@@ -94,15 +132,26 @@ async def measure(root: Path, seconds: float, writer_path: Path, runs: int) -> d
         thread.start()
         # the UI stays responsive: key presses are handled while the writer runs and workers read.
         # (Pilot.press would also wait for the whole process to go idle, which it never does here.)
-        latencies = []
-        for key, row in (("down", 1), ("up", 0)) * 3:
-            key_t = time.perf_counter()
-            app.simulate_key(key)
-            while table.cursor_row != row:
-                await asyncio.sleep(0.001)
-            latencies.append(time.perf_counter() - key_t)
-            await asyncio.sleep(0.2)
+        cell_keys, run_keys = [], []
         try:
+            cells.table.focus()
+            await pilot.pause(0.1)
+            for key, row in (("down", 1), ("up", 0)) * 3:  # in the cell list: the chosen cell is replotted
+                key_t = time.perf_counter()
+                app.simulate_key(key)
+                while cells.table.cursor_row != row or detail.cell != cell_ids[row]:
+                    await asyncio.sleep(0.001)
+                cell_keys.append(time.perf_counter() - key_t)
+                await asyncio.sleep(0.2)
+            table.focus()
+            await pilot.pause(0.1)
+            for key, row in (("down", 1), ("up", 0)) * 2:  # in the runs table: another run's detail, then back
+                key_t = time.perf_counter()
+                app.simulate_key(key)
+                while table.cursor_row != row or cells.run_id != screen.selected.id:
+                    await asyncio.sleep(0.001)
+                run_keys.append(time.perf_counter() - key_t)
+                await asyncio.sleep(0.3)
             await asyncio.sleep(seconds)
             assert detail.run is not None and detail.run.run.path == writer_path
         finally:
@@ -110,16 +159,20 @@ async def measure(root: Path, seconds: float, writer_path: Path, runs: int) -> d
             thread.join()
         events = sum(1 for _ in writer_path.joinpath("metrics.jsonl").open())
         redraws, elapsed = detail.redraws - redraws_before, time.perf_counter() - measure_t
-    return {"first_screen_s": round(first_screen_s, 3), "refresh_ticks": reads[0],
-            "refresh_ms_mean": round(1000 * read_s[0] / max(reads[0], 1), 2),
-            "show_ms_mean": round(1000 * show_s[0] / max(shows[0], 1), 2),
-            "redraws_per_s": round(redraws / elapsed, 2), "events_written": events,
-            "key_latency_ms": round(1000 * max(latencies), 1)}
+    return {"first_screen_s": round(first_screen_s, 3), "index_first_read_s": round(index_s, 3),
+            "cells": len(cell_ids), "events_in_big_run": events, "refresh_ticks": len(read_ms),
+            "refresh_ms_mean": round(sum(read_ms) / max(len(read_ms), 1), 2), "refresh_ms_max": round(max(read_ms), 2),
+            "show_ms_mean": round(sum(show_ms) / max(len(show_ms), 1), 2), "show_ms_max": round(max(show_ms), 2),
+            "redraws_per_s": round(redraws / elapsed, 2),
+            "key_cell_list_ms_max": round(1000 * max(cell_keys), 1),
+            "key_runs_table_ms_max": round(1000 * max(run_keys), 1)}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=50)
+    parser.add_argument("--cells", type=int, default=1400)
+    parser.add_argument("--events-per-cell", type=int, default=300)
     parser.add_argument("--seconds", type=float, default=5.0)
     args = parser.parse_args()
     code = "import time; t = time.perf_counter(); import mpt_tui.app; import sys; " \
@@ -127,9 +180,11 @@ def main() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO).stdout.split()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp) / "runs"
-        paths = make_store(root, args.runs)
-        report = {"runs": args.runs, "import_app_s": round(float(out[0]), 3), "torch_imported": out[1] == "True",
-                  **asyncio.run(measure(root, args.seconds, max(paths, key=lambda p: p.name), args.runs))}
+        make_store(root, args.runs)
+        time.sleep(1.0)  # the big run's id sorts last: it is the newest, selected at the start
+        big = make_big_run(root, args.cells, args.events_per_cell)
+        report = {"runs": args.runs + 1, "import_app_s": round(float(out[0]), 3), "torch_imported": out[1] == "True",
+                  **asyncio.run(measure(root, args.seconds, big, args.runs + 1))}
     print(json.dumps(report))
     for key, value in report.items():
         print(f"{key:20s} {value}")

@@ -62,8 +62,17 @@ class EventIndex:
         self.events = 0  # events indexed: also the revision number
         self.damaged = 0  # lines that were not JSON (a run killed mid-write)
 
-    def read(self, chunk_bytes: int = 4 << 20) -> int:
-        """Index what was appended since the last call; returns the number of events added."""
+    @property
+    def behind(self) -> bool:
+        """Whether the file has bytes not indexed yet (a first read of a big file goes over several refreshes)."""
+        try:
+            return self.path.stat().st_size > self.offset
+        except OSError:
+            return False
+
+    def read(self, max_bytes: int = 8 << 20, chunk_bytes: int = 1 << 20) -> int:
+        """Index what was appended since the last call, up to `max_bytes` (the rest at the next call, so the
+        first read of a huge file does not hold up a refresh); returns the number of events added."""
         try:
             with self.path.open("rb") as f:
                 size = os.fstat(f.fileno()).st_size
@@ -72,13 +81,15 @@ class EventIndex:
                     self.restarts += 1
                     self._clear()
                 f.seek(self.offset)
-                added = 0
-                while True:
-                    chunk = f.read(chunk_bytes)
+                added, budget = 0, max_bytes
+                while budget > 0:
+                    chunk = f.read(min(chunk_bytes, budget))
                     if not chunk:
                         return added
+                    budget -= len(chunk)
                     self.offset += len(chunk)
                     added += self._index(chunk)
+                return added
         except OSError:
             return 0
 

@@ -10,7 +10,6 @@ import time
 
 import pytest
 
-from conftest import DEMO_DATA, REPO, SMALL_SEEDS, SMALL_SOURCES, SMALL_TARGETS, small_run
 from engine.config import DATA_DIR_ENV
 from engine.protocol import select_and_aggregate
 from engine.report import build_report, delta_text, p_text, paired_line, score_text
@@ -22,6 +21,8 @@ from mpt_tui.screens.help import HelpScreen, key_text
 from mpt_tui.screens.launch import LaunchScreen
 from mpt_tui.screens.results import ResultsScreen, SplitDetail
 from mpt_tui.screens.runs import RunsScreen
+
+from conftest import DEMO_DATA, REPO, SMALL_SEEDS, SMALL_SOURCES, SMALL_TARGETS, small_run
 
 TARGETS = SMALL_TARGETS
 
@@ -352,7 +353,7 @@ async def test_the_app_keeps_responding_while_another_process_holds_the_index_lo
             await within(pilot, 10, lambda: results.loaded, "the index read once the lock is free")
             await pilot.pause()
             assert results.selected_ids == ["20260101-000000-a"]
-            assert _cell_texts(results.query_one("#comparison"), "t1")[1:] == ["50.0 ± 0.0", "60.0 ± 0.0"]
+            assert _cell_texts(results.query_one("#comparison"), "t1")[1:] == ["50.0 ± 0.0", "60.0 ± 0.0 ▲"]
     finally:
         holder.kill()
         holder.wait()
@@ -378,7 +379,7 @@ async def test_each_runs_gain_is_over_its_own_pt(tmp_path):
             "target task", "PT (101-000000-a)", "MTL (101-000000-a)", "PT (102-000000-b)", "MTL (102-000000-b)"]
         assert _cell_texts(table, "__mean__")[1:] == ["40.0", "50.0", "20.0", "30.0"]
         assert _cell_texts(table, "__gain__") == ["gain over PT", "+0.0%", "+25.0%", "+0.0%", "+50.0%"]
-        assert _cell_texts(table, "t2")[1:] == ["50.0 ± 0.0", "60.0 ± 0.0", "-", "-"]
+        assert _cell_texts(table, "t2")[1:] == ["50.0 ± 0.0", "60.0 ± 0.0 ▲", "-", "-"]
         notes = screen.query_one("#report-notes")
         assert notes.display and "different target tasks" in str(notes.render())
         # the best column of each task is bold

@@ -1,4 +1,5 @@
-"""A scripted terminal session: mpt-tui in tmux, launch a tiny run, kill the app, find the run still going."""
+"""A scripted terminal session: mpt-tui in tmux, launch a tiny run from the task pickers by keys only, kill the app,
+find the run still going, and watch it finish."""
 
 from __future__ import annotations
 
@@ -10,8 +11,9 @@ import uuid
 
 import pytest
 
-from conftest import DEMO_DATA, REPO, SMALL_SEEDS, SMALL_SOURCES, SMALL_TARGETS
 from engine.runs import list_runs
+
+from conftest import DEMO_DATA, REPO
 
 pytestmark = pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed")
 
@@ -21,6 +23,8 @@ class Tmux:
         self.name = f"mpt-{uuid.uuid4().hex[:8]}"
         subprocess.run(["tmux", "new-session", "-d", "-s", self.name, "-x", str(cols), "-y", str(rows), command],
                        check=True, cwd=REPO)
+        # a detached session may keep tmux's default size: set the window's explicitly
+        subprocess.run(["tmux", "resize-window", "-t", self.name, "-x", str(cols), "-y", str(rows)], capture_output=True)
 
     def keys(self, *keys: str, literal: bool = False) -> None:
         subprocess.run(["tmux", "send-keys", "-t", self.name, *(["-l"] if literal else []), *keys], check=True)
@@ -47,27 +51,49 @@ def _app(runs, data) -> Tmux:
     return Tmux(f"{sys.executable} -m mpt_tui.cli --runs-dir {runs} --data-dir {data}")
 
 
-def test_a_run_launched_from_the_app_outlives_the_app(tmp_path, tiny_llama):
+def _field(app: Tmux, value: str) -> None:
+    """Tab to the next form field and replace its text."""
+    app.keys("Tab")
+    app.keys("End")
+    app.keys("C-u")
+    if value:
+        app.keys(value, literal=True)
+
+
+def test_a_run_launched_from_the_pickers_outlives_the_app_and_finishes(tmp_path, tiny_llama):
     data = DEMO_DATA
     runs = tmp_path / "runs"
     app = _app(runs, data)
     try:
-        app.wait_for("Runs")
+        app.wait_for("Plot view")
         app.keys("3")
-        app.wait_for("data directory")
-        time.sleep(1.0)
-        app.keys("Tab")  # focus the preset select; then tab through the form, replacing each field
-        values = [str(data), str(tiny_llama), "cpu", "", ", ".join(SMALL_SOURCES), SMALL_TARGETS[0], str(SMALL_SEEDS[0]), "4",
-                  "0.3", "600", "2"]
-        for value in values:
-            app.keys("Tab")
-            app.keys("End")
-            app.keys("C-u")
-            if value:
-                app.keys(value, literal=True)
+        app.wait_for("sources: 4 chosen")  # the demo setting's tasks, read from the data directory
+        time.sleep(0.5)
+        # the focus starts in the task filter; tab: the sources' actions, then their list
+        app.keys("Tab", "Tab", "Tab")  # setting's, all class., clear
+        app.keys("Enter")
+        app.wait_for("sources: 0 chosen")
+        app.keys("Tab", "End", "Space")  # the sources list: its last task, demo-spam
+        app.wait_for("sources: 1 chosen")
+        app.keys("Tab", "Tab", "Tab", "Enter")  # the targets' clear
+        app.wait_for("targets: 0 chosen")
+        app.keys("Tab", "Home", "Down", "Space")  # the targets list: its second task, demo-formality
+        app.wait_for("targets: 1 chosen")
+        app.keys("Tab", "Tab", "Space", "Tab", "Space", "Tab", "Space")  # keep MTL; uncheck MAML, FoMAML, Reptile
+        app.keys("Tab", "Tab", "Space", "Tab")  # splits: keep 1, uncheck 2, leave 3
+        for value in (str(tiny_llama), "cpu", "demo", "4", "0.3", "300", "2"):
+            _field(app, value)  # model, device, setting, prompt length, learning rates, steps, upstream updates
+        plan = "plan: 1 sources · 1 targets · 1 splits · 2 methods · 2 upstream steps x 1 · 2 grid cells"
+        end = time.time() + 30
+        while plan not in " ".join(app.screen().split()):  # the plan line, however the terminal wraps it
+            assert time.time() < end, app.screen()
+            time.sleep(0.3)
         app.keys("C-s")
         app.wait_for("started", timeout=30)
         (run,) = list_runs(runs)
+        plan = run.config()["plan"]
+        assert (plan["sources"], plan["targets"], plan["seeds"], plan["methods"]) == (
+            ["demo-spam"], ["demo-formality"], [1], ["pt", "mtl"])
         end = time.time() + 120
         while time.time() < end and not (run.status().get("progress") or 0) > 0.05:
             time.sleep(0.3)
@@ -83,6 +109,7 @@ def test_a_run_launched_from_the_app_outlives_the_app(tmp_path, tiny_llama):
             time.sleep(0.5)
         assert run.status()["state"] == "finished"
         assert run.status()["progress"] > progress
-        app.wait_for("finished", timeout=30)
+        screen = app.wait_for("done", timeout=30)  # the cell list shows the finished cells
+        assert "finished" in screen
     finally:
         app.kill()

@@ -79,6 +79,7 @@ def _number(value, digits: int = 3) -> str:
 
 
 class AnalysisScreen(ReportWorkerErrors, Screen):
+    AUTO_FOCUS = "#analysis-runs"
     BINDINGS = [
         Binding("k", "next_kind", "Similarity kind", id="similarity-kind",
                 tooltip="show the next kind of task embedding: prompt (SPoT's), text (the frozen model's)"),

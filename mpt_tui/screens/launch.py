@@ -126,6 +126,7 @@ def _has_timings(runs_root: Path, model: str) -> bool:
 
 
 class LaunchScreen(ReportWorkerErrors, Screen):
+    AUTO_FOCUS = "#task-filter"  # type to find a task; tab goes on to the lists' actions and the lists
     BINDINGS = [
         Binding("ctrl+s", "start", "Start run", id="start", tooltip="check the form and start the run in the background"),
         Binding("ctrl+w", "save", "Save preset", id="save", tooltip="save the form as a preset file (save as)"),
@@ -264,7 +265,7 @@ class LaunchScreen(ReportWorkerErrors, Screen):
         shown = [e for name, e in self.catalog.items() if needle in name.lower()]
         width = max([len(e.name) for e in shown] + [8])
         if self.size.width:  # two lists side by side: border, checkbox, type, splits and test take about 20 columns
-            width = min(width, max(12, (self.size.width - 4) // 2 - 21))
+            width = min(width, max(12, (self.size.width - 4) // 2 - 22))
         for role in ROLES:
             listing = self.query_one(f"#{role}-list", SelectionList)
             with self.prevent(SelectionList.SelectedChanged):

@@ -166,8 +166,7 @@ class RunsScreen(ReportWorkerErrors, Screen):
 
     def action_next_view(self) -> None:
         detail = self.query_one(RunDetail)
-        detail.view = VIEWS[(VIEWS.index(detail.view) + 1) % len(VIEWS)]
-        self.notify(f"plot: {detail.view}", timeout=2)
+        detail.view = VIEWS[(VIEWS.index(detail.view) + 1) % len(VIEWS)]  # the plot's title says which
 
     def action_filter_cells(self) -> None:
         self.query_one("#cell-filter", Input).focus()

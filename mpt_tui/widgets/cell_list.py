@@ -4,7 +4,9 @@ The rows are the run's grid (from its config, in grid order) plus any cell its m
 name that the grid lacks. `show(view)` updates only the rows whose cell logged since the
 last call (each cell carries the index's revision of its last event), so a run with
 1,400 cells costs a comparison per row per refresh, not a redraw of the table. The
-filter (every word must appear in the row) rebuilds the table once per edit.
+filter (every word must appear in the row) rebuilds the table once per edit; a rebuild
+(another run, a new filter) adds the first rows at once and the rest in batches after the
+next refreshes, so a key press that shows another run is not held up by 1,400 rows.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from mpt_tui.events_index import CellEvents
 from mpt_tui.watch import RunView
 
 COLUMNS = ("method", "task", "seed", "lr", "state", "dev", "test")
+FIRST_ROWS = 60  # added at once on a rebuild: more than a screenful
+BATCH_ROWS = 200  # then this many per refresh
 
 
 def parse_cell_id(cell_id: str) -> tuple[str, str, str, str]:
@@ -52,10 +56,12 @@ class CellList(Vertical):
         self.shown: dict[str, tuple[int, tuple]] = {}  # cell id -> (rev drawn, row drawn)
         self.order: list[str] = []
         self.view: RunView | None = None
+        self.pending: list[str] = []  # rows of a rebuild not added yet (in order)
+        self.rebuilds = 0
 
     def compose(self) -> ComposeResult:
         yield Input(placeholder="/ filter cells: method task seed state", id="cell-filter", compact=True)
-        yield DataTable(id="cell-table", cursor_type="row", zebra_stripes=True)
+        yield DataTable(id="cell-table", cursor_type="row", zebra_stripes=True, cell_padding=1)
 
     def on_mount(self) -> None:
         table = self.query_one("#cell-table", DataTable)
@@ -91,18 +97,12 @@ class CellList(Vertical):
         cells = dict.fromkeys([c.id for c in view.grid] + list(index.cells))
         if rebuild or view.id != self.run_id or len(cells) != len(self.order):
             self.run_id, self.order, self.shown = view.id, list(cells), {}
-            cursor = self.highlighted
             table.clear()
-            for cell_id in self.order:
-                events = index.cells.get(cell_id)
-                row = cell_row(cell_id, events, live)
-                self.shown[cell_id] = (events.rev if events else -1, row)
-                if self._matches(row):
-                    table.add_row(*row, key=cell_id)
-            if cursor is not None and cursor in table.rows:
-                table.move_cursor(row=table.get_row_index(cursor))
+            self.rebuilds += 1
+            self.pending = list(self.order)
+            self._add_pending(FIRST_ROWS)
             return
-        for cell_id, (rev, row) in self.shown.items():
+        for cell_id, (rev, row) in list(self.shown.items()):
             events = index.cells.get(cell_id)
             new_rev = events.rev if events else -1
             if new_rev == rev and (row[4] != "training" or live):
@@ -115,6 +115,23 @@ class CellList(Vertical):
                         table.update_cell(cell_id, column, value)
             elif self._matches(new_row):
                 table.add_row(*new_row, key=cell_id)  # now matches the filter ("training", "done"): at the end
+
+    def _add_pending(self, n: int) -> None:
+        """Add the next `n` rows of a rebuild (their current state), then schedule the rest."""
+        view, table = self.view, self.table
+        if view is None:
+            return
+        batch, self.pending = self.pending[:n], self.pending[n:]
+        live = view.is_active()
+        for cell_id in batch:
+            events = view.index.cells.get(cell_id)
+            row = cell_row(cell_id, events, live)
+            self.shown[cell_id] = (events.rev if events else -1, row)
+            if self._matches(row):
+                table.add_row(*row, key=cell_id)
+        if self.pending:
+            rebuild = self.rebuilds
+            self.call_after_refresh(lambda: self.rebuilds == rebuild and self._add_pending(BATCH_ROWS))
 
     def on_input_changed(self, event: Input.Changed) -> None:
         event.stop()
