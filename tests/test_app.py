@@ -276,6 +276,7 @@ async def test_launch_pickers_show_each_tasks_type_splits_and_test_file_and_driv
         targets.toggle("demo-product_sentiment")
         await pilot.pause()
         assert screen.chosen["targets"] == ["demo-product_sentiment"]
+        assert str(targets.get_option("demo-product_sentiment").prompt).rstrip().endswith("✓")  # readable without colour
         await within(pilot, 10, lambda: "10 grid cells" in str(plan.render()), "the plan of one target")
         assert "4 sources · 1 targets · 2 splits" in str(plan.render())
         # a target that is also a source is flagged at once, before any start

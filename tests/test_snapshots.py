@@ -64,11 +64,28 @@ def _write_run(root, run_id: str, state: str, methods: list[str], progress: floa
     write_json_atomic(run.status_path, status)
 
 
+ANALYSIS = {"version": 1, "sources": ["glue-sst2", "amazon_polarity", "ag_news", "trec"],
+            "targets": ["poem_sentiment", "superglue-cb"],
+            "kinds": {"prompt": {"matrix": [[0.91, 0.84, 0.22, 0.10], [0.35, 0.30, 0.41, 0.52]],
+                                 "nearest": {"poem_sentiment": [["glue-sst2", 0.91], ["amazon_polarity", 0.84]],
+                                             "superglue-cb": [["trec", 0.52], ["ag_news", 0.41]]}},
+                      "text": {"matrix": [[0.71, 0.64, 0.52, 0.40], [0.55, 0.50, 0.61, 0.62]],
+                               "nearest": {"poem_sentiment": [["glue-sst2", 0.71], ["amazon_polarity", 0.64]],
+                                           "superglue-cb": [["trec", 0.62], ["ag_news", 0.61]]}}},
+            "correlations": [{"similarity": "prompt", "method": "maml", "aggregate": "max", "level": "task", "n": 2,
+                              "rho": 1.0, "p": 0.5},
+                             {"similarity": "prompt", "method": "mtl", "aggregate": "mean", "level": "split", "n": 4,
+                              "rho": -0.2, "p": 0.8}],
+            "gains": {"maml": {"poem_sentiment": 0.1, "superglue-cb": 0.1}},
+            "note": "2 targets: a rank correlation over so few targets means little"}
+
+
 @pytest.fixture
 def snapshot_store(tmp_path):
     root = tmp_path / "runs"
     _write_run(root, "20260101-000000-snap", "finished", ["pt", "mtl", "maml"], 1.0)
     _write_run(root, "20260101-010000-snap", "cancelled", ["pt", "mtl"], 0.42)
+    write_json_atomic(root / "20260101-000000-snap" / "analysis.json", ANALYSIS)
     RunIndex(root).rebuild()
     return root
 
@@ -80,9 +97,15 @@ async def _settle(pilot) -> None:
     await pilot.pause()
 
 
+SCREENS = {"runs": [], "runs-compare": ["down", "v"], "runs-upstream": ["v", "v"], "results": ["2"],
+           "results-mean": ["2", "tab", "down", "down"], "launch": ["3"], "analysis": ["4"],
+           "analysis-missing": ["4", "up", "enter"], "help": ["question_mark"]}
+
+
 @pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
-@pytest.mark.parametrize("keys", [[], ["2"], ["3"], ["question_mark"]], ids=["runs", "results", "launch", "help"])
-def test_screen_snapshot(snap_compare, snapshot_store, size, keys):
+@pytest.mark.parametrize("keys", list(SCREENS.values()), ids=list(SCREENS))
+def test_screen_snapshot(snap_compare, snapshot_store, size, keys, monkeypatch):
+    monkeypatch.setenv("MPT_TUI_DATA_DIR", "")  # the demo preset's own data, wherever the test runs
     app = MptApp(snapshot_store, data_dir="", refresh_hz=4)
 
     async def run_before(pilot) -> None:

@@ -83,11 +83,12 @@ def field_value(text: str, kind: str):
     return [_number(t, int if kind == "list-int" else float) for t in items]
 
 
-def task_prompt(entry, name_width: int) -> Text:
-    """A picker line: name, type, number of splits, test file."""
-    text = Text(f"{entry.name[:name_width]:<{name_width}} ")
+def task_prompt(entry, name_width: int, chosen: bool) -> Text:
+    """A picker line: name, type, number of splits, test file; ✓ when chosen (readable without colour)."""
+    text = Text(f"{entry.name[:name_width]:<{name_width}} ", style="bold" if chosen else "")
     text.append(f"{entry.short_type:<5} {len(entry.seeds):>2} ", style="dim")
     text.append("test" if entry.has_test else "----", style="dim" if entry.has_test else "yellow")
+    text.append(" ✓" if chosen else "  ", style="bold green")
     return text
 
 
@@ -129,7 +130,8 @@ class LaunchScreen(ReportWorkerErrors, Screen):
     AUTO_FOCUS = "#task-filter"  # type to find a task; tab goes on to the lists' actions and the lists
     BINDINGS = [
         Binding("ctrl+s", "start", "Start run", id="start", tooltip="check the form and start the run in the background"),
-        Binding("ctrl+w", "save", "Save preset", id="save", tooltip="save the form as a preset file (save as)"),
+        Binding("ctrl+w", "save", "Save preset", id="save", tooltip="save the form as a preset file (save as)",
+                priority=True),  # before the inputs' own ctrl+w (delete a word)
         Binding("ctrl+g", "setting_tasks", "Setting's tasks", id="setting-tasks",
                 tooltip="both task lists: the setting's sources and targets"),
         Binding("ctrl+o", "classification_tasks('')", "All classification", id="all-classification",
@@ -190,6 +192,7 @@ class LaunchScreen(ReportWorkerErrors, Screen):
         self.seed_choice: list[int] = []
         self.shown_seeds: tuple = ()
         self.last_picker = "sources"
+        self.name_width = 20
         self.plan_text = ""
         self.starting: Worker | None = None
         self.query_one("#data_dir", Input).value = self.app.data_dir or os.environ.get(DATA_DIR_ENV, "")
@@ -263,18 +266,22 @@ class LaunchScreen(ReportWorkerErrors, Screen):
     def show_tasks(self) -> None:
         needle = self.query_one("#task-filter", Input).value.strip().lower()
         shown = [e for name, e in self.catalog.items() if needle in name.lower()]
-        width = max([len(e.name) for e in shown] + [8])
-        if self.size.width:  # two lists side by side: border, checkbox, type, splits and test take about 20 columns
-            width = min(width, max(12, (self.size.width - 4) // 2 - 22))
+        width = self.name_width = self._name_width(shown)
         for role in ROLES:
             listing = self.query_one(f"#{role}-list", SelectionList)
             with self.prevent(SelectionList.SelectedChanged):
                 listing.clear_options()
-                listing.add_options([Selection(task_prompt(e, width), e.name, e.name in self.chosen[role])
-                                     for e in shown])
+                listing.add_options([Selection(task_prompt(e, width, e.name in self.chosen[role]), e.name,
+                                               e.name in self.chosen[role], id=e.name) for e in shown])
             self.query_one(f"#{role}-title", Label).update(
                 f"{role}: {len(self.chosen[role])} chosen" + (f" (showing {len(shown)} of {len(self.catalog)})"
                                                              if needle else ""))
+
+    def _name_width(self, shown: list) -> int:
+        width = max([len(e.name) for e in shown] + [8])
+        if self.size.width:  # two lists side by side: border, checkbox, type, splits, test, ✓: about 24 columns
+            width = min(width, max(12, (self.size.width - 4) // 2 - 24))
+        return width
 
     def on_selection_list_selection_toggled(self, event: SelectionList.SelectionToggled) -> None:
         role = event.selection_list.id.removesuffix("-list")
@@ -285,6 +292,9 @@ class LaunchScreen(ReportWorkerErrors, Screen):
         tasks = self.chosen[role]
         self.chosen[role] = [t for t in tasks if t != task] if task in tasks else tasks + [task]
         self.query_one(f"#{role}-title", Label).update(f"{role}: {len(self.chosen[role])} chosen")
+        if task in self.catalog:
+            event.selection_list.replace_option_prompt(task, task_prompt(self.catalog[task], self.name_width,
+                                                                         task in self.chosen[role]))
         self.form_changed()
 
     def set_tasks(self, role: str, tasks: list[str]) -> None:
