@@ -244,7 +244,7 @@ def connect(cluster: ClusterConfig, log_path: Path) -> str:
     if not cluster.address:
         options["include_dashboard"] = False
     with _output_to(log_path):
-        context = ray.init(address=cluster.address or None, **options)
+        context = ray.init(address=cluster.address or "local", **options)  # "local": a new instance, never a stale one
     return getattr(context, "address_info", {}).get("gcs_address") or cluster.address or "local"
 
 

@@ -233,3 +233,79 @@ def test_the_ray_missing_error_names_the_extra(tmp_path, tiny_llama):
     assert proc.returncode == 2
     assert proc.stderr.strip() == "mpt-tui: error: cluster.backend: 'ray' needs the Ray package: " \
                                   "pip install 'mpt-tui[ray]'", proc.stderr
+
+
+# ---- the schedule and the estimate, without Ray ---------------------------------------------
+
+def test_the_schedule_starts_a_unit_when_what_it_needs_has_finished_and_a_retry_goes_first():
+    from engine.grid import Schedule, Scheduled
+
+    schedule, started = Schedule(), []
+    for name, needs in [("upstream:maml", ()), ("group 1/3", ("upstream:maml",)), ("group 2/3", ()),
+                        ("group 3/3", ())]:
+        schedule.submit(Scheduled(name, None, frozenset(needs), on_start=lambda n=name: started.append(n)))
+    first, second = schedule.take(), schedule.take()
+    assert (first.name, second.name) == ("upstream:maml", "group 2/3")  # the PT group does not wait
+    schedule.retry(second)  # its worker was lost
+    assert schedule.take().name == "group 2/3"
+    assert schedule.take().name == "group 3/3"
+    assert schedule.take() is None  # group 1 waits for maml
+    schedule.done(first, None)
+    assert schedule.take().name == "group 1/3"
+    assert started == ["upstream:maml", "group 2/3", "group 2/3", "group 3/3", "group 1/3"]
+    with pytest.raises(ValueError, match="never submitted"):
+        schedule.submit(Scheduled("group x", None, frozenset({"upstream:fomaml"})))
+
+
+def test_parallel_time_places_units_on_free_workers_in_schedule_order():
+    from engine.estimate import parallel_time
+
+    units = [(10.0, frozenset(), "maml"), (3.0, frozenset({"maml"}), ""), (2.0, frozenset(), ""),
+             (2.0, frozenset(), "")]
+    assert parallel_time(units, 1) == 17.0  # one after another
+    assert parallel_time(units, 2) == 13.0  # the PT groups beside maml, its group after it
+    assert parallel_time([(1.0, frozenset(), "")] * 8, 4) == 2.0
+
+
+def test_balanced_groups_fill_the_last_round_without_more_rounds():
+    from engine.cluster import balanced_group_size
+
+    def rounds(cells: int, size: int, workers: int) -> int:
+        return -(-(-(-cells // size)) // workers)
+
+    for cells, largest, workers in [(1400, 42, 8), (8, 8, 2), (3, 8, 2), (100, 7, 3)]:
+        size = balanced_group_size(cells, largest, workers)
+        assert size <= largest and rounds(cells, size, workers) == rounds(cells, largest, workers)
+        assert size == 1 or rounds(cells, size - 1, workers) > rounds(cells, size, workers)  # the smallest such
+    assert -(-1400 // balanced_group_size(1400, 42, 8)) == 40  # not 34 groups of 42: 5 full rounds of 8
+
+
+def test_dry_run_of_a_ray_preset_counts_its_workers_in_parallel(tmp_path, tiny_llama):
+    from engine.estimate import dry_run, render
+
+    preset = small_preset(tmp_path / "p.toml", tiny_llama, downstream=DOWNSTREAM, upstream=UPSTREAM)
+    local = check_preset(str(preset))
+    ray = check_preset(str(preset), [override("cluster.backend", "ray"), override("cluster.max_workers", 2)])
+    one = dry_run(local.preset, local.plan, tmp_path / "runs")
+    two = dry_run(ray.preset, ray.plan, tmp_path / "runs")
+    assert (one.workers, two.workers) == (1, 2)
+    assert two.estimate_s < two.serial_s
+    assert "ray: 2 workers at once" in render(two) and "ray:" not in render(one)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_the_headless_output_shows_each_worker_and_the_gpus_in_use():
+    import io
+
+    from mpt_tui.headless import LineReporter
+
+    out = io.StringIO()
+    LineReporter(out).workers({"backend": "ray", "address": "10.0.0.1:6379", "gpus_total": 8.0, "gpus_in_use": 1.5,
+                               "workers": [{"id": "w0", "node": "gpu-a", "device": "cuda:0", "pid": 11,
+                                            "unit": "upstream:maml"},
+                                           {"id": "w1", "node": "gpu-b", "device": "cuda:0", "pid": 12,
+                                            "unit": "group 3/12 (8 cells)"}]})
+    line = out.getvalue()
+    assert line.count("\n") == 1
+    assert "GPUs 1.5/8 in use" in line
+    assert "w0 gpu-a cuda:0: upstream:maml" in line and "w1 gpu-b cuda:0: group 3/12 (8 cells)" in line
