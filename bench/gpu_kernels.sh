@@ -16,7 +16,7 @@ if [ -d .whl ] && [ "$MODE" = gpu ]; then
   $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
     && export PYTHONPATH=/tmp/site
 fi
-export PYTHONUNBUFFERED=1 TORCHINDUCTOR_CACHE_DIR=${TORCHINDUCTOR_CACHE_DIR:-/tmp/inductor-cache}
+export PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True PYTHONUNBUFFERED=1 TORCHINDUCTOR_CACHE_DIR=${TORCHINDUCTOR_CACHE_DIR:-/tmp/inductor-cache}
 $PY -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)"
 timeout 200 $PY bench/speed.py --mode "$MODE" --only kernels,pt_step,eval --json "$OUT/kernels-$MODE-bf16.json"
 timeout 150 $PY bench/speed.py --mode "$MODE" --only compile --json "$OUT/kernels-$MODE-compile.json"

@@ -322,7 +322,8 @@ def training_step_choices(backbone, mode: Mode, maker: TextMaker) -> dict:
     from engine.prompt import initial_prompt
 
     train, _, _ = make_task(maker, mode, mode.batch, "probe")
-    prompt = initial_prompt(backbone, length=mode.prompt_tokens, method="vocab", seed=0).requires_grad_(True)
+    prompt = initial_prompt(backbone, length=mode.prompt_tokens, method="vocab", seed=0).to(backbone.device)
+    prompt.requires_grad_(True)
     with kernels.sdpa_choices() as choices:
         backbone.token_totals(prompt, [e.input for e in train], [e.output for e in train]).mean_loss().backward()
     return dict(choices)
@@ -447,7 +448,7 @@ def eval_examples(backbone, mode: Mode, maker: TextMaker, real_weights: bool) ->
 def bench_eval(backbone, mode: Mode, maker: TextMaker, real_weights: bool) -> dict:
     """One multi-prompt evaluation pass, each way: a pass per option, the shared prefix, beam search."""
     items, source = eval_examples(backbone, mode, maker, real_weights)
-    bank = torch.stack([p for p, _ in items])
+    bank = torch.stack([p for p, _ in items]).to(backbone.device)
     owner = torch.tensor([j for j, (_, ex) in enumerate(items) for _ in ex])
     examples = [e for _, ex in items for e in ex]
     inputs, options = [e.input for e in examples], [list(e.options) for e in examples]

@@ -208,7 +208,9 @@ class Backbone:
             if self.is_encoder_decoder:
                 embeds, mask = self._embed_rows(prompt, owner, [self._prompted_input(i, placement) for i in in_ids])
                 decoder_ids = self.model.prepare_decoder_input_ids_from_labels(labels=labels)
-                logits = self.model(inputs_embeds=embeds, attention_mask=mask, decoder_input_ids=decoder_ids).logits
+                # use_cache=False: T5 would otherwise grow a key/value cache in every training pass
+                logits = self.model(inputs_embeds=embeds, attention_mask=mask, decoder_input_ids=decoder_ids,
+                                    use_cache=False).logits
             else:
                 # Left padding lines every row's targets up at the end, so the LM head (a large
                 # matrix for big vocabularies) only runs on the last width+1 positions.
@@ -225,9 +227,10 @@ class Backbone:
         position_ids = (mask.cumsum(dim=1) - 1).clamp(min=0)
         try:
             return self.model(inputs_embeds=embeds, attention_mask=mask, position_ids=position_ids,
-                              logits_to_keep=keep).logits
+                              logits_to_keep=keep, use_cache=False).logits
         except TypeError:  # a model without logits_to_keep: compute them all
-            return self.model(inputs_embeds=embeds, attention_mask=mask, position_ids=position_ids).logits[:, -keep:]
+            return self.model(inputs_embeds=embeds, attention_mask=mask, position_ids=position_ids,
+                              use_cache=False).logits[:, -keep:]
 
     def loss(self, prompt, inputs, targets, placement="before") -> torch.Tensor:
         return self.token_totals(prompt, inputs, targets, placement).mean_loss()
@@ -285,7 +288,7 @@ class Backbone:
                 encoded = self.model.get_encoder()(inputs_embeds=embeds, attention_mask=mask).last_hidden_state
                 decoder_ids = self.model.prepare_decoder_input_ids_from_labels(labels=labels)
                 logits = self.model(encoder_outputs=BaseModelOutput(last_hidden_state=encoded[row_of]),
-                                    attention_mask=mask[row_of], decoder_input_ids=decoder_ids).logits
+                                    attention_mask=mask[row_of], decoder_input_ids=decoder_ids, use_cache=False).logits
             else:
                 embeds, mask = self._embed_rows(prompt, owner, prefixes, left_pad=True)
                 lengths = mask.sum(dim=1)
