@@ -59,7 +59,7 @@ class TokenTotals:
 class Backbone:
     def __init__(self, model, tokenizer, name: str, *, device: str = "cpu",
                  max_input_length: int = 256, max_output_length: int = 64,
-                 precision: str = "fp32", compile: bool = False, dropout: bool = False,
+                 precision: str = "fp32", compile: bool | str = False, dropout: bool = False,
                  fused_kernels: bool = True):
         model.requires_grad_(False)  # frozen: no gradient, so no optimizer state either
         model.eval()  # evaluation never drops out; training does only inside `training()` with dropout on
@@ -85,13 +85,19 @@ class Backbone:
         # a key/value cache goes in as `cache` (transformers 5.x) or `past_key_values` (before)
         self._cache_kwarg = "cache" if "cache" in inspect.signature(self.model.forward).parameters \
             else "past_key_values"
-        if compile:  # dynamic: batch widths change from pass to pass
-            self.model.forward = torch.compile(self.model.forward, dynamic=True)
+        # row widths are rounded up to these multiples (1: exact); CUDA graphs need shapes that repeat
+        self.row_bucket, self.label_bucket = (32, 8) if compile == "reduce-overhead" else (1, 1)
+        if compile:
+            _persistent_compile_cache()
+            if compile == "reduce-overhead":  # CUDA graphs: one recorded graph per shape, replayed
+                self.model.forward = torch.compile(self.model.forward, mode="reduce-overhead", dynamic=False)
+            else:  # dynamic: batch widths change from pass to pass
+                self.model.forward = torch.compile(self.model.forward, dynamic=True)
 
     @classmethod
     def load(cls, name: str, *, device: str = "cpu", attn_implementation: str | None = None,
              max_input_length: int = 256, max_output_length: int = 64, progress=None,
-             compile: bool = False, precision: str = "auto", dropout: bool = False) -> "Backbone":
+             compile: bool | str = False, precision: str = "auto", dropout: bool = False) -> "Backbone":
         from engine.models import load_pretrained
 
         kwargs = {"progress": progress} if progress else {}
@@ -141,14 +147,15 @@ class Backbone:
     # ---- rows ---------------------------------------------------------------------
 
     def _embed_rows(self, prompt: torch.Tensor, owner: torch.Tensor | None, segments: list[list],
-                    left_pad: bool = False):
+                    left_pad: bool = False, min_width: int = 0):
         """Embed rows made of token-id lists and a "P" marker where the prompt goes.
 
-        Returns inputs_embeds [B, L, d] and attention_mask [B, L].
+        Returns inputs_embeds [B, L, d] and attention_mask [B, L] (L: the longest row, rounded up
+        to `row_bucket`, at least `min_width`).
         """
         n = prompt.shape[-2]
         lengths = [sum(n if seg == "P" else len(seg) for seg in row) for row in segments]
-        width = max(lengths)
+        width = max(_round_up(max(lengths), self.row_bucket), min_width)
         B = len(segments)
         ids = torch.full((B, width), self.pad_id, dtype=torch.long)
         slot = torch.full((B, width), -1, dtype=torch.long)  # prompt vector index, -1 elsewhere
@@ -194,7 +201,7 @@ class Backbone:
             raise ValueError(f"placement must be one of {PLACEMENTS}, got {placement!r}")
         in_ids = [self._ids(t, "input") for t in inputs]
         out_ids = [self._ids(t, "target") for t in targets]
-        width = max(len(o) for o in out_ids)
+        width = _round_up(max(len(o) for o in out_ids), self.label_bucket)
         # Targets as a padded [B, T] matrix built on the host and sent once; -100 marks padding.
         # The loss below needs no boolean indexing or nonzero(), so a step never waits for the GPU.
         labels = torch.full((len(out_ids), width), -100, dtype=torch.long)
@@ -215,7 +222,7 @@ class Backbone:
                 # Left padding lines every row's targets up at the end, so the LM head (a large
                 # matrix for big vocabularies) only runs on the last width+1 positions.
                 rows = [self._prompted_input(i, placement) + [o] for i, o in zip(in_ids, out_ids)]
-                embeds, mask = self._embed_rows(prompt, owner, rows, left_pad=True)
+                embeds, mask = self._embed_rows(prompt, owner, rows, left_pad=True, min_width=width + 1)
                 # logits[:, j] predicts the token after kept position j
                 logits = self._causal_logits(embeds, mask, keep=width + 1)[:, :-1]
             token_nll = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=-100,
@@ -347,3 +354,17 @@ def _chunks_of_rows(rows_per_input: list[int], batch_rows: int) -> list[list[int
         current.append(i)
         used += rows
     return chunks + ([current] if current else [])
+
+
+def _round_up(value: int, multiple: int) -> int:
+    return -(-value // multiple) * multiple
+
+
+def _persistent_compile_cache() -> None:
+    """Compiled graphs go to the user cache (TORCHINDUCTOR_CACHE_DIR, unless set), so a later run
+    of the same model and shapes loads them instead of compiling again."""
+    import os
+
+    from engine.models import cache_dir
+
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache_dir() / "inductor"))

@@ -52,6 +52,10 @@ class ModelConfig:
                             help="auto: bf16 weights on a GPU that has bf16, fp32 elsewhere; autocast: fp32 "
                                  "weights with bf16 matrix products (GPU)")
     compile: bool = _field(False, help="torch.compile the frozen model (GPU; the first steps pay the compile time)")
+    compile_mode: str = _field("default", choices=("default", "reduce-overhead"),
+                               help="with compile: default (dynamic shapes) or reduce-overhead (CUDA graphs; row "
+                                    "widths rounded up so shapes repeat; ~2 min to compile T5-Large, then a batch-8 "
+                                    "step 6x faster on an H100; cached across runs)")
     dropout: str = _field("off", choices=("off", "config"),
                           help="config: the model's own dropout rates while training a prompt (off in evaluation), "
                                "as the authors' model.train(); off: no dropout anywhere")

@@ -546,3 +546,25 @@ def test_dropout_is_on_in_training_and_off_in_evaluation(tiny_t5, examples):
         assert not off.model.training
         with torch.no_grad():
             torch.testing.assert_close(off.token_totals(prompt, inputs, targets, "after_eos").nll, evaluation)
+
+
+@pytest.mark.parametrize("placement", PLACEMENTS)
+def test_bucketed_row_widths_change_no_loss_or_gradient(tiny_model, examples, placement):
+    """CUDA graphs (model.compile_mode = "reduce-overhead") need shapes that repeat, so rows and targets are
+    padded up to multiples: the padding is masked, so losses and the prompt's gradient stay the same."""
+    backbone = _load(tiny_model)
+    inputs, targets = [e.input for e in examples], [e.output for e in examples]
+
+    def loss_and_grad(buckets):
+        backbone.row_bucket, backbone.label_bucket = buckets
+        prompt = _prompt(backbone, seed=7).requires_grad_(True)
+        totals = backbone.token_totals(prompt, inputs, targets, placement)
+        (grad,) = torch.autograd.grad(totals.mean_loss(), prompt)
+        return totals.nll.detach(), grad
+
+    exact_nll, exact_grad = loss_and_grad((1, 1))
+    padded_nll, padded_grad = loss_and_grad((32, 8))
+    torch.testing.assert_close(padded_nll, exact_nll, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(padded_grad, exact_grad, rtol=1e-4, atol=1e-6)
+    embeds, _ = backbone._embed_rows(_prompt(backbone, seed=7), None, [["P", [5, 6, 7]]])
+    assert embeds.shape[1] == 32  # the width really was rounded up
