@@ -249,9 +249,8 @@ def connect(cluster: ClusterConfig, log_path: Path) -> str:
 
 
 def disconnect() -> None:
-    import ray
-
-    if ray.is_initialized():
+    ray = sys.modules.get("ray")  # never imported: nothing to end
+    if ray is not None and ray.is_initialized():
         ray.shutdown()  # the driver's actors end with it; a local instance it started stops
 
 
@@ -328,12 +327,18 @@ class RayBackend:
             raise RuntimeError(f"Ray workers died {self.deaths} times: giving up (last: {worker.id}, {why})")
         self._start_worker()
 
-    def first_info(self) -> dict:
-        """Wait for one worker to be ready (the run's device name and precision come from it)."""
+    def first_info(self, should_stop) -> dict:
+        """Wait for one worker to be ready (the run's device name and precision come from it); a cancel
+        meanwhile (the cluster may have no free GPU for a while) raises RunCancelled."""
+        from engine.stopping import RunCancelled
+
         while not any(w.info for w in self.workers):
+            if should_stop():
+                raise RunCancelled("cancelled while waiting for Ray workers")
             starting = [w for w in self.workers if w.starting is not None]
-            ready, _ = self.ray.wait([w.starting for w in starting], num_returns=1)
-            self._adopt(next(w for w in starting if w.starting == ready[0]))
+            ready, _ = self.ray.wait([w.starting for w in starting], num_returns=1, timeout=POLL_S)
+            for worker in [w for w in starting if w.starting in ready]:
+                self._adopt(worker)
         return next(w.info for w in self.workers if w.info)
 
     # -- the Backend protocol

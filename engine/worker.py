@@ -290,14 +290,18 @@ def _execute_on_ray(run: Run, preset, plan: Plan, reporter: Reporter, status: St
 
     reporter.message("connecting to Ray" + (f" at {preset.cluster.address}" if preset.cluster.address else
                                             " (a local instance)"))
-    address = cluster.connect(preset.cluster, run.log_path)
-    stop.install_signal_handlers()  # ray.init installs its own SIGTERM handler: cancel must stay a clean stop
     backend = None
     try:
+        try:
+            address = cluster.connect(preset.cluster, run.log_path)
+        except SystemExit:  # a cancel meets ray.init's own SIGTERM handler (sys.exit) until ours is back
+            raise RunCancelled("cancelled while connecting to Ray") from None
+        stop.install_signal_handlers()  # a cancel is a clean stop again
         events = RunEvents(run, preset, status, reporter, log, stop)
         backend = cluster.RayBackend(run, preset, address, events, log)
         reporter.message(f"Ray at {address}: {backend.size} workers loading {preset.model.name}")
-        first = backend.first_info()
+        status.set(stage="waiting for Ray workers")
+        first = backend.first_info(stop)
         status.set(stage="setup", device_name=first["device_name"], precision=first["precision"])
         return run_grid(run, preset, plan, backend, events)
     finally:

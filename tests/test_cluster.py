@@ -20,7 +20,7 @@ from engine.prepare import check_preset, prepare_run
 from engine.runs import pid_alive, read_json
 from engine.worker import execute
 
-from conftest import REPO, small_preset
+from conftest import REPO, small_preset, small_run
 
 ray_test = pytest.mark.ray
 
@@ -134,6 +134,8 @@ def test_two_workers_give_the_records_of_the_local_backend(ray_address, referenc
     assert records(run) == records(reference)
     assert read_json(run.results_path)["mean"] == read_json(reference.results_path)["mean"]
     cluster = status["cluster"]
+    assert set(cluster) == {"backend", "address", "gpus_total", "gpus_in_use", "workers"}  # the contract's keys
+    assert all(set(w) == {"id", "node", "device", "pid", "unit"} for w in cluster["workers"])
     assert cluster["backend"] == "ray" and cluster["address"] and cluster["gpus_total"] == 0.0
     assert [w["id"] for w in cluster["workers"]] == ["w0", "w1"]
     assert len({w["pid"] for w in cluster["workers"]}) == 2 and {w["device"] for w in cluster["workers"]} == {"cpu"}
@@ -309,3 +311,35 @@ def test_the_headless_output_shows_each_worker_and_the_gpus_in_use():
     assert line.count("\n") == 1
     assert "GPUs 1.5/8 in use" in line
     assert "w0 gpu-a cuda:0: upstream:maml" in line and "w1 gpu-b cuda:0: group 3/12 (8 cells)" in line
+
+
+def test_units_submitted_after_the_grid_run_on_the_same_backend(tmp_path, tiny_llama):
+    """run_grid's after_grid: a later stage (the similarity analysis's train-only embedding jobs) submits
+    TrainCells units with test=False to the run's schedule once the grid's results are stored."""
+    from engine.backbone import Backbone
+    from engine.config import preset_from_dict
+    from engine.grid import Executor, Scheduled, cells_unit, run_grid
+    from engine.protocol import Plan, grid_cells
+
+    run = small_run(tmp_path / "runs", tiny_llama, name="after", downstream="steps = 3\neval_every = 3")
+    preset, plan = preset_from_dict(run.config()["preset"]), Plan(**run.config()["plan"])
+    stored, extra = [], []
+
+    class Events:
+        def __getattr__(self, name):  # begin, progress_to, stage, steps and messages: nothing to keep here
+            return lambda *args, **kwargs: None
+
+        def should_stop(self):
+            return False
+
+    def after_grid(schedule):
+        stored.append(run.results_path.is_file())
+        cell = grid_cells(plan, [0.1])[0]  # a cell the grid did not train: an embedding job's own rate
+        unit = cells_unit(run, preset, plan, [cell])
+        unit.test = False
+        schedule.submit(Scheduled("embedding", unit, on_done=extra.extend))
+
+    backbone = Backbone.load(str(tiny_llama), device="cpu", max_input_length=40)
+    results = run_grid(run, preset, plan, Executor(backbone), Events(), after_grid=after_grid)
+    assert stored == [True] and results["mean"] is not None
+    assert len(extra) == 1 and extra[0]["test"] is None and extra[0]["metric"] is None and extra[0]["dev"] is not None
