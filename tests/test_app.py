@@ -490,6 +490,29 @@ async def test_the_command_palette_exports_each_format(store):
         assert "\\begin{tabular}" in tasks.read_text() and "\\toprule" in tasks.read_text()
 
 
+async def test_the_plan_line_estimates_time_with_the_dry_runs_function(store, tiny_llama):
+    """With earlier runs of the model in the runs root, the plan line's time is `mpt-tui --dry-run --no-probe`'s."""
+    app = MptApp(store, data_dir=str(DEMO_DATA))
+    async with app.run_test(size=(120, 40)) as pilot:
+        await pilot.press("3")
+        await settle(pilot)
+        screen = app.screen
+        screen.query_one("#model").value = str(tiny_llama)
+        screen.query_one("#device").value = "cpu"
+        for box in screen.query("#methods Checkbox"):  # PT only: the stored runs timed group passes, not meta-updates
+            box.value = False
+        screen.query_one("#lrs").value = "0.3, 0.1"  # 12 cells: groups of 8, as the stored runs' groups
+        plan = screen.query_one("#plan-line")
+        await within(pilot, 120, lambda: "time: ~" in str(plan.render()), "the estimate")
+        expected = LaunchScreen.dry_run_estimate(*screen.preset_args(), store)  # the CLI's JSON
+        from engine.estimate import format_duration_estimate
+
+        assert expected["estimate_from"].startswith("stored timings of 2 earlier run(s)")
+        assert f"time: ~{format_duration_estimate(expected['estimate_s'])} ({expected['estimate_from']})" in \
+            str(plan.render())
+        assert f"no upstream · {expected['cells']} grid cells" in str(plan.render())
+
+
 # ---- the per-cell event index, the Runs screen's cells and plots, Results' chart, Analysis ---------
 
 def _live_run(root, run_id: str = "20260101-000000-live", cluster: dict | None = None) -> Run:

@@ -37,7 +37,7 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import Screen
 from textual.widgets import Button, Checkbox, Footer, Header, Input, Label, Select, SelectionList, Static
 from textual.widgets.selection_list import Selection
-from textual.worker import Worker, get_current_worker
+from textual.worker import NoActiveWorker, Worker, get_current_worker
 
 from engine.config import DATA_DIR_ENV, PresetError, find_preset, list_builtin_presets, override, save_preset
 from engine.launch import launch
@@ -393,9 +393,9 @@ class LaunchScreen(ReportWorkerErrors, Screen):
             return
         learned = [m for m in preset.upstream.methods if not preset.upstream.hyperparameters[m].prompt_file]
         cells = len(grid_cells(plan, preset.downstream.learning_rates))
+        upstream = f"{preset.upstream.steps} upstream steps x {len(learned)}" if learned else "no upstream"
         counts = (f"{len(plan.sources)} sources · {len(plan.targets)} targets · {len(plan.seeds)} splits · "
-                  f"{len(plan.methods)} methods · {preset.upstream.steps} upstream steps x {len(learned)} · "
-                  f"{cells} grid cells")
+                  f"{len(plan.methods)} methods · {upstream} · {cells} grid cells")
         if not _has_timings(runs_root, preset.model.name):
             deliver(self, PlanComputed(f"{counts} · time: no stored timings of {preset.model.name} yet",
                                        warnings=plan.warnings))
@@ -406,8 +406,8 @@ class LaunchScreen(ReportWorkerErrors, Screen):
             from engine.estimate import format_duration_estimate
 
             steps = sum(estimate.get("upstream_steps", {}).values())
-            counts = counts.replace(f"{preset.upstream.steps} upstream steps x {len(learned)}",
-                                    f"{steps} upstream steps")
+            if learned:  # the exact count (MTL with epochs counts passes over its pool)
+                counts = counts.replace(upstream, f"{steps} upstream steps")
             when = (f"~{format_duration_estimate(estimate['estimate_s'])}" if estimate.get("estimate_s") is not None
                     else "unknown")
             deliver(self, PlanComputed(f"{counts} · time: {when} ({estimate.get('estimate_from', '')})",
@@ -419,11 +419,14 @@ class LaunchScreen(ReportWorkerErrors, Screen):
         command = [sys.executable, "-m", "mpt_tui.cli", "--preset", name, "--dry-run", "--no-probe", "--json",
                    "--runs-dir", str(runs_root)]
         command += [a for o in overrides for a in ("--set", o)] + (["--data-dir", data_dir] if data_dir else [])
-        worker = get_current_worker()
+        try:
+            worker = get_current_worker()
+        except NoActiveWorker:  # a direct call (a test)
+            worker = None
         with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True) as proc:
             deadline = time.monotonic() + ESTIMATE_TIMEOUT_S
             while proc.poll() is None:
-                if worker.is_cancelled or time.monotonic() > deadline:
+                if (worker is not None and worker.is_cancelled) or time.monotonic() > deadline:
                     proc.kill()
                     return None
                 time.sleep(0.05)
