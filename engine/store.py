@@ -18,6 +18,7 @@ from tinydb import Query, TinyDB
 
 from engine import faults
 from engine.runs import Run, list_runs, read_json
+from engine.similarity import ANALYSIS_FILE, index_entry
 
 INDEX_FILE = "index.json"
 
@@ -29,7 +30,8 @@ def summarize(run: Run) -> dict:
     plan = config.get("plan", {})
     status = run.status()
     results = read_json(run.results_path) or {}
-    return {
+    analysis = read_json(run.path / ANALYSIS_FILE)
+    summary = {
         "run_id": run.id,
         "name": preset.get("name", ""),
         "state": status.get("state", "damaged"),
@@ -49,6 +51,9 @@ def summarize(run: Run) -> dict:
         "tasks": results.get("tasks", {}),
         "mean": results.get("mean", {}),
     }
+    if isinstance(analysis, dict) and analysis.get("kinds"):  # a pointer and the top sources, never the matrix
+        summary["analysis"] = index_entry(analysis)
+    return summary
 
 
 class RunIndex:
