@@ -166,7 +166,8 @@ def test_a_worker_killed_mid_group_is_replaced_and_the_group_resumes(ray_address
 @ray_test
 def test_driver_death_crashes_the_run_and_cancel_checkpoints_then_resume_finishes(ray_address, reference, tmp_path,
                                                                                   tiny_llama):
-    run = _run(tmp_path / "runs", tiny_llama, "cluster", *_ray(ray_address))
+    # one worker: three drivers start here, and each worker's start (torch, the model) is most of their time
+    run = _run(tmp_path / "runs", tiny_llama, "cluster", *_ray(ray_address), override("cluster.max_workers", 1))
     _launch(run)
     _wait(lambda: _busy_group(run, min_step=5), 120, "a worker in the middle of a group")
     workers = run.status()["cluster"]["workers"]
