@@ -8,6 +8,9 @@
     mpt-tui cancel ID [--wait [--timeout S]]          the worker checkpoints, then stops
     mpt-tui delete ID [--yes]                         delete a run that is not running
     mpt-tui logs ID [-f]                              print (or follow) a run's log
+    mpt-tui analyse ID [ID ...] [--similarity prompt,text] [--steps N] [--lr X] [--top-k K] [--json]
+                                                     task similarity analysis of finished runs (engine.analysis)
+    mpt-tui plot ID [ID ...] --out FILE [--kind runs|similarity|gain-vs-similarity]
     mpt-tui presets | export | models pull NAME | data build ... | data tasks | index rebuild
 
 Every command takes --runs-dir (before or after the subcommand); ID is a run id or
@@ -61,7 +64,8 @@ def run_preset(args) -> int:
 
 def dry_run(args, prepared) -> int:
     """--dry-run: the plan and its estimated time; nothing is written (engine.estimate)."""
-    from engine.estimate import dry_run as plan_run, render
+    from engine.estimate import dry_run as plan_run
+    from engine.estimate import render
 
     for warning in prepared.plan.warnings:
         print(f"warning: {warning}", file=sys.stderr)
@@ -499,6 +503,111 @@ def _write_output(out: Path, text: str) -> None:
         raise CliError(f"--out {out}: cannot write ({exc.strerror})") from None
 
 
+class _AnalysisEvents:
+    """What `engine.analysis.analyse_runs` reports, for the terminal: log lines (stderr) and the stop flag."""
+
+    def __init__(self, stop):
+        self.stop = stop
+
+    def message(self, text: str) -> None:
+        import time
+
+        print(f"{time.strftime('%H:%M:%S')} {text}", file=sys.stderr, flush=True)
+
+    def stage(self, stage: str, **fields) -> None:
+        pass
+
+    def should_stop(self) -> bool:
+        return self.stop()
+
+
+def _analysis_settings(args, preset):
+    """The run's [analysis] keys with the command line's overrides; prompt and text when it has none."""
+    import dataclasses
+    import math
+
+    from engine.analysis import KINDS
+
+    settings = preset.analysis
+    kinds = [k.strip() for k in args.similarity.split(",") if k.strip()] if args.similarity \
+        else (settings.similarity or list(KINDS))
+    unknown = [k for k in kinds if k not in KINDS]
+    if unknown or not kinds:
+        raise CliError(f"--similarity: unknown kind(s) {', '.join(unknown) or '(none)'} (known: {', '.join(KINDS)})")
+    if args.steps is not None and args.steps < 1:
+        raise CliError(f"--steps: must be at least 1, got {args.steps}")
+    if args.lr is not None and not (math.isfinite(args.lr) and args.lr > 0):
+        raise CliError(f"--lr: must be a positive number, got {args.lr}")
+    if args.top_k is not None and args.top_k < 1:
+        raise CliError(f"--top-k: must be at least 1, got {args.top_k}")
+    return dataclasses.replace(settings, similarity=kinds,
+                               embedding_steps=args.steps if args.steps is not None else settings.embedding_steps,
+                               embedding_lr=args.lr if args.lr is not None else settings.embedding_lr,
+                               top_k=args.top_k if args.top_k is not None else settings.top_k)
+
+
+def cmd_analyse(args) -> int:
+    """The task similarity analysis of finished runs, computed now (embedding jobs resume where they stopped)."""
+    from engine.analysis import AnalysisError, analyse_runs, check_together, render_text, run_part
+    from engine.devices import acquire_device, candidate_devices
+    from engine.runs import ACTIVE_STATES, RunsDirError, find_run
+    from engine.stopping import RunCancelled, StopFlag
+    from engine.store import RunIndex
+    from engine.worker import RunLocked, hold_run_lock, run_locked
+
+    root = _readable_runs_root(args)
+    try:
+        runs = [find_run(root, ref) for ref in args.ids]
+        for run in runs:
+            state = _state(run)
+            if state in ACTIVE_STATES or run_locked(run):
+                raise CliError(f"run {run.id} is {state}: analyse it once it has finished")
+            run_part(run)
+        preset, _ = check_together(runs)
+    except (RunsDirError, AnalysisError) as exc:
+        raise CliError(str(exc)) from None
+    settings = _analysis_settings(args, preset)
+    try:
+        run_lock = hold_run_lock(runs[0])  # the embedding jobs write into it: no worker may resume it meanwhile
+    except RunLocked as exc:
+        raise CliError(str(exc)) from None
+    stop = StopFlag()
+    stop.install_signal_handlers()
+    events = _AnalysisEvents(stop)
+    device_lock = None
+    try:
+        events.message(f"waiting for a device ({preset.model.device})")
+        def check_stop() -> None:
+            if stop():
+                raise RunCancelled("cancelled while waiting for a device")
+
+        device, device_lock = acquire_device(root, candidate_devices(preset.model.device), on_wait=check_stop)
+        events.message(f"loading {preset.model.name} on {device}")
+        from engine.backbone import Backbone
+        from engine.grid import Executor
+
+        backbone = Backbone.load(preset.model.name, device=device, max_input_length=preset.model.max_input_length,
+                                 max_output_length=preset.model.max_output_length, progress=events.message,
+                                 precision=preset.model.precision, dropout=preset.model.dropout == "config")
+        doc = analyse_runs(runs, settings, Executor(backbone), events)
+    except (RunCancelled, KeyboardInterrupt):
+        print(f"analysis of {runs[0].id} cancelled; run the same command again to go on", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        print(f"analysis of {runs[0].id} failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return EXIT_RUN_FAILED
+    finally:
+        if device_lock is not None:
+            device_lock.release()
+        run_lock.release()
+    RunIndex(root).record(runs[0])
+    if args.json:
+        print(_dumps(doc))
+    else:
+        sys.stdout.write(render_text(doc))
+    return 0
+
+
 def cmd_plot(args) -> int:
     from engine.runs import RunsDirError, find_run
     from mpt_tui.plots import PlotError, write_figure
@@ -506,7 +615,7 @@ def cmd_plot(args) -> int:
     root = _readable_runs_root(args)
     try:
         runs = [find_run(root, ref) for ref in args.ids]
-        written = write_figure(runs, Path(args.out))
+        written = write_figure(runs, Path(args.out), kind=args.kind)
     except (RunsDirError, PlotError) as exc:
         raise CliError(str(exc)) from None
     for note in written.notes:
@@ -639,7 +748,23 @@ def build_parser() -> argparse.ArgumentParser:
     plot = sub.add_parser("plot", help="a paper figure of runs (needs pip install 'mpt-tui[plots]')")
     plot.add_argument("ids", nargs="+", metavar="ID", help="run ids or unique prefixes")
     plot.add_argument("--out", required=True, help="figure file: .pdf, .png or .svg")
+    plot.add_argument("--kind", choices=["runs", "similarity", "gain-vs-similarity"], default="runs",
+                      help="runs: losses, dev and test scores (default); similarity: the task similarity matrices "
+                           "of a run's analysis as heatmaps; gain-vs-similarity: each method's gain over PT per "
+                           "target against the target's similarity to its sources (needs `mpt-tui analyse` first)")
     common(plot, "runs-dir")
+
+    analyse = sub.add_parser("analyse", help="task similarity analysis of finished runs (same backbone and data): "
+                                             "similarity matrices, nearest sources, gain-vs-similarity correlations")
+    analyse.add_argument("ids", nargs="+", metavar="ID",
+                         help="run ids or unique prefixes; the analysis is stored in the first run's directory")
+    analyse.add_argument("--similarity", metavar="KINDS",
+                         help="comma list of prompt, text (default: the run's [analysis] similarity, else both)")
+    analyse.add_argument("--steps", type=int, help="steps of each embedding job (default: analysis.embedding_steps)")
+    analyse.add_argument("--lr", type=float, help="learning rate of each embedding job (default: analysis.embedding_lr)")
+    analyse.add_argument("--top-k", type=int, help="nearest sources kept per target (default: analysis.top_k)")
+    analyse.add_argument("--json", action="store_true", help="print the stored analysis.json document")
+    common(analyse, "runs-dir")
 
     index = sub.add_parser("index", help="the run index")
     isub = index.add_subparsers(dest="index_command", required=True)
@@ -649,7 +774,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 COMMANDS = {"presets": cmd_presets, "models": cmd_models, "data": cmd_data, "runs": cmd_runs,
             "export": cmd_export, "index": cmd_index, "show": cmd_show, "resume": cmd_resume, "cancel": cmd_cancel,
-            "delete": cmd_delete, "logs": cmd_logs, "plot": cmd_plot}
+            "delete": cmd_delete, "logs": cmd_logs, "plot": cmd_plot,
+            "analyse": cmd_analyse}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -670,8 +796,8 @@ def main(argv: list[str] | None = None) -> int:
     except CliError as exc:
         print(f"mpt-tui: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    from mpt_tui.app import run_app
     from engine.runs import RunsDirError, ensure_writable_root
+    from mpt_tui.app import run_app
 
     try:
         root = ensure_writable_root(_runs_root(args))

@@ -23,6 +23,15 @@ Results table's headers (longer where two runs' tails would read the same). The 
 side by side in the top row; the bar panel, which grows with the number of target tasks, spans the
 row below with its legend on the right.
 
+`write_figure(runs, out, kind=...)` draws other figures from a run's stored similarity analysis
+(analysis.json, `mpt-tui analyse`; the first run given):
+
+    similarity          one heatmap per embedding kind (prompt, text): targets x sources, the cosine
+                        written in each cell, each target's nearest source outlined
+    gain-vs-similarity  one panel per (embedding kind, max / mean similarity to the run's sources):
+                        each method's gain over PT (x100) per target against that similarity, points
+                        labelled with the target, Spearman's rho, n and permutation p in the legend
+
 The format comes from `out`'s suffix (.pdf, .png, .svg). matplotlib is imported only here and
 drawn with the non-interactive Agg canvas directly (no pyplot, so no global backend state);
 without it a `PlotError` names the extra to install. Every problem is a one-line `PlotError`
@@ -42,6 +51,7 @@ from engine.runs import Run, RunsDirError, cell_curves, read_json, upstream_curv
 
 FORMATS = ("pdf", "png", "svg")
 PANELS = ("upstream", "train", "dev", "test")
+KINDS = ("runs", "similarity", "gain-vs-similarity")
 INSTALL_HINT = "pip install 'mpt-tui[plots]'"
 RUN_TAIL = 12  # characters of a run id in labels, as engine.report's column headers
 SMOOTH_POINTS = 25  # a curve longer than this is smoothed over about 1/SMOOTH_POINTS of its length
@@ -210,7 +220,7 @@ def _smoothing_label(base: str, window: int, unit: str) -> str:
     return f"{base}\n(moving mean over {window} {unit})" if window > 1 else base
 
 
-def write_figure(runs: list[Run], out: Path | str) -> WrittenFigure:
+def write_figure(runs: list[Run], out: Path | str, kind: str = "runs") -> WrittenFigure:
     """Write one figure of `runs` to `out` (format from the suffix: .pdf, .png, .svg).
 
     Panels, each only where some run has data (see the module docstring): "upstream" (meta-training
@@ -227,6 +237,10 @@ def write_figure(runs: list[Run], out: Path | str) -> WrittenFigure:
     fmt = _check_out(out)
     if not runs:
         raise PlotError("no runs to plot")
+    if kind not in KINDS:
+        raise PlotError(f"unknown figure kind '{kind}' (known: {', '.join(KINDS)})")
+    if kind != "runs":
+        return _write_analysis_figure(runs, out, fmt, kind)
     matplotlib, Figure, FigureCanvasAgg = _import_matplotlib()
     from matplotlib.ticker import MaxNLocator
 
@@ -357,3 +371,93 @@ def _draw_bars(ax, data: list[RunData], name, colour) -> None:
     ax.set_ylabel("test score x100\nmean ± std over splits")
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.0, 1.0))
+
+
+# ---- the similarity analysis (analysis.json) --------------------------------------------------
+
+def _analysis_of(runs: list[Run]) -> tuple[dict, list[str]]:
+    from engine.analysis import read_analysis
+
+    notes = [f"run {r.id}: not drawn (the figure shows the analysis stored in the first run {runs[0].id})"
+             for r in runs[1:]]
+    doc = read_analysis(runs[0])
+    if doc is None or not doc.get("kinds"):
+        raise PlotError(f"run {runs[0].id} has no similarity analysis yet: run `mpt-tui analyse {runs[0].id}` first")
+    return doc, notes
+
+
+def _save(fig, out: Path, fmt: str) -> None:
+    try:
+        fig.savefig(out, format=fmt)
+    except OSError as exc:
+        raise PlotError(f"{out}: cannot be written: {exc.strerror or exc}") from None
+
+
+def _write_analysis_figure(runs: list[Run], out: Path, fmt: str, kind: str) -> WrittenFigure:
+    matplotlib, Figure, FigureCanvasAgg = _import_matplotlib()
+    doc, notes = _analysis_of(runs)
+    kinds = list(doc["kinds"])
+    if kind == "similarity":
+        sources, targets = doc["sources"], doc["targets"]
+        fig = Figure(figsize=(max(4.5, 1.0 + 0.9 * len(sources)) * len(kinds), 1.6 + 0.5 * len(targets)),
+                     layout="constrained")
+        FigureCanvasAgg(fig)
+        for i, name in enumerate(kinds):
+            ax = fig.add_subplot(1, len(kinds), i + 1)
+            matrix = doc["kinds"][name]["matrix"]
+            image = ax.imshow(matrix, cmap="viridis", aspect="auto")
+            for r, row in enumerate(matrix):
+                best = max(range(len(row)), key=lambda j: (sources[j] != targets[r], row[j]))
+                for c, sim in enumerate(row):
+                    ax.text(c, r, f"{sim:.2f}", ha="center", va="center", fontsize="small",
+                            color="black" if sim > (max(row) + min(row)) / 2 else "white",
+                            fontweight="bold" if c == best else "normal")
+            ax.set_xticks(range(len(sources)), sources, rotation=30, ha="right", fontsize="small")
+            ax.set_yticks(range(len(targets)), targets, fontsize="small")
+            ax.set_title(f"({'abcdefgh'[i]}) {name} embeddings: cosine similarity")
+            ax.set_xlabel("source task")
+            fig.colorbar(image, ax=ax, shrink=0.8)
+        _save(fig, out, fmt)
+        return WrittenFigure(out, [f"similarity:{k}" for k in kinds], notes, fig)
+    return _gain_vs_similarity(doc, out, fmt, notes, Figure, FigureCanvasAgg, matplotlib)
+
+
+def _gain_vs_similarity(doc, out, fmt, notes, Figure, FigureCanvasAgg, matplotlib) -> WrittenFigure:
+    from engine.similarity import set_similarity, sources_of
+
+    methods = in_display_order(doc["gains"])
+    if not methods:
+        raise PlotError("the analysis has no gains over PT to plot (the runs have no method besides PT)")
+    palette = matplotlib.colormaps["tab10"].colors
+    own = sources_of(doc)
+    kinds = list(doc["kinds"])
+    fig = Figure(figsize=(9.0, 3.6 * len(kinds)), layout="constrained")
+    FigureCanvasAgg(fig)
+    letters = iter("abcdefgh")
+    panels = []
+    for r, name in enumerate(kinds):
+        sims = {t: set_similarity(row, doc["sources"], own.get(t, doc["sources"]), t)
+                for t, row in zip(doc["targets"], doc["kinds"][name]["matrix"])}
+        for c, aggregate in enumerate(("max", "mean")):
+            ax = fig.add_subplot(len(kinds), 2, 2 * r + c + 1)
+            for m_index, method in enumerate(methods):
+                stat = next((x for x in doc["correlations"] if x["similarity"] == name and x["method"] == method
+                             and x["aggregate"] == aggregate and x["level"] == "task"), None)
+                points = [(sims[t][aggregate], 100 * g, t) for t, g in doc["gains"][method].items()
+                          if aggregate in sims.get(t, {})]
+                rho = "-" if not stat or stat["rho"] is None else f"{stat['rho']:+.2f}"
+                p = "-" if not stat or stat["p"] is None else f"{stat['p']:.2f}"
+                ax.scatter([x for x, _, _ in points], [y for _, y, _ in points], color=palette[m_index % 10],
+                           label=f"{label(method)}: rho {rho}, n {len(points)}, p {p}")
+                for x, y, target in points:
+                    ax.annotate(target, (x, y), fontsize="x-small", xytext=(3, 3), textcoords="offset points")
+            ax.axhline(0, color="grey", linewidth=0.8)
+            ax.set_xlabel(f"{aggregate} {name} similarity to the run's sources")
+            ax.set_ylabel("gain over PT x100\n(mean over splits)")
+            ax.set_title(f"({next(letters)}) gain vs {aggregate} {name} similarity")
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize="x-small")
+            panels.append(f"{name}:{aggregate}")
+    fig.suptitle(doc.get("note", ""), fontsize="x-small", wrap=True)
+    _save(fig, out, fmt)
+    return WrittenFigure(out, panels, notes, fig)

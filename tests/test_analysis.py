@@ -1,0 +1,242 @@
+"""The task similarity analysis (engine.analysis, `mpt-tui analyse`, the similarity figures): embedding
+jobs as ordinary grouped, resumable prompt-tuning jobs; the analysis of a finished tiny run end to end;
+a planted structure found; the analysis as a run's last stage."""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+import statistics
+from pathlib import Path
+
+import pytest
+
+from engine.analysis import (EMBED, analyse_runs, analysis_path, embedding_preset, read_analysis, render_text,
+                             run_stage, work_dir)
+from engine.config import preset_from_dict
+from engine.prepare import check_preset, prepare_run
+from engine.protocol import Plan
+from engine.runs import Run, read_json
+from engine.stopping import RunCancelled
+from engine.store import RunIndex
+from engine.worker import execute
+from mpt_tui.cli import main
+
+from conftest import DEMO_DATA, SMALL_SOURCES, small_preset, small_run
+
+EMBED_STEPS = 6
+
+
+class Events:
+    """GridEvents for the analysis: keeps messages and stages; asks to stop on its `stop_at`-th check."""
+
+    def __init__(self, stop_at: int | None = None):
+        self.messages, self.stages, self.checks, self.stop_at = [], [], 0, stop_at
+
+    def message(self, text):
+        self.messages.append(text)
+
+    def stage(self, stage, **fields):
+        self.stages.append((stage, fields))
+
+    def should_stop(self):
+        self.checks += 1
+        return self.stop_at is not None and self.checks >= self.stop_at
+
+
+def _finished_run(root: Path, model: Path, name: str = "sim", **lines) -> Run:
+    """A finished tiny run: PT and MTL (2 meta-updates) on the small two-target setting, 3 steps."""
+    lines.setdefault("upstream", 'methods = ["mtl"]\nsteps = 2')
+    lines.setdefault("downstream", "steps = 3\neval_every = 3")
+    run = small_run(root, model, name=name, **lines)
+    execute(run)
+    return run
+
+
+def _executor(run: Run):
+    from engine.backbone import Backbone
+    from engine.grid import Executor
+
+    preset = preset_from_dict(run.config()["preset"])
+    return Executor(Backbone.load(preset.model.name, device="cpu", max_input_length=preset.model.max_input_length))
+
+
+def _settings(run: Run, kinds=("prompt", "text"), steps=EMBED_STEPS):
+    import dataclasses
+
+    preset = preset_from_dict(run.config()["preset"])
+    return dataclasses.replace(preset.analysis, similarity=list(kinds), embedding_steps=steps, embedding_lr=0.3,
+                               top_k=2)
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory, tiny_llama) -> Run:
+    return _finished_run(tmp_path_factory.mktemp("analysis") / "runs", tiny_llama)
+
+
+def test_analyse_a_finished_run_end_to_end(finished, tmp_path, capsys):
+    """`mpt-tui analyse` on a finished tiny run: analysis.json as contracted, gains from results.json,
+    the index pointer, the figures; the embedding jobs are grouped prompt-tuning jobs without a test."""
+    root = tmp_path / "runs"
+    shutil.copytree(finished.path.parent, root)
+    run = Run(root / finished.id)
+    plan = Plan(**run.config()["plan"])
+    rc = main(["analyse", run.id[:12], "--runs-dir", str(root), "--steps", str(EMBED_STEPS), "--top-k", "1"])
+    captured = capsys.readouterr()
+    assert rc == 0, captured.err
+    out = captured.out
+    doc = read_json(analysis_path(run))
+    assert doc["version"] == 1 and doc["sources"] == plan.sources and doc["targets"] == plan.targets
+    assert set(doc["kinds"]) == {"prompt", "text"}
+    for body in doc["kinds"].values():
+        assert len(body["matrix"]) == len(plan.targets) and all(len(r) == len(plan.sources) for r in body["matrix"])
+        assert all(-1 - 1e-9 <= s <= 1 + 1e-9 for r in body["matrix"] for s in r)
+        for target, row in zip(plan.targets, body["matrix"]):
+            best = max(range(len(row)), key=row.__getitem__)
+            assert body["nearest"][target] == [[plan.sources[best], row[best]]]  # --top-k 1
+    # gains: MTL minus PT on each split's chosen cell, averaged per target
+    splits = read_json(run.results_path)["splits"]
+    score = {(c["method"], c["task"], c["seed"]): c["test"] for c in splits}
+    for target in plan.targets:
+        expected = statistics.fmean(score[("mtl", target, s)] - score[("pt", target, s)] for s in plan.seeds)
+        assert doc["gains"]["mtl"][target] == pytest.approx(expected)
+    rows = {(c["similarity"], c["aggregate"], c["level"]): c for c in doc["correlations"] if c["method"] == "mtl"}
+    assert set(rows) == {(k, a, lv) for k in ("prompt", "text") for a in ("max", "mean") for lv in ("task", "split")}
+    assert all(c["n"] == 2 and c["rho"] is None for (_, _, lv), c in rows.items() if lv == "task")  # 2 targets
+    assert all(c["n"] == 4 for (_, _, lv), c in rows.items() if lv == "split")
+    assert "2 target tasks" in doc["note"] and "2/n!" in doc["note"]
+    assert "task similarity (prompt embeddings)" in out and "Spearman rho" in out
+
+    records = [read_json(p) for p in (work_dir(run) / "embeddings").glob("*.json")]
+    tasks = plan.sources + plan.targets
+    assert sorted((r["task"], r["seed"]) for r in records) == sorted((t, s) for t in tasks for s in plan.seeds)
+    assert all(r["method"] == EMBED and r["test"] is None and r["steps"] == EMBED_STEPS and r["group_size"] == 8
+               for r in records)
+    assert not list((work_dir(run) / "checkpoints").glob("*.pt"))
+
+    summary = next(s for s in RunIndex(root).all() if s["run_id"] == run.id)
+    assert summary["analysis"] == {"file": "analysis.json",
+                                   "top": {t: [s for s, _ in doc["kinds"]["prompt"]["nearest"][t]]
+                                           for t in plan.targets}}
+    for kind in ("similarity", "gain-vs-similarity"):
+        out_file = tmp_path / f"{kind}.png"
+        assert main(["plot", run.id, "--kind", kind, "--out", str(out_file), "--runs-dir", str(root)]) == 0
+        assert out_file.stat().st_size > 1000
+
+
+def test_analyse_refuses_bad_input_in_one_line(finished, tmp_path, tiny_llama, capsys):
+    root = finished.path.parent
+    queued = small_run(root, tiny_llama, name="queued")
+    unfinished = small_run(root, tiny_llama, name="notyet")
+    unfinished.update_status(state="cancelled")
+    cases = [(["analyse", "no-such-run"], "no run 'no-such-run'"),
+             (["analyse", queued.id], "is queued: analyse it once it has finished"),
+             (["analyse", unfinished.id], "has no results yet (cancelled)"),
+             (["analyse", finished.id, "--similarity", "prompt,smell"], "unknown kind(s) smell"),
+             (["analyse", finished.id, "--steps", "0"], "--steps: must be at least 1"),
+             (["analyse", finished.id, finished.id], "is in runs")]
+    for argv, message in cases:
+        assert main(argv + ["--runs-dir", str(root)]) == 2
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1, err
+    assert main(["plot", unfinished.id, "--kind", "similarity", "--out", str(tmp_path / "f.png"),
+                 "--runs-dir", str(root)]) == 2
+    assert "no similarity analysis yet" in capsys.readouterr().err
+    assert not analysis_path(unfinished).exists() and not work_dir(unfinished).exists()
+
+
+def _prompt_files(run: Run) -> dict:
+    from safetensors.torch import load_file
+
+    return {p.name: load_file(str(p))["prompt"] for p in sorted((work_dir(run) / "prompts").glob("*.safetensors"))}
+
+
+def test_embedding_jobs_stopped_midway_resume_to_the_same_embeddings(finished, tmp_path):
+    """Cancelled through the stop flag, the embedding jobs checkpoint; run again, they resume and end
+    with the prompts (and matrix) of an uninterrupted analysis."""
+    import torch
+
+    runs = {}
+    for name in ("reference", "stopped"):
+        shutil.copytree(finished.path.parent, tmp_path / name)
+        runs[name] = Run(tmp_path / name / finished.id)
+    executor = _executor(finished)
+    settings = _settings(finished, kinds=("prompt",))
+    reference = analyse_runs([runs["reference"]], settings, executor, Events())
+
+    stopped = runs["stopped"]
+    with pytest.raises(RunCancelled):
+        analyse_runs([stopped], settings, executor, Events(stop_at=3))
+    checkpoints = list((work_dir(stopped) / "checkpoints").glob("*.pt"))
+    assert checkpoints and not list((work_dir(stopped) / "embeddings").glob("*.json"))
+    events = Events()
+    resumed = analyse_runs([stopped], settings, executor, events)
+    assert any("resuming after step 3" in m for m in events.messages)
+    assert resumed["kinds"] == reference["kinds"]
+    want, got = _prompt_files(runs["reference"]), _prompt_files(stopped)
+    assert want.keys() == got.keys() and all(torch.equal(want[k], got[k]) for k in want)
+
+
+def _planted_data(root: Path, target: str, copies: list[str]) -> Path:
+    """The demo data plus `copies` of `target`: its examples pooled and re-split with other seeds, under new names."""
+    data = root / "data"
+    shutil.copytree(DEMO_DATA / "tasks", data / "tasks")
+    shutil.copytree(DEMO_DATA / "config", data / "config")
+    pool = {}
+    for path in sorted((data / "tasks" / target).glob("*.jsonl")):
+        for line in path.read_text().splitlines():
+            example = json.loads(line)
+            pool[example["input"]] = example
+    examples = list(pool.values())
+    for shuffle_seed, name in enumerate(copies, start=101):
+        folder = data / "tasks" / name
+        folder.mkdir()
+        for seed in (1, 2):
+            rng = random.Random(shuffle_seed * 10 + seed)
+            chosen = rng.sample(examples, 48)
+            for split, part in (("train", chosen[:16]), ("dev", chosen[16:32]), ("test", chosen[32:])):
+                (folder / f"{name}_16_{seed}_{split}.jsonl").write_text(
+                    "".join(json.dumps({**e, "task": name}) + "\n" for e in part))
+        shutil.copy(data / "config" / "tasks" / f"{target}.json", data / "config" / "tasks" / f"{name}.json")
+    return data
+
+
+def test_a_planted_structure_comes_out_as_the_nearest_sources(tmp_path, tiny_llama):
+    """Two sources built from a target's own examples (other split seeds, new names) are that target's two
+    most similar sources, by prompt and by text embeddings."""
+    copies = ["planted-one", "planted-two"]
+    data = _planted_data(tmp_path, "demo-emotion", copies)
+    sources = ["demo-movie_sentiment", "demo-news_topic", "demo-spam", "demo-question_or_statement"] + copies
+    preset_file = small_preset(tmp_path / "planted.toml", tiny_llama, name="planted",
+                               downstream="steps = 1\neval_every = 1")
+    text = preset_file.read_text()
+    text = text.replace(f'dir = "{DEMO_DATA}"', f'dir = "{data}"').replace(
+        f"sources = {json.dumps(SMALL_SOURCES)}", f"sources = {json.dumps(sources)}")
+    preset_file.write_text(text)
+    run = prepare_run(tmp_path / "runs", check_preset(str(preset_file)))
+    execute(run)
+    doc = analyse_runs([run], _settings(run, steps=30), _executor(run), Events())
+    for kind in ("prompt", "text"):
+        nearest = doc["kinds"][kind]["nearest"]["demo-emotion"]
+        assert {s for s, _ in nearest} == set(copies), (kind, nearest)
+    assert doc["gains"] == {}  # PT only: nothing to correlate
+    assert "nearest to demo-emotion: planted-" in render_text(doc)
+
+
+def test_the_analysis_as_a_runs_last_stage(finished, tmp_path):
+    """run_stage does nothing without [analysis] similarity, and stores the analysis with it."""
+    import dataclasses
+
+    shutil.copytree(finished.path.parent, tmp_path / "runs")
+    run = Run(tmp_path / "runs" / finished.id)
+    preset = preset_from_dict(run.config()["preset"])
+    plan = Plan(**run.config()["plan"])
+    executor = _executor(run)
+    assert run_stage(run, preset, plan, executor, Events()) is None and not analysis_path(run).exists()
+    preset = dataclasses.replace(preset, analysis=_settings(run, kinds=("text",)))
+    events = Events()
+    doc = run_stage(run, preset, plan, executor, events)
+    assert read_analysis(run) == json.loads(json.dumps(doc))
+    assert set(doc["kinds"]) == {"text"} and ("analysis", {"analysis": "text embeddings"}) in events.stages
+    assert embedding_preset(preset, preset.analysis).downstream.steps == EMBED_STEPS
