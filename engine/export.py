@@ -15,6 +15,12 @@ JSON, and the paper's table as Markdown or LaTeX.
   bold, then the mean, gain-over-PT, Δ-vs-PT and p rows. LaTeX is a `table` with a `tabular`
   and booktabs rules (the document needs `\\usepackage{booktabs}`); task names are escaped.
 - JSON is a structured document with numbers, never formatted strings (NaN becomes null).
+- `table="similarity"` (CSV and JSON only): each run's task similarity analysis (analysis.json,
+  `engine.analysis`; `analyses` maps run ids to the documents, `load_analyses` reads them): CSV one
+  row per (run, embedding kind, target, source) with the cosine and the source's rank for that
+  target (1: most similar; empty for a source named like the target), JSON every run's whole
+  document (matrices, nearest sources, gains, correlations, note). Runs without an analysis are
+  left out.
 """
 
 from __future__ import annotations
@@ -26,16 +32,16 @@ import math
 import re
 
 from engine.methods import PT
-from engine.report import (CONFIDENCE, DELTA_LABEL, N_RESAMPLES, P_LABEL, Paired, Report, build_report,
-                           p_value_text)
+from engine.report import CONFIDENCE, DELTA_LABEL, N_RESAMPLES, P_LABEL, Paired, Report, build_report, p_value_text
 
 FORMATS = ("csv", "json", "markdown", "latex")
-TABLES = ("tasks", "splits")
+TABLES = ("tasks", "splits", "similarity")
 EXTENSIONS = {"csv": "csv", "json": "json", "markdown": "md", "latex": "tex"}
 
 SPLIT_COLUMNS = ["run_id", "name", "state", "model", "setting", "prompt_length", "optimizer", "steps",
                  "batch_size", "method", "task", "metric", "seed", "learning_rate", "best_step", "dev", "test"]
 PAIRED_COLUMNS = ["delta_vs_pt", "delta_ci_low", "delta_ci_high", "p_value", "p_test", "n_pairs", "n_unpaired"]
+SIMILARITY_COLUMNS = ["run_id", "kind", "target", "source", "similarity", "rank"]
 TABLE_COLUMNS = ["run_id", "name", "model", "setting", "method", "task", "metric", "mean", "std", "n",
                  "gain_over_pt", *PAIRED_COLUMNS]
 
@@ -96,6 +102,29 @@ def table_rows(summaries: list[dict], metric_scale: float = 1.0) -> list[dict]:
     return rows
 
 
+def load_analyses(root, summaries: list[dict]) -> dict[str, dict]:
+    """{run_id: analysis document} of the summaries' runs that have one (the index keeps only a pointer)."""
+    from pathlib import Path
+
+    from engine.analysis import read_analysis
+    from engine.runs import Run
+
+    docs = {s["run_id"]: read_analysis(Run(Path(root) / s["run_id"])) for s in summaries if s.get("analysis")}
+    return {run_id: doc for run_id, doc in docs.items() if doc}
+
+
+def similarity_rows(analyses: dict[str, dict]) -> list[dict]:
+    rows = []
+    for run_id, doc in analyses.items():
+        for kind, body in doc["kinds"].items():
+            for target, row in zip(doc["targets"], body["matrix"]):
+                order = sorted((j for j, s in enumerate(doc["sources"]) if s != target), key=lambda j: -row[j])
+                rank = {j: r for r, j in enumerate(order, start=1)}
+                rows.extend({"run_id": run_id, "kind": kind, "target": target, "source": source, "similarity": sim,
+                             "rank": rank.get(j, "")} for j, (source, sim) in enumerate(zip(doc["sources"], row)))
+    return rows
+
+
 def to_csv(rows: list[dict], columns: list[str]) -> str:
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
@@ -107,18 +136,28 @@ def to_csv(rows: list[dict], columns: list[str]) -> str:
 # ---- one entry point for every format ----------------------------------------------------------
 
 def export_document(summaries: list[dict], fmt: str = "csv", table: str = "tasks", metric_scale: float = 1.0,
-                    digits: int | None = None) -> str:
+                    digits: int | None = None, analyses: dict[str, dict] | None = None) -> str:
     """The export of `summaries` (index documents, `engine.store.summarize`) as text.
 
     fmt: "csv", "json", "markdown" or "latex"; table: "tasks" (the aggregated report) or "splits"
     (the chosen cell per split); metric_scale: multiplies every score (100: percentages);
     digits: decimals of the Markdown/LaTeX numbers (default 1 when metric_scale >= 10, else 3).
+    analyses: {run_id: analysis.json document} for table "similarity" (`load_analyses`).
     An unknown fmt or table is a ValueError with a one-line message.
     """
     if fmt not in FORMATS:
         raise ValueError(f"unknown export format '{fmt}' (known: {', '.join(FORMATS)})")
     if table not in TABLES:
         raise ValueError(f"unknown export table '{table}' (known: {', '.join(TABLES)})")
+    if table == "similarity":
+        if fmt not in ("csv", "json"):
+            raise ValueError(f"the similarity table exports as csv or json, not {fmt}")
+        analyses = {s["run_id"]: analyses[s["run_id"]] for s in summaries if s["run_id"] in (analyses or {})}
+        if fmt == "csv":
+            return to_csv(similarity_rows(analyses), SIMILARITY_COLUMNS)
+        doc = {"format": "mpt-tui similarity", "version": 1,
+               "runs": [{"run_id": run_id, "analysis": a} for run_id, a in analyses.items()]}
+        return json.dumps(_no_nan(doc), indent=2, ensure_ascii=False, allow_nan=False) + "\n"
     if digits is None:
         digits = 1 if metric_scale >= 10 else 3
     if fmt == "csv":

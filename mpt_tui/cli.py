@@ -465,7 +465,7 @@ def cmd_runs(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from engine.export import export_document
+    from engine.export import export_document, load_analyses
     from engine.runs import RunsDirError, find_run
     from engine.store import RunIndex
 
@@ -481,7 +481,8 @@ def cmd_export(args) -> int:
     table = args.table or ("tasks" if paper else "splits")
     scale = args.metric_scale if args.metric_scale is not None else (100.0 if paper else 1.0)
     try:
-        text = export_document(summaries, args.format, table=table, metric_scale=scale)
+        analyses = load_analyses(root, summaries) if table == "similarity" else None
+        text = export_document(summaries, args.format, table=table, metric_scale=scale, analyses=analyses)
     except ValueError as exc:
         raise CliError(str(exc)) from None
     if args.out:
@@ -737,9 +738,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="markdown and latex: the paper's table (target tasks x methods, mean ± std, mean and "
                              "gain rows, paired difference to PT, best in bold)")
     export.add_argument("--out", help="output file (default: stdout)")
-    export.add_argument("--table", choices=["splits", "tasks"], default=None,
+    export.add_argument("--table", choices=["splits", "tasks", "similarity"], default=None,
                         help="splits: one row per (run, method, task, seed); tasks: the aggregated table "
-                             "(default: splits for csv and json, tasks for markdown and latex)")
+                             "(default: splits for csv and json, tasks for markdown and latex); similarity "
+                             "(csv, json): the runs' task similarity matrices (`mpt-tui analyse`)")
     export.add_argument("--run", action="append", help="only this run (id or unique prefix; repeatable)")
     export.add_argument("--metric-scale", type=float, default=None,
                         help="multiply scores (e.g. 100); default 1 for csv and json, 100 for markdown and latex")

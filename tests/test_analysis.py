@@ -119,6 +119,23 @@ def test_analyse_a_finished_run_end_to_end(finished, tmp_path, capsys):
     assert summary["analysis"] == {"file": "analysis.json",
                                    "top": {t: [s for s, _ in doc["kinds"]["prompt"]["nearest"][t]]
                                            for t in plan.targets}}
+    # the exports carry the matrices
+    csv_file, json_file = tmp_path / "sim.csv", tmp_path / "sim.json"
+    for fmt, out_file in (("csv", csv_file), ("json", json_file)):
+        assert main(["export", "--format", fmt, "--table", "similarity", "--out", str(out_file),
+                     "--runs-dir", str(root)]) == 0
+    import csv
+
+    rows = list(csv.DictReader(csv_file.open()))
+    assert len(rows) == 2 * len(plan.targets) * len(plan.sources)
+    for r in rows:
+        i, j = plan.targets.index(r["target"]), plan.sources.index(r["source"])
+        assert float(r["similarity"]) == pytest.approx(doc["kinds"][r["kind"]]["matrix"][i][j])
+    assert {r["source"] for r in rows if r["rank"] == "1" and r["kind"] == "prompt"} == {
+        items[0][0] for items in doc["kinds"]["prompt"]["nearest"].values()}
+    assert json.loads(json_file.read_text())["runs"] == [{"run_id": run.id, "analysis": doc}]
+    assert main(["export", "--format", "latex", "--table", "similarity", "--runs-dir", str(root)]) == 2
+
     for kind in ("similarity", "gain-vs-similarity"):
         out_file = tmp_path / f"{kind}.png"
         assert main(["plot", run.id, "--kind", kind, "--out", str(out_file), "--runs-dir", str(root)]) == 0
