@@ -5,8 +5,8 @@ name that the grid lacks. `show(view)` updates only the rows whose cell logged s
 last call (each cell carries the index's revision of its last event), so a run with
 1,400 cells costs a comparison per row per refresh, not a redraw of the table. The
 filter (every word must appear in the row) rebuilds the table once per edit; a rebuild
-(another run, a new filter) adds the first rows at once and the rest in batches after the
-next refreshes, so a key press that shows another run is not held up by 1,400 rows.
+(another run, a new filter) adds the first rows at once and the rest in batches with pauses
+between them for the keys, so a key press that shows another run is not held up by 1,400 rows.
 """
 
 from __future__ import annotations
@@ -20,8 +20,9 @@ from mpt_tui.events_index import CellEvents
 from mpt_tui.watch import RunView
 
 COLUMNS = ("method", "task", "seed", "lr", "state", "dev", "test")
-FIRST_ROWS = 60  # added at once on a rebuild: more than a screenful
-BATCH_ROWS = 200  # then this many per refresh
+FIRST_ROWS = 40  # added at once on a rebuild: a screenful
+BATCH_ROWS = 100  # then this many at a time, with a pause for keys between batches
+BATCH_PAUSE_S = 0.02
 
 
 def parse_cell_id(cell_id: str) -> tuple[str, str, str, str]:
@@ -131,7 +132,7 @@ class CellList(Vertical):
                 table.add_row(*row, key=cell_id)
         if self.pending:
             rebuild = self.rebuilds
-            self.call_after_refresh(lambda: self.rebuilds == rebuild and self._add_pending(BATCH_ROWS))
+            self.set_timer(BATCH_PAUSE_S, lambda: self.rebuilds == rebuild and self._add_pending(BATCH_ROWS))
 
     def on_input_changed(self, event: Input.Changed) -> None:
         event.stop()
