@@ -577,10 +577,14 @@ def cmd_analyse(args) -> int:
     events = _AnalysisEvents(stop)
     device_lock = None
     try:
-        events.message(f"waiting for a device ({preset.model.device})")
+        waiting = []
+
         def check_stop() -> None:
             if stop():
                 raise RunCancelled("cancelled while waiting for a device")
+            if not waiting:  # said once: the device is busy (a run holds it)
+                waiting.append(True)
+                events.message(f"waiting for a device ({preset.model.device}): a run holds it")
 
         device, device_lock = acquire_device(root, candidate_devices(preset.model.device), on_wait=check_stop)
         events.message(f"loading {preset.model.name} on {device}")
