@@ -238,6 +238,8 @@ def connect(cluster: ClusterConfig, log_path: Path) -> str:
     ray_logger = logging.getLogger("ray")
     handler = logging.FileHandler(log_path, encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s ray %(levelname)s %(message)s"))
+    for old in ray_logger.handlers:  # an earlier run's log, in this same process
+        old.close()
     ray_logger.handlers, ray_logger.propagate = [handler], False
     options = {"log_to_driver": False, "logging_level": logging.WARNING, "configure_logging": False,
                "namespace": "mpt-tui"}
