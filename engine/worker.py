@@ -278,7 +278,12 @@ def _execute(run: Run, preset, plan: Plan, device: str, reporter: Reporter, stat
 
     # what stored timings are matched on (engine.estimate): the device's model, not just its index
     status.set(device_name=device_name(device), precision=backbone.precision)
-    return run_grid(run, preset, plan, Executor(backbone), RunEvents(run, preset, status, reporter, log, stop))
+    from engine.analysis import run_stage
+
+    executor, events = Executor(backbone), RunEvents(run, preset, status, reporter, log, stop)
+    results = run_grid(run, preset, plan, executor, events)
+    run_stage(run, preset, plan, executor, events)  # [analysis]: the task similarity, a no-op without one
+    return results
 
 
 def _execute_on_ray(run: Run, preset, plan: Plan, reporter: Reporter, status: StatusWriter, log: logging.Logger,
@@ -303,7 +308,10 @@ def _execute_on_ray(run: Run, preset, plan: Plan, reporter: Reporter, status: St
         status.set(stage="waiting for Ray workers")
         first = backend.first_info(stop)
         status.set(stage="setup", device_name=first["device_name"], precision=first["precision"])
-        return run_grid(run, preset, plan, backend, events)
+        results = run_grid(run, preset, plan, backend, events)
+        if preset.analysis.similarity:  # its embedding jobs run on a local executor (engine.analysis) for now
+            events.message(f"analysis: not run on Ray workers; compute it with `mpt-tui analyse {run.id}`")
+        return results
     finally:
         if backend is not None:
             backend.close()

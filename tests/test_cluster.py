@@ -3,6 +3,7 @@ the tiny Llama, the demo data. Skipped with `-m "not ray"`; CI runs them."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -344,3 +345,16 @@ def test_units_submitted_after_the_grid_run_on_the_same_backend(tmp_path, tiny_l
     results = run_grid(run, preset, plan, Executor(backbone), Events(), after_grid=after_grid)
     assert stored == [True] and results["mean"] is not None
     assert len(extra) == 1 and extra[0]["test"] is None and extra[0]["metric"] is None and extra[0]["dev"] is not None
+
+
+def test_a_local_run_with_an_analysis_section_ends_with_its_analysis(tmp_path, tiny_llama):
+    """The worker runs engine.analysis.run_stage after the grid: `[analysis] similarity` in the preset is
+    enough for analysis.json (text embeddings: nothing trained)."""
+    run = small_run(tmp_path / "runs", tiny_llama, name="analysed", downstream="steps = 2\neval_every = 2")
+    config = run.config()
+    config["preset"]["analysis"]["similarity"] = ["text"]
+    run.config_path.write_text(json.dumps(config), encoding="utf-8")
+    execute(run)
+    assert run.status()["state"] == "finished"
+    analysis = read_json(run.path / "analysis.json")
+    assert set(analysis["kinds"]) == {"text"} and set(analysis["targets"]) == set(config["plan"]["targets"])
