@@ -4,10 +4,11 @@
 
 This module is a run's lifecycle: status and heartbeat, the device lock, signals,
 the log, the index record. A preset with `[cluster] backend = "ray"` takes no
-device lock here: this process becomes the Ray driver (engine.cluster) and its
-units run on the cluster's workers, while it alone writes the run directory. The work itself (units, the executor, the order of a
-run) is `engine.grid`, imported with torch only once a device is held, so
-importing this module stays torch-free. The headless CLI calls `execute()`
+device lock here: this process becomes the Ray driver (engine.cluster), its
+units run on the cluster's workers, and it alone writes the run directory. The
+work itself (units, the executor, the order of a run) is `engine.grid`,
+imported with torch only once a device is held, so importing this module
+stays torch-free. The headless CLI calls `execute()`
 in-process with a progress reporter; the app and any queue start this module as
 a detached process. Either way the run's progress reaches readers only through
 its directory (status.json, metrics.jsonl), and a finished grid cell is never
