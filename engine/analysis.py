@@ -10,8 +10,8 @@ Task embeddings, two kinds (`[analysis] similarity`):
   steps and `analysis.embedding_lr`, so embeddings differ only by the task's data. The jobs are
   ordinary grid cells (method `embed`) run as `TrainCells` units with `test=False` through
   `Executor.run`: grouped, checkpointed every `downstream.checkpoint_every` steps, cancellable and
-  resumed like the grid. Their files live under RUN_DIR/analysis/: groups.json, checkpoints/,
-  prompts/, and embeddings/<cell>.json (a finished job: never run again).
+  resumed like the grid. Their files live under RUN_DIR/analysis/embed-<steps>steps-lr<lr>/:
+  groups.json, checkpoints/, prompts/, and embeddings/<cell>.json (a finished job: never run again).
 - `text`: the frozen backbone's last hidden states over the task's training inputs (as stored,
   without the task-name prefix of `input_format = "crossfit"`), mean-pooled over tokens, then
   over the inputs of a split; a model-only baseline, nothing trained.
@@ -62,9 +62,10 @@ def analysis_path(run: Run) -> Path:
     return run.path / ANALYSIS_FILE
 
 
-def work_dir(run: Run) -> Path:
-    """The embedding jobs' files: groups.json, checkpoints/, prompts/, embeddings/."""
-    return run.path / "analysis"
+def work_dir(run: Run, settings: AnalysisConfig) -> Path:
+    """The embedding jobs of these settings: groups.json, checkpoints/, prompts/, embeddings/ (jobs of
+    other steps or learning rates are other jobs, in their own directory)."""
+    return run.path / "analysis" / f"embed-{settings.embedding_steps}steps-lr{settings.embedding_lr:g}"
 
 
 def read_analysis(run: Run) -> dict | None:
@@ -137,16 +138,16 @@ def embedding_cells(tasks: list[str], seeds: list[int], data, k: int, lr: float)
     return [Cell(EMBED, task, seed, lr) for task in tasks for seed in data.seeds(task, k) if seed in seeds]
 
 
-def _paths(run: Run, cell: Cell) -> tuple[Path, Path, Path]:
+def _paths(run: Run, settings: AnalysisConfig, cell: Cell) -> tuple[Path, Path, Path]:
     """(checkpoint, prompt, record) of an embedding job."""
-    base = work_dir(run)
+    base = work_dir(run, settings)
     return (base / "checkpoints" / f"{cell.id}.pt", base / "prompts" / f"{cell.id}.safetensors",
             base / "embeddings" / f"{cell.id}.json")
 
 
-def _groups(run: Run, cells: list[Cell], done: set[str], size: int) -> list[list[Cell]]:
+def _groups(run: Run, settings: AnalysisConfig, cells: list[Cell], done: set[str], size: int) -> list[list[Cell]]:
     """Pending cells `size` at a time; stored, and kept on resume (a group's rounding depends on its members)."""
-    path = work_dir(run) / "groups.json"
+    path = work_dir(run, settings) / "groups.json"
     by_id = {c.id: c for c in cells}
     stored = read_json(path)
     if isinstance(stored, list) and sorted(i for g in stored for i in g) == sorted(by_id):
@@ -192,20 +193,20 @@ def prompt_embeddings(run: Run, preset: Preset, plan: Plan, tasks: list[str], ex
     settings = preset.analysis
     data = TaskData(plan.data_dir, plan.config_dir)
     cells = embedding_cells(tasks, plan.seeds, data, preset.data.k, settings.embedding_lr)
-    done = {c.id for c in cells if isinstance(read_json(_paths(run, c)[2]), dict)}
+    done = {c.id for c in cells if isinstance(read_json(_paths(run, settings, c)[2]), dict)}
     quiet = _StageEvents(events)
     pending = [c for c in cells if c.id not in done]
     size = executor.group_size(preset, data, pending, quiet) if pending else 1
-    groups = _groups(run, cells, done, size)
+    groups = _groups(run, settings, cells, done, size)
     init = PromptInit("vocab", seed=EMBEDDING_INIT_SEED, pool=preset.prompt.vocab_pool)
     todo = [g for g in groups if any(c.id not in done for c in g)]
     for number, group in enumerate(todo, 1):
         part = [c for c in group if c.id not in done]
         events.stage("analysis", analysis=f"embedding group {number}/{len(todo)}")
-        work = [CellWork(c, init, str(_paths(run, c)[0]), str(_paths(run, c)[1])) for c in part]
+        work = [CellWork(c, init, str(_paths(run, settings, c)[0]), str(_paths(run, settings, c)[1])) for c in part]
         records = executor.run(TrainCells(preset.to_dict(), plan.data_dir, plan.config_dir, work, test=False), quiet)
         for cell, record in zip(part, records):
-            checkpoint, prompt, record_path = _paths(run, cell)
+            checkpoint, prompt, record_path = _paths(run, settings, cell)
             record["prompt"] = str(prompt.relative_to(run.path))
             record_path.parent.mkdir(parents=True, exist_ok=True)
             write_json_atomic(record_path, record)  # written last: from now on the job is done
@@ -213,7 +214,7 @@ def prompt_embeddings(run: Run, preset: Preset, plan: Plan, tasks: list[str], ex
             done.add(cell.id)
     out: dict[str, dict[int, list[float]]] = {}
     for cell in cells:
-        prompt, _ = load_prompt(_paths(run, cell)[1])
+        prompt, _ = load_prompt(_paths(run, settings, cell)[1])
         out.setdefault(cell.task, {})[cell.seed] = torch.as_tensor(prompt).double().mean(dim=0).tolist()
     return out
 
@@ -325,6 +326,8 @@ def analyse_runs(runs: list[Run], settings: AnalysisConfig, executor, events) ->
     `executor` (engine.grid.Executor) holds the backbone of the runs' model; `events` is a
     `GridEvents` (message, stage, should_stop). Embedding jobs resume from their checkpoints.
     """
+    from engine.data import TaskData
+
     if not settings.similarity:
         raise AnalysisError("no similarity kind to compute (analysis.similarity is empty)")
     preset, plan = check_together(runs)
@@ -332,6 +335,11 @@ def analyse_runs(runs: list[Run], settings: AnalysisConfig, executor, events) ->
     preset = embedding_preset(preset, settings)
     tasks = list(dict.fromkeys(t for part in parts for t in part.sources + part.targets))
     plan = dataclasses.replace(plan, seeds=sorted({s for part in parts for s in part.seeds}))
+    data = TaskData(plan.data_dir, plan.config_dir)
+    lacking = [t for t in tasks if not set(data.seeds(t, preset.data.k)) & set(plan.seeds)]
+    if lacking:
+        raise AnalysisError(f"task(s) {', '.join(lacking)} have no k={preset.data.k} split among the runs' seeds "
+                            f"{plan.seeds}: no embedding to compare")
     embeddings = {}
     for kind in (k for k in KINDS if k in settings.similarity):
         events.stage("analysis", analysis=f"{kind} embeddings")

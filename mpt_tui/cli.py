@@ -133,7 +133,17 @@ def run_foreground(args, run, name: str, n_splits: int) -> int:
     report = build_report([{"run_id": run.id, **results}])
     console.print(results_table(report, title=f"{name}: test scores x100, mean ± std over "
                                               f"{n_splits} splits (run {run.id})"))
+    _print_analysis(console, run)
     return 0
+
+
+def _print_analysis(console, run) -> None:
+    """The run's task similarity analysis under its table, when its last stage computed one."""
+    from engine.analysis import read_analysis, render_text
+
+    doc = read_analysis(run)
+    if doc:
+        console.print(render_text(doc), markup=False, highlight=False, soft_wrap=True, end="")
 
 
 # ---- a run's lifecycle: show, resume, cancel, delete, logs ---------------------------------
@@ -595,6 +605,9 @@ def cmd_analyse(args) -> int:
                                  max_output_length=preset.model.max_output_length, progress=events.message,
                                  precision=preset.model.precision, dropout=preset.model.dropout == "config")
         doc = analyse_runs(runs, settings, Executor(backbone), events)
+    except AnalysisError as exc:
+        print(f"mpt-tui: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     except (RunCancelled, KeyboardInterrupt):
         print(f"analysis of {runs[0].id} cancelled; run the same command again to go on", file=sys.stderr)
         return 130

@@ -108,12 +108,13 @@ def test_analyse_a_finished_run_end_to_end(finished, tmp_path, capsys):
     assert "2 target tasks" in doc["note"] and "2/n!" in doc["note"]
     assert "task similarity (prompt embeddings)" in out and "Spearman rho" in out
 
-    records = [read_json(p) for p in (work_dir(run) / "embeddings").glob("*.json")]
+    jobs = work_dir(run, _settings(run))
+    records = [read_json(p) for p in (jobs / "embeddings").glob("*.json")]
     tasks = plan.sources + plan.targets
     assert sorted((r["task"], r["seed"]) for r in records) == sorted((t, s) for t in tasks for s in plan.seeds)
     assert all(r["method"] == EMBED and r["test"] is None and r["steps"] == EMBED_STEPS and r["group_size"] == 8
                for r in records)
-    assert not list((work_dir(run) / "checkpoints").glob("*.pt"))
+    assert not list((jobs / "checkpoints").glob("*.pt"))
 
     summary = next(s for s in RunIndex(root).all() if s["run_id"] == run.id)
     assert summary["analysis"] == {"file": "analysis.json",
@@ -160,13 +161,14 @@ def test_analyse_refuses_bad_input_in_one_line(finished, tmp_path, tiny_llama, c
     assert main(["plot", unfinished.id, "--kind", "similarity", "--out", str(tmp_path / "f.png"),
                  "--runs-dir", str(root)]) == 2
     assert "no similarity analysis yet" in capsys.readouterr().err
-    assert not analysis_path(unfinished).exists() and not work_dir(unfinished).exists()
+    assert not analysis_path(unfinished).exists() and not (unfinished.path / "analysis").exists()
 
 
-def _prompt_files(run: Run) -> dict:
+def _prompt_files(run: Run, settings) -> dict:
     from safetensors.torch import load_file
 
-    return {p.name: load_file(str(p))["prompt"] for p in sorted((work_dir(run) / "prompts").glob("*.safetensors"))}
+    return {p.name: load_file(str(p))["prompt"]
+            for p in sorted((work_dir(run, settings) / "prompts").glob("*.safetensors"))}
 
 
 def test_embedding_jobs_stopped_midway_resume_to_the_same_embeddings(finished, tmp_path):
@@ -185,14 +187,19 @@ def test_embedding_jobs_stopped_midway_resume_to_the_same_embeddings(finished, t
     stopped = runs["stopped"]
     with pytest.raises(RunCancelled):
         analyse_runs([stopped], settings, executor, Events(stop_at=3))
-    checkpoints = list((work_dir(stopped) / "checkpoints").glob("*.pt"))
-    assert checkpoints and not list((work_dir(stopped) / "embeddings").glob("*.json"))
+    checkpoints = list((work_dir(stopped, settings) / "checkpoints").glob("*.pt"))
+    assert checkpoints and not list((work_dir(stopped, settings) / "embeddings").glob("*.json"))
     events = Events()
     resumed = analyse_runs([stopped], settings, executor, events)
     assert any("resuming after step 3" in m for m in events.messages)
     assert resumed["kinds"] == reference["kinds"]
-    want, got = _prompt_files(runs["reference"]), _prompt_files(stopped)
+    want, got = _prompt_files(runs["reference"], settings), _prompt_files(stopped, settings)
     assert want.keys() == got.keys() and all(torch.equal(want[k], got[k]) for k in want)
+    # other settings are other jobs: nothing of these is taken for them
+    longer = _settings(finished, kinds=("prompt",), steps=EMBED_STEPS + 2)
+    other = analyse_runs([stopped], longer, executor, Events())
+    assert other["kinds"]["prompt"]["matrix"] != resumed["kinds"]["prompt"]["matrix"]
+    assert _prompt_files(stopped, longer).keys() == want.keys() and _prompt_files(stopped, settings).keys() == want.keys()
 
 
 def _planted_data(root: Path, target: str, copies: list[str]) -> Path:
