@@ -75,8 +75,8 @@ def resume_path(path: Path) -> Path | None:
     if not path.is_file():
         return None
     info = _round_of(path)
-    if not info and _prev(path).is_file():  # its step file never got written (the save failed after the
-        return _prev(path)                  # rename): the file belongs to no finished round
+    if not info:  # its step file never got written (the save failed after the rename): the file belongs
+        return _prev(path) if _prev(path).is_file() else None  # to no finished round; none before it: start over
     members = [Path(m) for m in info.get("members", [])]
     # a round is whole when every member holds it, as its file or (having moved on) as its .prev
     if all(info["round"] in (_round_of(m).get("round"), _round_of(_prev(m)).get("round")) for m in members):
