@@ -91,10 +91,12 @@ def snapshot_store(tmp_path):
 
 
 async def _settle(pilot) -> None:
-    """Let the workers (run directories, index, data directory) deliver what they read."""
-    await pilot.pause()
-    await pilot.app.workers.wait_for_complete()
-    await pilot.pause()
+    """Let the workers (run directories, index, data directory) deliver what they read, twice: what one
+    delivers can start another (the Launch form's task catalog, then its plan line)."""
+    for _ in range(2):
+        await pilot.pause()
+        await pilot.app.workers.wait_for_complete()
+        await pilot.pause()
 
 
 SCREENS = {"runs": [], "runs-compare": ["down", "v"], "runs-upstream": ["v", "v"], "results": ["2"],

@@ -51,13 +51,24 @@ def _app(runs, data) -> Tmux:
     return Tmux(f"{sys.executable} -m mpt_tui.cli --runs-dir {runs} --data-dir {data}")
 
 
-def _field(app: Tmux, value: str) -> None:
-    """Tab to the next form field and replace its text."""
+def _field(app: Tmux, label: str, value: str) -> None:
+    """Tab to the next form field (`label`) and replace its text; wait until the screen shows it."""
     app.keys("Tab")
     app.keys("End")
     app.keys("C-u")
-    if value:
-        app.keys(value, literal=True)
+    app.keys(value, literal=True)
+    end = time.time() + 20
+    while f"{label} {value}" not in " ".join(app.screen().split()):
+        assert time.time() < end, app.screen()
+        time.sleep(0.2)
+
+
+def _wait_plan(app: Tmux, text: str) -> None:
+    """Until the plan line (however the terminal wraps it) contains `text`."""
+    end = time.time() + 30
+    while text not in " ".join(app.screen().split()):
+        assert time.time() < end, app.screen()
+        time.sleep(0.3)
 
 
 def test_a_run_launched_from_the_pickers_outlives_the_app_and_finishes(tmp_path, tiny_llama):
@@ -69,25 +80,24 @@ def test_a_run_launched_from_the_pickers_outlives_the_app_and_finishes(tmp_path,
         app.keys("3")
         app.wait_for("sources: 4 chosen")  # the demo setting's tasks, read from the data directory
         time.sleep(0.5)
-        # the focus starts in the task filter; tab: the sources' actions, then their list
-        app.keys("Tab", "Tab", "Tab")  # setting's, all class., clear
-        app.keys("Enter")
+        # the focus starts in the sources list: clear it (ctrl+l), then its last task, demo-spam
+        app.keys("C-l")
         app.wait_for("sources: 0 chosen")
-        app.keys("Tab", "End", "Space")  # the sources list: its last task, demo-spam
+        app.keys("End", "Space")
         app.wait_for("sources: 1 chosen")
-        app.keys("Tab", "Tab", "Tab", "Enter")  # the targets' clear
+        app.keys("Tab", "Tab", "Tab", "Enter")  # the targets' "clear" button
         app.wait_for("targets: 0 chosen")
         app.keys("Tab", "Home", "Down", "Space")  # the targets list: its second task, demo-formality
         app.wait_for("targets: 1 chosen")
         app.keys("Tab", "Tab", "Space", "Tab", "Space", "Tab", "Space")  # keep MTL; uncheck MAML, FoMAML, Reptile
+        _wait_plan(app, "2 methods")
         app.keys("Tab", "Tab", "Space", "Tab")  # splits: keep 1, uncheck 2, leave 3
-        for value in (str(tiny_llama), "cpu", "demo", "4", "0.3", "300", "2"):
-            _field(app, value)  # model, device, setting, prompt length, learning rates, steps, upstream updates
-        plan = "plan: 1 sources · 1 targets · 1 splits · 2 methods · 2 upstream steps x 1 · 2 grid cells"
-        end = time.time() + 30
-        while plan not in " ".join(app.screen().split()):  # the plan line, however the terminal wraps it
-            assert time.time() < end, app.screen()
-            time.sleep(0.3)
+        _wait_plan(app, "1 splits")
+        for label, value in (("model", str(tiny_llama)), ("device", "cpu"), ("setting", "demo"),
+                             ("prompt length", "4"), ("learning rates", "0.3"), ("downstream steps", "300"),
+                             ("upstream updates", "2")):
+            _field(app, label, value)
+        _wait_plan(app, "plan: 1 sources · 1 targets · 1 splits · 2 methods · 2 upstream steps x 1 · 2 grid cells")
         app.keys("C-s")
         app.wait_for("started", timeout=30)
         (run,) = list_runs(runs)
@@ -109,7 +119,7 @@ def test_a_run_launched_from_the_pickers_outlives_the_app_and_finishes(tmp_path,
             time.sleep(0.5)
         assert run.status()["state"] == "finished"
         assert run.status()["progress"] > progress
-        screen = app.wait_for("done", timeout=30)  # the cell list shows the finished cells
-        assert "finished" in screen
+        app.wait_for("finished", timeout=30)  # the runs table
+        app.wait_for("done", timeout=30)  # and the cell list: the finished cells
     finally:
         app.kill()

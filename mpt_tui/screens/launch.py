@@ -127,7 +127,7 @@ def _has_timings(runs_root: Path, model: str) -> bool:
 
 
 class LaunchScreen(ReportWorkerErrors, Screen):
-    AUTO_FOCUS = "#task-filter"  # type to find a task; tab goes on to the lists' actions and the lists
+    AUTO_FOCUS = "#sources-list"  # not an input: the digit keys still switch screens
     BINDINGS = [
         Binding("ctrl+s", "start", "Start run", id="start", tooltip="check the form and start the run in the background"),
         Binding("ctrl+w", "save", "Save preset", id="save", tooltip="save the form as a preset file (save as)",
