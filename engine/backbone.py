@@ -105,6 +105,15 @@ class Backbone:
         return cls(model, tokenizer, name, device=device, max_input_length=max_input_length,
                    max_output_length=max_output_length, precision=precision, compile=compile, dropout=dropout)
 
+    @classmethod
+    def from_preset(cls, model, device: str, progress=None, compile: bool = True) -> "Backbone":
+        """The backbone a preset's [model] section (`preset.model`) describes; `compile=False` for
+        quick loads that run a few passes (a timing probe, the analysis)."""
+        mode = model.compile_mode if model.compile and compile else False
+        return cls.load(model.name, device=device, max_input_length=model.max_input_length,
+                        max_output_length=model.max_output_length, progress=progress, compile=mode,
+                        precision=model.precision, dropout=model.dropout == "config")
+
     # ---- tokens -------------------------------------------------------------------
 
     def _ids(self, text: str, kind: str) -> list[int]:

@@ -142,9 +142,7 @@ class UnitWorker:
         torch.set_num_threads(threads)  # Ray's default is one thread; pinned either way (equal records)
         p = preset_from_dict(preset)
         self.device = "cuda:0" if ray.get_gpu_ids() and p.model.device != "cpu" else "cpu"
-        self.backbone = Backbone.load(p.model.name, device=self.device, max_input_length=p.model.max_input_length,
-                                      max_output_length=p.model.max_output_length, compile=p.model.compile,
-                                      precision=p.model.precision, dropout=p.model.dropout == "config")
+        self.backbone = Backbone.from_preset(p.model, self.device)
         self.executor = Executor(self.backbone, memory_share)
         self._stop = threading.Event()
         self._events: _StreamedEvents | None = None

@@ -174,9 +174,7 @@ def parallel_time(units: list[tuple[float, frozenset, str]], workers: int) -> fl
 def _load(preset: Preset, device: str):
     from engine.backbone import Backbone
 
-    return Backbone.load(preset.model.name, device=device, max_input_length=preset.model.max_input_length,
-                         max_output_length=preset.model.max_output_length, precision=preset.model.precision,
-                         dropout=preset.model.dropout == "config")
+    return Backbone.from_preset(preset.model, device, compile=False)
 
 
 def _probed_group_size(backbone, preset: Preset, plan: Plan, data, cells) -> int:

@@ -269,10 +269,7 @@ def _execute(run: Run, preset, plan: Plan, device: str, reporter: Reporter, stat
 
     log.info("loading %s on %s", preset.model.name, device)
     reporter.message(f"loading model {preset.model.name} on {device}")
-    backbone = Backbone.load(preset.model.name, device=device, max_input_length=preset.model.max_input_length,
-                             max_output_length=preset.model.max_output_length, progress=reporter.message,
-                             compile=preset.model.compile, precision=preset.model.precision,
-                             dropout=preset.model.dropout == "config")
+    backbone = Backbone.from_preset(preset.model, device, progress=reporter.message)
     if needs_second_order(plan.methods):
         check_second_order(backbone)  # before any training
     from engine.estimate import device_name
