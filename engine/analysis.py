@@ -35,6 +35,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import statistics
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -161,16 +162,20 @@ def _groups(run: Run, settings: AnalysisConfig, cells: list[Cell], done: set[str
 
 class _StageEvents:
     """The embedding jobs' events for the caller's events: log lines and the stop flag pass through; their
-    steps and dev scores are not grid cells, so they stay out of metrics.jsonl and the grid's progress."""
+    steps and dev scores are not grid cells, so they stay out of metrics.jsonl and the grid's progress (a
+    line every `every_s` seconds says how far the group is)."""
 
-    def __init__(self, events):
-        self.events = events
+    def __init__(self, events, steps: int, every_s: float = 10.0):
+        self.events, self.steps, self.every_s = events, steps, every_s
+        self.last = time.monotonic()
 
     def upstream_step(self, method, step, loss):
         pass
 
     def cell_step(self, cell_id, step, loss):
-        pass
+        if time.monotonic() - self.last >= self.every_s:
+            self.last = time.monotonic()
+            self.events.message(f"analysis: embedding step {step}/{self.steps}")
 
     def cell_dev(self, cell_id, step, score):
         pass
@@ -194,7 +199,7 @@ def prompt_embeddings(run: Run, preset: Preset, plan: Plan, tasks: list[str], ex
     data = TaskData(plan.data_dir, plan.config_dir)
     cells = embedding_cells(tasks, plan.seeds, data, preset.data.k, settings.embedding_lr)
     done = {c.id for c in cells if isinstance(read_json(_paths(run, settings, c)[2]), dict)}
-    quiet = _StageEvents(events)
+    quiet = _StageEvents(events, settings.embedding_steps)
     pending = [c for c in cells if c.id not in done]
     size = executor.group_size(preset, data, pending, quiet) if pending else 1
     groups = _groups(run, settings, cells, done, size)
