@@ -337,7 +337,8 @@ class LaunchScreen(ReportWorkerErrors, Screen):
         self.shown_seeds = seeds
         box = self.query_one("#seeds", Horizontal)
         box.remove_children()
-        box.mount_all([Checkbox(str(s), s in self.seed_choice, name=f"seed-{s}", classes="seed", compact=True)
+        box.mount_all([Checkbox(f"{s} ✓" if s in self.seed_choice else f"{s}  ", s in self.seed_choice,
+                                name=f"seed-{s}", classes="seed", compact=True)
                        for s in seeds])  # named, not ids: the removed boxes may still be registered
 
     def on_checkbox_changed(self, event: Checkbox.Changed) -> None:
@@ -348,6 +349,14 @@ class LaunchScreen(ReportWorkerErrors, Screen):
         self.form_changed()
 
     # ---- every edit: the issues at once, the plan in a worker ---------------------------------------
+
+    def mark_checkboxes(self) -> None:
+        """A ✓ after each checked box's label: its state readable without colour."""
+        for box in self.query("#methods Checkbox, #seeds Checkbox"):
+            base = METHODS[box.id.removeprefix("method-")].label if box.id else box.name.removeprefix("seed-")
+            label = f"{base} ✓" if box.value else f"{base}  "
+            if str(box.label) != label:
+                box.label = label
 
     def methods(self) -> list[str]:
         return [m for m in METHODS if self.query_one(f"#method-{m}", Checkbox).value]
@@ -360,6 +369,7 @@ class LaunchScreen(ReportWorkerErrors, Screen):
         if data_dir is not None and (data_dir, setting) != self.catalog_for:
             self.scan_tasks(data_dir, setting, self.k)  # shows the tasks and plans again when read
         self.show_seeds()
+        self.mark_checkboxes()
         issues = form_issues(self.catalog, self.chosen["sources"], self.chosen["targets"], self.seed_choice,
                              self.methods()) if self.catalog else []
         self.query_one("#form-issues", Static).update(Text("\n".join(f"⚠ {i}" for i in issues), style="yellow"))
