@@ -118,6 +118,8 @@ class RunDetail(Vertical):
         done = view.finished_cells()
         total = len(view.grid) or view.status.get("total_cells", "?")
         lines = [f"[b]{view.id}[/b]  {view.state}  cells done {len(done)}/{total}"]
+        if view.index.behind:  # a big metrics file is indexed over several refreshes
+            lines.append(f"reading its metrics: {view.index.events:,} events so far")
         if view.status.get("error"):
             lines.append(f"[red]{escape(str(view.status['error']))}[/red]")
         cluster = view.status.get("cluster")
