@@ -128,9 +128,11 @@ def check_together(runs: list[Run]) -> tuple[Preset, Plan]:
 
 def embedding_preset(preset: Preset, settings: AnalysisConfig) -> Preset:
     """The preset every embedding job runs under: the run's model, prompt and batch size; the analysis's
-    steps and learning rate; one dev evaluation (at the end), the last prompt kept, no epoch cap."""
+    steps and learning rate; the last prompt kept, no epoch cap. A job's one dev evaluation (the tuning
+    loop's, after its last step) is not used, so free-form tasks generate a single greedy token there."""
     down = dataclasses.replace(preset.downstream, steps=settings.embedding_steps, learning_rates=[settings.embedding_lr],
-                               eval_every=settings.embedding_steps, max_epochs=0, test_prompt="last")
+                               eval_every=settings.embedding_steps, max_epochs=0, test_prompt="last",
+                               num_beams=1, max_new_tokens=1, early_stopping=False)
     return dataclasses.replace(preset, downstream=down, analysis=settings)
 
 
