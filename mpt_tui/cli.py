@@ -601,9 +601,7 @@ def cmd_analyse(args) -> int:
         from engine.backbone import Backbone
         from engine.grid import Executor
 
-        backbone = Backbone.load(preset.model.name, device=device, max_input_length=preset.model.max_input_length,
-                                 max_output_length=preset.model.max_output_length, progress=events.message,
-                                 precision=preset.model.precision, dropout=preset.model.dropout == "config")
+        backbone = Backbone.from_preset(preset.model, device, progress=events.message, compile=False)
         doc = analyse_runs(runs, settings, Executor(backbone), events)
     except AnalysisError as exc:
         print(f"mpt-tui: error: {exc}", file=sys.stderr)
