@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import types
 import typing
 from dataclasses import dataclass, field
 from importlib import resources
@@ -33,13 +34,34 @@ class DataConfig:
     dir: str = _field("", help="task data directory; empty: --data-dir or $MPT_TUI_DATA_DIR")
     config_dir: str = _field("", help="task config directory (tasks/<task>.json, <setting>.json); empty: found next to the data")
     setting: str = _field("", help="setting name (in the config directory) or file listing source/target tasks")
-    sources: list[str] = _field([], help="source tasks; overrides the setting's list")
+    sources: list[str] | str = _field([], help="source tasks; overrides the setting's list; or \"nearest:K\": "
+                                        "each target's K most similar of the setting's sources (data.similarity)")
     targets: list[str] = _field([], help="target tasks; overrides the setting's list")
     k: int = _field(16, minimum=1)
     seeds: list[int] = _field(list(PAPER_SEEDS))
     input_format: str = _field("plain", choices=("plain", "crossfit"),
                                help="plain: the input as stored; crossfit: ' [task] ' + input, multiple-choice "
                                     "options written into the text as ' (A) ... (B) ...' (the authors' code)")
+    similarity: str = _field("", help="with sources = \"nearest:K\": the stored similarity matrix, a run id (its "
+                                      "analysis.json) or an analysis.json file")
+    similarity_kind: str = _field("prompt", choices=("prompt", "text"), help="which of its matrices ranks the sources")
+
+    def __post_init__(self):
+        if isinstance(self.sources, str):
+            nearest_k(self.sources)  # a string must read as nearest:K
+
+
+NEAREST_PREFIX = "nearest:"
+
+
+def nearest_k(sources: list[str] | str) -> int | None:
+    """K of `data.sources = "nearest:K"` (None for a list of tasks); any other string is a PresetError."""
+    if not isinstance(sources, str):
+        return None
+    k = sources.removeprefix(NEAREST_PREFIX)
+    if not sources.startswith(NEAREST_PREFIX) or not k.isdigit() or int(k) < 1:
+        raise PresetError(f"data.sources must be a list of tasks or \"nearest:K\" with K >= 1, got {sources!r}")
+    return int(k)
 
 
 @dataclass
@@ -191,6 +213,9 @@ def _check_scalar(value, kind, where: str):
 
 
 def _check_value(value, annotation, meta, where: str):
+    if isinstance(annotation, types.UnionType):  # a list or a string (data.sources): the value's own kind
+        kinds = typing.get_args(annotation)
+        annotation = str if isinstance(value, str) and str in kinds else next(k for k in kinds if k is not str)
     origin = typing.get_origin(annotation)
     if origin is list:
         (item_kind,) = typing.get_args(annotation)
@@ -234,7 +259,10 @@ def _build(cls, raw: dict, prefix: str, origin: str, base=None):
                 kwargs[key] = _check_value(value, hints[key], known[key].metadata, where)
             except PresetError as exc:
                 raise PresetError(f"{origin}: {exc}") from None
-    built = dataclasses.replace(base, **kwargs) if base is not None else cls(**kwargs)
+    try:
+        built = dataclasses.replace(base, **kwargs) if base is not None else cls(**kwargs)
+    except PresetError as exc:  # a section's own check (__post_init__)
+        raise PresetError(f"{origin}: {exc}") from None
     if methods:
         built.hyperparameters.update(tables)
     return built
@@ -305,11 +333,12 @@ def load_preset(name_or_path: str, overrides: list[str] = (), data_dir: str | No
         preset.data.dir = str(Path(os.environ[DATA_DIR_ENV]).expanduser().resolve())
     elif require_data_dir:
         raise PresetError(f"{path}: data.dir is not set: pass --data-dir DIR or set ${DATA_DIR_ENV}")
-    relative = [(preset.data, "config_dir"), (preset.data, "setting"), (preset.prompt, "file")]
+    relative = [(preset.data, "config_dir"), (preset.data, "setting"), (preset.data, "similarity"),
+                (preset.prompt, "file")]
     relative += [(hp, "prompt_file") for hp in preset.upstream.hyperparameters.values()]
     for obj, key in relative:
         value = getattr(obj, key)
-        if value and (key != "setting" or value.endswith((".json", ".toml"))):
+        if value and (key not in ("setting", "similarity") or value.endswith((".json", ".toml"))):
             setattr(obj, key, str((base / Path(value).expanduser()).resolve()))
     return preset, path
 

@@ -1,8 +1,9 @@
 """What a preset will train, before anything is spent: counts, the group size, and an estimated time.
 
 `dry_run` takes a checked preset (engine.prepare.check_preset: everything the real start checks) and
-counts what `engine.grid.run_grid` would run: upstream meta-updates per method, grid cells and their
-steps (under `downstream.max_epochs`), the groups. The time comes from, in this order:
+counts what `engine.grid.run_grid` would run: upstream meta-updates per method (under `data.sources =
+"nearest:K"`, one upstream stage per method and distinct source set: the cost multiplies), grid cells and
+their steps (under `downstream.max_epochs`), the groups. The time comes from, in this order:
   1. stored timings: finished work of earlier runs in the runs root with the same model, device name
      (e.g. the GPU's model), precision and group size: seconds per group pass (evaluations included)
      and seconds per meta-update of each method;
@@ -14,7 +15,7 @@ It never waits for a busy device and writes nothing to the runs root. Shared by 
 
 A Ray preset (`[cluster] backend = "ray"`) is estimated for its workers running in parallel: the
 units are placed on `workers` free workers in the run's schedule order (engine.grid), each group
-waiting for the upstream method its cells start from, and the estimate is when the last one ends.
+waiting for the upstream units its cells start from, and the estimate is when the last one ends.
 The timings are still this machine's (or stored ones): a cluster of other GPUs scales them.
 """
 
@@ -41,7 +42,7 @@ class DryRun:
     missing_targets: list[str]
     seeds: list[int]
     methods: list[str]
-    upstream_steps: dict[str, int]  # meta-updates per method learned upstream
+    upstream_steps: dict[str, int]  # meta-updates per method learned upstream (over all its source sets)
     cells: int
     cell_steps: int  # optimizer steps over all cells
     group_size: int
@@ -56,6 +57,8 @@ class DryRun:
     workers: int = 1  # units running at once (a Ray run's workers)
     workers_from: str = ""
     serial_s: float | None = None  # the same work on one worker
+    # data.sources = "nearest:K": each distinct source set, {"key", "sources", "targets", "steps": {method: n}}
+    source_sets: list[dict] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -79,12 +82,13 @@ def resolved_precision(preset: Preset, device: str) -> str:
 def dry_run(preset: Preset, plan: Plan, runs_root: Path, *, probe: bool = True) -> DryRun:
     from engine.data import TaskData
     from engine.devices import candidate_devices, device_lock_path, lock_held
-    from engine.grid import CPU_GROUP_SIZE, cell_steps, upstream_steps
+    from engine.grid import CPU_GROUP_SIZE, cell_steps, needed_upstream, upstream_name, upstream_steps
 
     data = TaskData(plan.data_dir, plan.config_dir)
     learned = [m for m in plan.methods if m in preset.upstream.hyperparameters
                and not preset.upstream.hyperparameters[m].prompt_file]
-    updates = {m: upstream_steps(preset, plan, data, m) for m in learned}
+    unit_steps = {(m, key): upstream_steps(preset, plan, data, m, key) for m in learned for key in plan.upstream_sets()}
+    updates = {m: sum(n for (method, _), n in unit_steps.items() if method == m) for m in learned}
     cells = grid_cells(plan, preset.downstream.learning_rates)
     steps = cell_steps(preset, data, cells)
     device = candidate_devices(preset.model.device)[0]
@@ -103,6 +107,10 @@ def dry_run(preset: Preset, plan: Plan, runs_root: Path, *, probe: bool = True) 
     result = DryRun(plan.sources, plan.targets, list(getattr(plan, "missing_sources", [])),
                     list(getattr(plan, "missing_targets", [])), plan.seeds, plan.methods, updates, len(cells),
                     sum(steps.values()), size, len(groups), passes, device, "", "")
+    if plan.source_sets:
+        result.source_sets = [{"key": key, "sources": sources, "targets": plan.targets_of(key),
+                               "steps": {m: unit_steps[m, key] for m in learned}}
+                              for key, sources in plan.upstream_sets().items()]
     result.precision = resolved_precision(preset, device)
     result.device_name = device_name(device)
     stored = stored_timings(runs_root, preset.model.name, result.device_name, result.precision, size)
@@ -123,8 +131,9 @@ def dry_run(preset: Preset, plan: Plan, runs_root: Path, *, probe: bool = True) 
     if result.timings:
         pass_s, update_s = result.timings["pass_s"], result.timings["update_s"]
         result.serial_s = passes * pass_s + sum(n * update_s[m] for m, n in updates.items())
-        units = [(n * update_s[m], frozenset(), m) for m, n in updates.items()]
-        units += [(max(steps[c.id] for c in g) * pass_s, frozenset(c.method for c in g) & set(updates), "")
+        units = [(n * update_s[m], frozenset(), upstream_name(m, key)) for (m, key), n in unit_steps.items()]
+        units += [(max(steps[c.id] for c in g) * pass_s,
+                   frozenset(upstream_name(*needed_upstream(plan, c)) for c in g if c.method in updates), "")
                   for g in groups]
         result.estimate_s = parallel_time(units, result.workers)
     return result
@@ -217,7 +226,8 @@ def probe_timings(backbone, preset: Preset, plan: Plan, data, group, methods: li
         from engine.upstream import learn_initialisation
 
         k = preset.data.k
-        tasks = [MetaTask(t, s, split.train, split.dev) for t, s in meta_task_keys(plan, data, k)
+        first_set = next(iter(plan.upstream_sets()))  # a meta-update costs the same on any set of the run
+        tasks = [MetaTask(t, s, split.train, split.dev) for t, s in meta_task_keys(plan, data, k, first_set)
                  for split in [data.load_split(t, k, s, need_test=False, input_format=preset.data.input_format)]]
         init = executor.initial_prompt(PromptInit("vocab", pool=preset.prompt.vocab_pool), preset.prompt.length)
         for method in methods:
@@ -266,13 +276,14 @@ def _upstream_rates(run) -> dict[str, float]:
     points: dict[str, list[tuple[int, float]]] = {}
     for event in run.events():
         if event.get("stage") == "upstream" and "t" in event:
-            points.setdefault(event["method"], []).append((event["step"], event["t"]))
-    rates = {}
-    for method, pts in points.items():
+            method = event["method"].split("@")[0]  # a nearest:K run's "maml@<set>": the method's own rate
+            points.setdefault((event["method"], method), []).append((event["step"], event["t"]))
+    rates: dict[str, list[float]] = {}
+    for (_, method), pts in points.items():
         (s0, t0), (s1, t1) = min(pts), max(pts)
         if s1 > s0:
-            rates[method] = (t1 - t0) / (s1 - s0)
-    return rates
+            rates.setdefault(method, []).append((t1 - t0) / (s1 - s0))
+    return {method: statistics.median(r) for method, r in rates.items()}
 
 
 def format_duration_estimate(seconds: float | None) -> str:
@@ -292,8 +303,17 @@ def render(d: DryRun) -> str:
         lines.append(f"  missing from the data: {', '.join(d.missing_targets)}")
     lines.append(f"splits: {', '.join(map(str, d.seeds))}")
     lines.append(f"methods: {', '.join(d.methods)}")
+    if d.source_sets:
+        methods = list(d.upstream_steps)
+        lines.append(f"upstream: {len(d.source_sets)} distinct source sets x {len(methods)} methods = "
+                     f"{len(d.source_sets) * len(methods)} upstream stages (one per method and set, nearest:K)")
+        for s in d.source_sets:
+            lines.append(f"  set {s['key']} ({', '.join(s['sources'])}) for {', '.join(s['targets'])}: "
+                         + (", ".join(f"{m} {n}" for m, n in s["steps"].items()) + " meta-updates" if methods
+                            else "no upstream method"))
     for method, n in d.upstream_steps.items():
-        lines.append(f"upstream {method}: {n} meta-updates")
+        per_set = f" over {len(d.source_sets)} source sets" if d.source_sets else ""
+        lines.append(f"upstream {method}: {n} meta-updates{per_set}")
     lines.append(f"downstream: {d.cells} grid cells, {d.cell_steps} optimizer steps, in {d.groups} groups of "
                  f"up to {d.group_size} ({d.group_passes} passes)")
     where = d.device_name if d.device == "cpu" else f"{d.device} ({d.device_name})"

@@ -4,7 +4,9 @@ A run is two kinds of unit of work, each a plain dataclass of names, numbers and
 paths (the resolved preset travels as a dict), so a unit can be written as JSON
 and run by any process that can read the paths it names:
 
-- `LearnInit`: learn the prompt initialisation of one upstream method;
+- `LearnInit`: learn the prompt initialisation of one upstream method on one source set (every
+  target's sources, or under `data.sources = "nearest:K"` the set of some targets: one unit per
+  (method, source set), shared by the targets of that set);
 - `TrainCells`: prompt-tune a group of grid cells together (one multi-prompt
   group), then test each cell's best-dev prompt.
 
@@ -12,8 +14,8 @@ An `Executor` holds the loaded backbone and runs units; it reports through
 `UnitEvents` (per-step losses, dev scores, log lines, the stop flag) and returns
 records. `run_grid` is the order of a whole run, written down as a `Schedule`:
 the upstream units, then the cell groups (stored in groups.json), each group
-waiting only for the initialisations its cells start from (PT groups wait for
-nothing); each finished cell is stored in the run directory as soon as its group
+waiting only for the initialisations its cells start from (their method on their
+target's source set; PT groups wait for nothing); each finished cell is stored in the run directory as soon as its group
 ends; then the paper's selection and aggregation. A backend runs a schedule: the
 `LocalBackend` one unit at a time in the schedule's order, on this process's
 device; `engine.cluster.RayBackend` on a pool of Ray actors. Either way the
@@ -68,8 +70,18 @@ class LearnInit:
     init: PromptInit
     checkpoint: str  # resumed from, saved to every upstream.checkpoint_every meta-updates
     output: str  # the learned prompt (.safetensors)
+    source_set: str = ""  # the key of its source set (engine.protocol.source_set_key); "": every target's
 
     kind = "learn_init"
+
+    @property
+    def label(self) -> str:
+        """The method, with its source set when it has one ("maml@1a2b3c4d"): its curves and log lines."""
+        return upstream_label(self.method, self.source_set)
+
+
+def upstream_label(method: str, source_set: str = "") -> str:
+    return f"{method}@{source_set}" if source_set else method
 
 
 @dataclass
@@ -171,15 +183,15 @@ class Executor:
         tasks = [MetaTask(task, seed, split.train, split.dev) for task, seed in unit.meta_tasks
                  for split in [data.load_split(task, preset.data.k, seed, need_test=False, input_format=fmt)]]
         init = self.initial_prompt(unit.init, preset.prompt.length)
-        events.message(f"upstream {unit.method}: {len(tasks)} meta-tasks from "
+        events.message(f"upstream {unit.label}: {len(tasks)} meta-tasks from "
                        f"{len({t for t, _ in unit.meta_tasks})} source tasks")
         result = learn_initialisation(self.backbone, unit.method, tasks, init, preset.upstream,
                                       placement=preset.prompt.placement, checkpoint=Path(unit.checkpoint),
-                                      on_step=lambda step, loss: events.upstream_step(unit.method, step, loss),
+                                      on_step=lambda step, loss: events.upstream_step(unit.label, step, loss),
                                       should_stop=events.should_stop, on_message=events.message)
         save_prompt(Path(unit.output), result.prompt, model=preset.model.name,
                     extra={"method": unit.method, "steps": str(result.steps)})
-        events.message(f"upstream {unit.method}: done, last loss {result.last_loss:.4f}")
+        events.message(f"upstream {unit.label}: done, last loss {result.last_loss:.4f}")
         return {"method": unit.method, "steps": result.steps, "last_loss": result.last_loss, "prompt": unit.output}
 
     def _job(self, preset: Preset, data, work: CellWork, need_test: bool = True):
@@ -372,41 +384,54 @@ class GridEvents(UnitEvents, Protocol):
     def stage(self, stage: str, **fields) -> None: ...
 
 
-def meta_task_keys(plan: Plan, data: TaskData, k: int) -> list[tuple[str, int]]:
-    """The upstream meta-tasks: every (source task, split seed) of the plan that the data has."""
-    return [(t, s) for t in plan.sources for s in data.seeds(t, k) if s in plan.seeds]
+def meta_task_keys(plan: Plan, data: TaskData, k: int, source_set: str = "") -> list[tuple[str, int]]:
+    """The upstream meta-tasks of a source set: every (source task, split seed) of it that the data has."""
+    return [(t, s) for t in plan.upstream_sets()[source_set] for s in data.seeds(t, k) if s in plan.seeds]
 
 
-def upstream_unit(run: Run, preset: Preset, plan: Plan, method: str) -> LearnInit:
-    """The unit that learns `method`'s initialisation on the plan's sources (every listed seed of each)."""
-    meta_tasks = meta_task_keys(plan, TaskData(plan.data_dir, plan.config_dir), preset.data.k)
+def upstream_unit(run: Run, preset: Preset, plan: Plan, method: str, source_set: str = "") -> LearnInit:
+    """The unit that learns `method`'s initialisation on a source set of the plan (every listed seed of each)."""
+    meta_tasks = meta_task_keys(plan, TaskData(plan.data_dir, plan.config_dir), preset.data.k, source_set)
     # upstream, the task-name init reads every source name (the authors' rule); task_words has no one name
     init_method = "vocab" if preset.prompt.init == "task_words" else preset.prompt.init
-    init = PromptInit(init_method, file=preset.prompt.file, task_names=list(plan.sources), seed=preset.upstream.seed,
-                      pool=preset.prompt.vocab_pool)
+    init = PromptInit(init_method, file=preset.prompt.file, task_names=plan.upstream_sets()[source_set],
+                      seed=preset.upstream.seed, pool=preset.prompt.vocab_pool)
     return LearnInit(method, preset.to_dict(), plan.data_dir, plan.config_dir, meta_tasks, init,
-                     str(run.upstream_checkpoint(method)), str(run.upstream_prompt(method)))
+                     str(run.upstream_checkpoint(method, source_set)), str(run.upstream_prompt(method, source_set)),
+                     source_set)
 
 
-def cell_init(run: Run, preset: Preset, cell: Cell) -> PromptInit:
-    """PT starts from the plain initialisation; every other method from its learned (or reused) prompt."""
+def upstream_name(method: str, source_set: str = "") -> str:
+    """A learned initialisation's unit name in a schedule (and the stage status.json shows while it runs)."""
+    return f"upstream:{upstream_label(method, source_set)}"
+
+
+def cell_init(run: Run, preset: Preset, plan: Plan, cell: Cell) -> PromptInit:
+    """PT starts from the plain initialisation; every other method from its learned (or reused) prompt,
+    learned on the cell's target's source set."""
     if cell.method == PT:
         return PromptInit(preset.prompt.init, file=preset.prompt.file, task_names=[cell.task],
                           seed=preset.downstream.train_seed + cell.seed, pool=preset.prompt.vocab_pool)
     reuse = preset.upstream.hyperparameters[cell.method].prompt_file
-    return PromptInit("file", file=reuse or str(run.upstream_prompt(cell.method)))
+    return PromptInit("file", file=reuse or str(run.upstream_prompt(cell.method, plan.set_key(cell.task))))
 
 
 def cells_unit(run: Run, preset: Preset, plan: Plan, cells: list[Cell]) -> TrainCells:
-    work = [CellWork(c, cell_init(run, preset, c), str(run.cell_checkpoint(c.id)), str(run.cell_prompt(c.id)))
+    work = [CellWork(c, cell_init(run, preset, plan, c), str(run.cell_checkpoint(c.id)), str(run.cell_prompt(c.id)))
             for c in cells]
     return TrainCells(preset.to_dict(), plan.data_dir, plan.config_dir, work)
 
 
-def methods_to_learn(run: Run, preset: Preset, plan: Plan) -> list[str]:
-    """Upstream methods whose prompt is neither reused from a file nor already learned by this run."""
-    return [m for m in plan.methods if m != PT and not preset.upstream.hyperparameters[m].prompt_file
-            and not run.upstream_prompt(m).is_file()]
+def upstream_to_learn(run: Run, preset: Preset, plan: Plan) -> list[tuple[str, str]]:
+    """(method, source set) of each upstream initialisation neither reused from a file nor already learned
+    by this run: one per method and distinct source set."""
+    return [(m, key) for m in plan.methods if m != PT and not preset.upstream.hyperparameters[m].prompt_file
+            for key in plan.upstream_sets() if not run.upstream_prompt(m, key).is_file()]
+
+
+def needed_upstream(plan: Plan, cell: Cell) -> tuple[str, str]:
+    """The (method, source set) whose initialisation `cell` starts from."""
+    return cell.method, plan.set_key(cell.task)
 
 
 def cell_groups(run: Run, preset: Preset, backend: Backend, data, cells: list[Cell], done: dict,
@@ -429,12 +454,12 @@ def cell_groups(run: Run, preset: Preset, backend: Backend, data, cells: list[Ce
     return groups
 
 
-def upstream_steps(preset: Preset, plan: Plan, data: TaskData, method: str) -> int:
-    """The outer updates `method` makes in this run (MTL with `epochs` counts passes over its pool)."""
+def upstream_steps(preset: Preset, plan: Plan, data: TaskData, method: str, source_set: str = "") -> int:
+    """The outer updates `method` makes on a source set (MTL with `epochs` counts passes over its pool)."""
     from engine.algorithms.base import MetaTask
 
     k = preset.data.k
-    tasks = [MetaTask(t, s, split.train, split.dev) for t, s in meta_task_keys(plan, data, k)
+    tasks = [MetaTask(t, s, split.train, split.dev) for t, s in meta_task_keys(plan, data, k, source_set)
              for split in [data.load_split(t, k, s, need_test=False)]]
     return METHODS[method].algorithm().total_steps(preset.upstream.hyperparameters[method], preset.upstream.steps,
                                                    tasks)
@@ -473,17 +498,17 @@ def run_grid(run: Run, preset: Preset, plan: Plan, backend: Backend | Executor, 
     up = preset.upstream
     cells = grid_cells(plan, preset.downstream.learning_rates)
     done = run.finished_cell_records([c.id for c in cells])
-    to_learn = methods_to_learn(run, preset, plan)
+    to_learn = upstream_to_learn(run, preset, plan)
 
     data = TaskData(plan.data_dir, plan.config_dir)
-    method_steps = {m: upstream_steps(preset, plan, data, m) for m in to_learn}
+    method_steps = {u: upstream_steps(preset, plan, data, *u) for u in to_learn}
     steps_of_cell = cell_steps(preset, data, cells)
 
     def steps_done() -> int:
         """Finished work plus what the checkpoints hold, from the run directory (a few small files)."""
-        learned = [m for m in to_learn if run.upstream_prompt(m).is_file()]
-        return (sum(method_steps[m] for m in learned) + sum(steps_of_cell[c] for c in done)
-                + sum(saved_step(run.upstream_checkpoint(m)) for m in to_learn if m not in learned)
+        learned = [u for u in to_learn if run.upstream_prompt(*u).is_file()]
+        return (sum(method_steps[u] for u in learned) + sum(steps_of_cell[c] for c in done)
+                + sum(saved_step(run.upstream_checkpoint(*u)) for u in to_learn if u not in learned)
                 + sum(resume_step(run.cell_checkpoint(c.id)) for c in cells if c.id not in done))
 
     def recount() -> None:
@@ -495,9 +520,10 @@ def run_grid(run: Run, preset: Preset, plan: Plan, backend: Backend | Executor, 
             events.message(f"upstream {method}: reusing {up.hyperparameters[method].prompt_file}")
     groups = cell_groups(run, preset, backend, data, cells, done, events)
     schedule = Schedule()
-    for method in to_learn:
-        schedule.submit(Scheduled(f"upstream:{method}", upstream_unit(run, preset, plan, method),
-                                  on_start=lambda m=method: events.stage(f"upstream:{m}"),
+    for method, key in to_learn:
+        name = upstream_name(method, key)
+        schedule.submit(Scheduled(name, upstream_unit(run, preset, plan, method, key),
+                                  on_start=lambda n=name: events.stage(n),
                                   on_done=lambda result: recount(), on_retry=recount))
 
     def store(part: list[Cell], records: list[dict]) -> None:
@@ -517,7 +543,9 @@ def run_grid(run: Run, preset: Preset, plan: Plan, backend: Backend | Executor, 
         if not part:
             return None
         name = f"group {groups.index(group) + 1}/{len(groups)} ({len(part)} cells)"
-        needs = frozenset(f"upstream:{c.method}" for c in part if c.method in to_learn)  # PT: none
+        # its cells' (method, target's source set) initialisations still to learn; PT: none
+        needs = frozenset(upstream_name(*needed_upstream(plan, c)) for c in part
+                          if needed_upstream(plan, c) in to_learn)
         return Scheduled(name, cells_unit(run, preset, plan, part), needs,
                          on_start=lambda: events.stage("downstream", total_cells=len(cells), done_cells=len(done)),
                          on_done=lambda records: store(part, records), on_error=lambda exc: split(group, exc),

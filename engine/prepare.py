@@ -37,9 +37,11 @@ class Prepared:
                 "overrides": list(self.overrides)}
 
 
-def check_preset(name_or_path: str, overrides: list[str] = (), data_dir: str | None = None) -> Prepared:
+def check_preset(name_or_path: str, overrides: list[str] = (), data_dir: str | None = None,
+                 runs_root: Path | None = None) -> Prepared:
+    """`runs_root`: where a run id in `data.similarity` is looked up (default: the default runs root)."""
     preset, path = load_preset(name_or_path, list(overrides), data_dir)
-    plan = make_plan(preset)
+    plan = make_plan(preset, runs_root)
     model_config = model_config_json(preset.model.name)
     check_prompt_files(preset, hidden_size(model_config) if model_config else None)
     check_sequence_length(preset, model_config or {})

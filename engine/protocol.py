@@ -8,18 +8,27 @@ the chosen test scores over splits, and the mean over tasks.
 
 `data.setting = "qin2023:<name>"` takes the authors' own source/target lists
 (presets/paper-settings/<name>.json, with where in their code each list comes from).
+
+`data.sources = "nearest:K"` gives each target its own source set: the K candidates most similar to it
+by a stored similarity matrix (`data.similarity`: a run's analysis.json, engine.similarity), the
+candidates being the setting's sources (or the matrix's, without a setting). The plan keeps each
+target's set (`source_sets`, in candidate order, so targets with the same K sources share one set and
+one upstream stage per method: engine.grid); with a list of sources every target has the same set
+and `source_sets` is empty.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import statistics
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from engine.config import Preset, PresetError, builtin_presets_dir
+from engine.config import Preset, PresetError, builtin_presets_dir, nearest_k
 from engine.data import TaskData, TaskDataError
+from engine.runs import RunsDirError, default_runs_root, find_run, read_json
 
 PAPER_SETTING_PREFIX = "qin2023:"  # data.setting = "qin2023:<name>": the authors' own source/target lists
 
@@ -37,9 +46,31 @@ class Plan:
     # a paper setting's tasks that this data lacks (skipped; absent from plans stored before they existed)
     missing_sources: list[str] = field(default_factory=list)
     missing_targets: list[str] = field(default_factory=list)
+    # data.sources = "nearest:K": each target's own sources (`sources` is their union); empty: every target
+    # learns from `sources` (and plans stored before source sets existed)
+    source_sets: dict[str, list[str]] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def set_key(self, target: str) -> str:
+        """The short stable key of `target`'s source set; "" when every target shares the plan's sources."""
+        return source_set_key(self.source_sets[target]) if self.source_sets else ""
+
+    def upstream_sets(self) -> dict[str, list[str]]:
+        """{key: sources} of each distinct source set, in target order: one upstream stage per method each."""
+        if not self.source_sets:
+            return {"": list(self.sources)}
+        return {self.set_key(t): list(self.source_sets[t]) for t in self.targets}
+
+    def targets_of(self, key: str) -> list[str]:
+        """The targets that start from source set `key`."""
+        return [t for t in self.targets if self.set_key(t) == key]
+
+
+def source_set_key(sources: list[str]) -> str:
+    """8 hex digits naming a source set (its tasks in order) in upstream file and unit names."""
+    return hashlib.sha256(json.dumps(list(sources)).encode("utf-8")).hexdigest()[:8]
 
 
 @dataclass(frozen=True)
@@ -82,16 +113,20 @@ def open_data(preset: Preset) -> TaskData:
         raise PresetError(f"data.dir: {exc}") from None
 
 
-def make_plan(preset: Preset) -> Plan:
+def make_plan(preset: Preset, runs_root: Path | None = None) -> Plan:
     """Check the preset against the data; every problem is a one-line PresetError.
 
     A paper setting's own lists are taken as far as the data has them: a source task the data
     lacks, or a target task it lacks (or without a test file, or without some of data.seeds), is
     skipped, recorded on the plan and said in one warning. Lists written in the preset stay strict.
+    `runs_root` is where `data.similarity` looks for a run id (default: the default runs root).
     """
     data = open_data(preset)
     k = preset.data.k
-    setting_name, sources, targets = "", list(preset.data.sources), list(preset.data.targets)
+    nearest = nearest_k(preset.data.sources)
+    analysis = load_similarity(preset, runs_root) if nearest else None
+    setting_name, targets = "", list(preset.data.targets)
+    sources = [] if nearest else list(preset.data.sources)
     paper: PaperSetting | None = None
     missing_sources: list[str] = []
     missing_targets: list[str] = []
@@ -127,6 +162,8 @@ def make_plan(preset: Preset) -> Plan:
         targets = targets or setting.target
     if not targets:
         raise PresetError("data.targets: no target tasks (set data.targets or a data.setting with a 'test' list)")
+    if nearest:
+        sources = sources or list(analysis["sources"])  # the candidates: the setting's sources, else the matrix's
     for key, tasks in (("data.sources", sources), ("data.targets", targets)):
         for task in tasks:
             if not data.has_task(task):
@@ -152,6 +189,11 @@ def make_plan(preset: Preset) -> Plan:
     if preset.upstream.methods and not sources:
         raise PresetError("data.sources: the source task list is empty, but upstream.methods "
                           f"({', '.join(preset.upstream.methods)}) learn on source tasks")
+    source_sets: dict[str, list[str]] = {}
+    if nearest:
+        source_sets = nearest_source_sets(analysis, sources, targets, nearest, preset.data.similarity_kind,
+                                          preset.data.similarity)
+        sources = [s for s in sources if any(s in chosen for chosen in source_sets.values())]
     for method in preset.upstream.methods:
         reuse = preset.upstream.hyperparameters[method].prompt_file
         if reuse and not Path(reuse).is_file():
@@ -168,7 +210,61 @@ def make_plan(preset: Preset) -> Plan:
         warnings.append(f"source and target tasks overlap: {', '.join(overlap)} ({why})")
     return Plan(str(data.tasks_dir), str(data.config_dir) if data.config_dir else None, setting_name,
                 sources, targets, list(preset.data.seeds), methods=methods, warnings=warnings,
-                missing_sources=missing_sources, missing_targets=missing_targets)
+                missing_sources=missing_sources, missing_targets=missing_targets, source_sets=source_sets)
+
+
+def load_similarity(preset: Preset, runs_root: Path | None) -> dict:
+    """The analysis.json that `data.similarity` names: a file, a run directory, or a run id (or its unique
+    prefix) in `runs_root`; anything else is a one-line PresetError naming the key."""
+    from engine.similarity import ANALYSIS_FILE
+
+    ref = preset.data.similarity
+    if not ref:
+        raise PresetError(f"data.similarity: data.sources = {preset.data.sources!r} needs a stored similarity "
+                          f"matrix: a run id whose analysis is done (mpt-tui analyse) or an {ANALYSIS_FILE} file")
+    path = Path(ref).expanduser()
+    if not path.exists() and not ref.endswith(".json"):
+        try:
+            path = find_run(Path(runs_root) if runs_root else default_runs_root(), ref).path
+        except RunsDirError as exc:
+            raise PresetError(f"data.similarity: {exc}") from None
+    if path.is_dir():
+        path = path / ANALYSIS_FILE
+    doc = read_json(path)
+    if not isinstance(doc, dict) or not isinstance(doc.get("kinds"), dict) or "sources" not in doc:
+        why = "does not exist" if not path.exists() else "is not a readable analysis"
+        raise PresetError(f"data.similarity: {path} {why} (run `mpt-tui analyse RUN_ID` first)")
+    doc["file"] = str(path)
+    return doc
+
+
+def nearest_source_sets(analysis: dict, candidates: list[str], targets: list[str], k: int, kind: str,
+                        ref: str) -> dict[str, list[str]]:
+    """{target: its k candidates most similar to it by the analysis's `kind` matrix}, each set in candidate
+    order (so equal sets are equal lists); a target or candidate the matrix lacks is a PresetError."""
+    from engine.similarity import nearest_sources
+
+    file = analysis["file"]
+    if kind not in analysis["kinds"]:
+        have = ", ".join(analysis["kinds"]) or "none"
+        raise PresetError(f"data.similarity_kind: {file} has no '{kind}' similarity matrix (it has: {have})")
+    for what, tasks, stored in (("target", targets, analysis.get("targets", [])),
+                                ("source", candidates, analysis["sources"])):
+        lacking = [t for t in tasks if t not in stored]
+        if lacking:
+            raise PresetError(f"data.similarity: {file} has no similarity for {what} task(s) {', '.join(lacking)} "
+                              f"(its {what}s: {', '.join(stored)})")
+    for target in targets:
+        if len([s for s in candidates if s != target]) < k:
+            raise PresetError(f"data.sources: nearest:{k} but target {target} has only "
+                              f"{len([s for s in candidates if s != target])} candidate sources")
+    matrix = analysis["kinds"][kind]["matrix"]
+    rows = [analysis["targets"].index(t) for t in targets]
+    columns = [analysis["sources"].index(s) for s in candidates]
+    among = {"sources": candidates, "targets": targets,  # the matrix restricted to this run's candidates
+             "kinds": {kind: {"matrix": [[matrix[i][j] for j in columns] for i in rows]}}}
+    chosen = nearest_sources(among, k, kind)
+    return {t: [s for s in candidates if s in chosen[t]] for t in targets}
 
 
 def _unusable_target(data: TaskData, task: str, k: int, seeds: list[int]) -> str:

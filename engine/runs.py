@@ -8,6 +8,9 @@
                     checkpoints/upstream-<method>.pt, checkpoints/<cell>.pt
                                         work in progress (+ a .json beside each with its step)
                     prompts/upstream-<method>.safetensors   a learned initialisation
+                    prompts/upstream-<method>-<set>.safetensors  the same, of one source set under
+                                        data.sources = "nearest:K" (<set>: engine.protocol.source_set_key;
+                                        checkpoints likewise)
                     prompts/<cell>.safetensors              a cell's best-dev prompt
                     results.json        per-split selection and per-task aggregates, when finished
                     engine.log          the worker's log (and anything it printed)
@@ -84,6 +87,10 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-")[:40] or "run"
 
 
+def _upstream_name(method: str, source_set: str) -> str:
+    return f"{method}-{source_set}" if source_set else method
+
+
 def pid_alive(pid: int | None, host: str | None = None) -> bool:
     if not pid or (host and host != socket.gethostname()):
         return bool(pid)  # another machine's process: trust the heartbeat instead
@@ -158,11 +165,12 @@ class Run:
     def cell_prompt(self, cell_id: str) -> Path:
         return self.prompts_dir / f"{cell_id}.safetensors"
 
-    def upstream_checkpoint(self, method: str) -> Path:
-        return self.checkpoints_dir / f"upstream-{method}.pt"
+    def upstream_checkpoint(self, method: str, source_set: str = "") -> Path:
+        """`source_set`: the key of a nearest:K source set; "" (every target's sources) keeps the plain name."""
+        return self.checkpoints_dir / f"upstream-{_upstream_name(method, source_set)}.pt"
 
-    def upstream_prompt(self, method: str) -> Path:
-        return self.prompts_dir / f"upstream-{method}.safetensors"
+    def upstream_prompt(self, method: str, source_set: str = "") -> Path:
+        return self.prompts_dir / f"upstream-{_upstream_name(method, source_set)}.safetensors"
 
     def finished_cell_records(self, cell_ids) -> dict[str, dict]:
         """The stored record of every finished cell among `cell_ids` (a damaged file counts as not done)."""
