@@ -41,9 +41,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from engine import durable
-
 import platformdirs
+
+from engine import durable
 
 RUNS_DIR_ENV = "MPT_TUI_RUNS_DIR"
 STATES = ("queued", "running", "finished", "failed", "cancelled", "crashed")
