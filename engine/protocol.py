@@ -200,6 +200,9 @@ def make_plan(preset: Preset, runs_root: Path | None = None) -> Plan:
             raise PresetError(f"upstream.{method}.prompt_file: {reuse} does not exist")
     check_task_files(preset, data, sources if preset.upstream.methods else [], targets)
     warnings = []
+    if preset.data.similarity and not nearest:
+        warnings.append("data.similarity is set but data.sources is a list: the similarity matrix is not used "
+                        "(data.sources = \"nearest:K\" uses it)")
     if paper and (missing_targets or missing_sources):
         warnings.append(_missing_warning(paper, skipped_targets, missing_sources, bool(preset.upstream.methods)))
     overlap = sorted(set(sources) & set(targets))

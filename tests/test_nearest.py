@@ -108,6 +108,9 @@ def test_plain_source_lists_keep_one_unit_per_method_and_their_paths(tmp_path):
                                               str(run.checkpoints_dir / "upstream-maml.pt"))
     cell = next(c for c in grid_cells(plan, [0.3]) if c.method == "maml")
     assert cells_unit(run, preset, plan, [cell]).cells[0].init.file == unit.output
+    assert not plan.warnings
+    named = plan_of(tmp_path, 'data.similarity="somewhere/analysis.json"')  # a matrix a list does not use
+    assert named.source_sets == {} and any("data.similarity" in w for w in named.warnings)
     # a run stored before source sets existed reads as a plain one (resumes with the same paths)
     stored = {k: v for k, v in plan.to_dict().items() if k != "source_sets"}
     assert Plan(**stored).upstream_sets() == {"": plan.sources}
