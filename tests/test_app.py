@@ -388,6 +388,24 @@ async def test_each_runs_gain_is_over_its_own_pt(tmp_path):
         assert "bold" in str(best.style) and "bold" not in str(table.get_cell("t1", "20260101-000000-a/pt").style)
 
 
+async def test_launch_form_keeps_a_presets_nearest_sources(tmp_path):
+    """A preset whose sources are "nearest:K" (picked per target from a stored matrix) fills the pickers with the
+    setting's sources and starts with no data.sources override, so the preset's own choice stands."""
+    preset = tmp_path / "near.toml"
+    preset.write_text((REPO / "presets" / "demo.toml").read_text().replace(
+        'setting = "demo"', 'setting = "demo"\nsources = "nearest:2"\nsimilarity = "some-run"'))
+    root = tmp_path / "runs"
+    root.mkdir()
+    app = MptApp(root, data_dir=str(DEMO_DATA))
+    async with app.run_test(size=(120, 40)) as pilot:
+        await pilot.press("3")
+        await settle(pilot)
+        screen = app.screen
+        screen.fill_from_preset(str(preset))
+        await within(pilot, 10, lambda: len(screen.chosen["sources"]) == 4, "the setting's sources in the picker")
+        assert not any(o.startswith("data.sources") for o in screen.overrides())
+
+
 async def test_launch_form_refuses_an_unknown_model_with_the_reason(tmp_path, monkeypatch):
     monkeypatch.delenv(DATA_DIR_ENV, raising=False)  # the demo preset's own data
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")

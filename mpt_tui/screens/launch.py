@@ -216,7 +216,9 @@ class LaunchScreen(ReportWorkerErrors, Screen):
             for name_ in METHODS:
                 self.query_one(f"#method-{name_}", Checkbox).value = name_ in chosen
         data = raw.get("data", {})
-        self.preset_lists = {"sources": list(data.get("sources", [])), "targets": list(data.get("targets", []))}
+        # "nearest:K" sources are picked per target from a stored matrix: the pickers start from the setting's
+        # list, and the preset keeps its own value unless the user chooses sources by hand
+        self.preset_lists = {role: list(data[role]) if isinstance(data.get(role), list) else [] for role in ROLES}
         self.chosen = {role: list(self.preset_lists[role]) for role in ROLES}
         self.seed_choice = list(data.get("seeds", []))
         self.catalog_for = None  # the setting's lists fill empty lists once read
