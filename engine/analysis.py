@@ -36,7 +36,7 @@ import dataclasses
 import math
 import statistics
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from engine.checkpoint import remove_checkpoint
@@ -86,6 +86,7 @@ class RunPart:
     targets: list[str]
     seeds: list[int]
     scores: dict[tuple[str, str, int], float]  # (method, target, seed) -> test score
+    source_sets: dict[str, list[str]] = field(default_factory=dict)  # each target's own sources (nearest:K)
 
 
 def run_part(run: Run) -> RunPart:
@@ -95,7 +96,8 @@ def run_part(run: Run) -> RunPart:
     plan = Plan(**run.config()["plan"])
     scores = {(c["method"], c["task"], c["seed"]): c["test"] for c in results["splits"]
               if isinstance(c.get("test"), (int, float)) and math.isfinite(c["test"])}
-    return RunPart(run.id, list(plan.sources), list(plan.targets), list(plan.seeds), scores)
+    return RunPart(run.id, list(plan.sources), list(plan.targets), list(plan.seeds), scores,
+                   {t: list(plan.source_sets.get(t, plan.sources)) for t in plan.targets})
 
 
 def check_together(runs: list[Run]) -> tuple[Preset, Plan]:
@@ -288,10 +290,10 @@ def compute_analysis(parts: list[RunPart], embeddings: dict[str, dict], top_k: i
     sources = list(dict.fromkeys(s for part in parts for s in part.sources))
     targets = list(dict.fromkeys(t for part in parts for t in part.targets))
     gains, split_gains = _gains(parts)
-    doc = {"version": ANALYSIS_VERSION, "runs": [{"run_id": p.run_id, "sources": p.sources, "targets": p.targets}
-                                                 for p in parts],
+    doc = {"version": ANALYSIS_VERSION, "runs": [{"run_id": p.run_id, "sources": p.sources, "targets": p.targets,
+                                                  "source_sets": p.source_sets} for p in parts],
            "sources": sources, "targets": targets, "kinds": {}, "correlations": [], "gains": gains}
-    own = {t: part.sources for part in parts for t in part.targets}
+    own = {t: part.source_sets.get(t, part.sources) for part in parts for t in part.targets}
     for kind in (k for k in KINDS if k in embeddings):
         vectors = embeddings[kind]
         source_vectors = {s: _mean_vector(vectors[s]) for s in sources}

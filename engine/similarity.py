@@ -117,8 +117,9 @@ def set_similarity(row: list[float], sources: list[str], own: list[str], target:
 
 
 def sources_of(analysis: dict) -> dict[str, list[str]]:
-    """{target: the sources of the run it came from} in a stored analysis."""
-    return {t: run["sources"] for run in analysis.get("runs", []) for t in run["targets"]}
+    """{target: its own sources in the run it came from} (nearest:K runs give each target its set)."""
+    return {t: run.get("source_sets", {}).get(t, run["sources"]) for run in analysis.get("runs", [])
+            for t in run["targets"]}
 
 
 def nearest_sources(analysis: dict, k: int, kind: str | None = None) -> dict[str, list[str]]:

@@ -49,7 +49,7 @@ def run_preset(args) -> int:
     from engine.runs import RunsDirError
 
     try:
-        prepared = check_preset(args.preset, args.set or [], args.data_dir)
+        prepared = check_preset(args.preset, args.set or [], args.data_dir, runs_root=_runs_root(args))
         if args.dry_run:
             return dry_run(args, prepared)
         run = prepare_run(_runs_root(args), prepared)
