@@ -74,3 +74,12 @@ def test_the_dry_run_command_prints_the_plan_and_writes_nothing(tmp_path, preset
     plan = json.loads(result.stdout)
     assert plan["cells"] == 16 and plan["upstream_steps"] == {"mtl": 4} and plan["estimate_s"] > 0
     assert not root.exists()
+
+
+def test_a_probe_whose_difference_vanishes_in_noise_falls_back_to_the_mean():
+    """Per-step time is the difference between a longer and a one-step run (set-up cancels); when a loaded
+    machine makes the longer run no slower, the estimate is the longer run's mean, never zero."""
+    from engine.estimate import _per_step
+
+    assert _per_step(10.0, 9.0, 2) == 0.5
+    assert _per_step(9.0, 10.0, 2) == 3.0
