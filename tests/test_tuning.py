@@ -247,6 +247,10 @@ def test_a_checkpoint_that_cannot_be_loaded_restarts_its_job_alone(tiny_llama, t
     jobs = _with_checkpoints(_jobs(backbone), tmp_path)
     bad = jobs[1].checkpoint
     marker = tmp_path / "pwned"
+    # a finished save (the file and its step file), then the file damaged or replaced: a file with no step
+    # file never finished its save, and its job starts over without reading it (engine.checkpoint.resume_path)
+    save_checkpoint(bad, {"step": 2, "prompt": torch.zeros(4, backbone.hidden_size), "optimizer": {},
+                          "generator": torch.Generator().get_state(), "queue": [], "best": {}})
     if damage == "code":
         torch.save({"step": 2, "payload": _Payload(marker)}, bad)
     elif damage == "garbage":
