@@ -24,7 +24,7 @@ between a target's similarity to its run's sources (max and mean) and that gain,
 as RUN_DIR/analysis.json (schema in /README.md "Task similarity"); the index summary keeps only a
 pointer and each target's top sources (engine.store.summarize).
 
-`run_stage(run, preset, plan, executor, events)` is the analysis as the last stage of a run (a
+`run_stage(run, preset, plan, backend, events)` is the analysis as the last stage of a run (a
 no-op when `[analysis] similarity` is empty); `analyse_runs` analyses one or several finished runs
 with the same backbone and data (the `mpt-tui analyse` command); `render_text` is the headless
 output.
@@ -41,7 +41,7 @@ from pathlib import Path
 
 from engine.checkpoint import remove_checkpoint
 from engine.config import AnalysisConfig, Preset
-from engine.grid import CellWork, PromptInit, TrainCells
+from engine.grid import CellWork, EmbedTexts, PromptInit, Schedule, Scheduled, TrainCells, as_backend
 from engine.methods import PT
 from engine.protocol import Cell, Plan
 from engine.runs import Run, read_json, write_json_atomic
@@ -191,36 +191,47 @@ class _StageEvents:
         return self.events.should_stop()
 
 
-def prompt_embeddings(run: Run, preset: Preset, plan: Plan, tasks: list[str], executor, events) -> dict:
-    """{task: {seed: [d floats]}}: run (or resume) the embedding jobs of `tasks`, each job's prompt
-    averaged over its tokens. Finished jobs are read back, never run again."""
-    import torch
-
+def prompt_embedding_units(run: Run, preset: Preset, plan: Plan, tasks: list[str], backend, events,
+                           quiet: _StageEvents) -> tuple[list[Scheduled], list[Cell]]:
+    """The embedding jobs of `tasks` still to run, as train-only `TrainCells` groups that store their jobs'
+    records when they end, and every job's cell (finished jobs are read back, never run again)."""
     from engine.data import TaskData
-    from engine.prompt import load_prompt
 
     settings = preset.analysis
     data = TaskData(plan.data_dir, plan.config_dir)
     cells = embedding_cells(tasks, plan.seeds, data, preset.data.k, settings.embedding_lr)
     done = {c.id for c in cells if isinstance(read_json(_paths(run, settings, c)[2]), dict)}
-    quiet = _StageEvents(events, settings.embedding_steps)
     pending = [c for c in cells if c.id not in done]
-    size = executor.group_size(preset, data, pending, quiet) if pending else 1
+    size = backend.group_size(preset, data, pending, quiet) if pending else 1
     groups = _groups(run, settings, cells, done, size)
     init = PromptInit("vocab", seed=EMBEDDING_INIT_SEED, pool=preset.prompt.vocab_pool)
-    todo = [g for g in groups if any(c.id not in done for c in g)]
-    for number, group in enumerate(todo, 1):
-        part = [c for c in group if c.id not in done]
-        events.stage("analysis", analysis=f"embedding group {number}/{len(todo)}")
-        work = [CellWork(c, init, str(_paths(run, settings, c)[0]), str(_paths(run, settings, c)[1])) for c in part]
-        records = executor.run(TrainCells(preset.to_dict(), plan.data_dir, plan.config_dir, work, test=False), quiet)
+    parts = [[c for c in g if c.id not in done] for g in groups if any(c.id not in done for c in g)]
+
+    def store(part: list[Cell], records: list[dict]) -> None:
         for cell, record in zip(part, records):
             checkpoint, prompt, record_path = _paths(run, settings, cell)
             record["prompt"] = str(prompt.relative_to(run.path))
             record_path.parent.mkdir(parents=True, exist_ok=True)
             write_json_atomic(record_path, record)  # written last: from now on the job is done
             remove_checkpoint(checkpoint)
-            done.add(cell.id)
+
+    items = []
+    for number, part in enumerate(parts, 1):
+        work = [CellWork(c, init, str(_paths(run, settings, c)[0]), str(_paths(run, settings, c)[1])) for c in part]
+        name = f"embedding group {number}/{len(parts)}"
+        items.append(Scheduled(f"{name} ({len(part)} jobs)",
+                               TrainCells(preset.to_dict(), plan.data_dir, plan.config_dir, work, test=False),
+                               on_start=lambda name=name: events.stage("analysis", analysis=name),
+                               on_done=lambda records, part=part: store(part, records)))
+    return items, cells
+
+
+def read_prompt_embeddings(run: Run, settings: AnalysisConfig, cells: list[Cell]) -> dict:
+    """{task: {seed: [d floats]}}: each finished embedding job's prompt, averaged over its tokens."""
+    import torch
+
+    from engine.prompt import load_prompt
+
     out: dict[str, dict[int, list[float]]] = {}
     for cell in cells:
         prompt, _ = load_prompt(_paths(run, settings, cell)[1])
@@ -232,7 +243,8 @@ def prompt_embeddings(run: Run, preset: Preset, plan: Plan, tasks: list[str], ex
 
 def text_embedding(backbone, texts: list[str], batch_size: int = TEXT_BATCH) -> list[float]:
     """The frozen backbone's last hidden states over `texts` (the encoder's for an encoder-decoder),
-    mean-pooled over each text's tokens (at most `max_input_length`), then averaged over the texts."""
+    mean-pooled over each text's tokens (at most `max_input_length`), then averaged over the texts.
+    Run by `Executor.embed_texts` (an `EmbedTexts` unit: where the backbone is)."""
     import torch
 
     model = backbone.model.get_encoder() if backbone.is_encoder_decoder else backbone.model.base_model
@@ -252,15 +264,17 @@ def text_embedding(backbone, texts: list[str], batch_size: int = TEXT_BATCH) -> 
     return (total / max(len(texts), 1)).tolist()
 
 
-def text_embeddings(backbone, plan: Plan, k: int, tasks: list[str]) -> dict:
-    """{task: {seed: [d floats]}}: each split's training inputs, as stored, through `text_embedding`."""
-    from engine.data import TaskData
+def text_embedding_units(preset: Preset, plan: Plan, data, tasks: list[str], events,
+                         into: dict) -> list[Scheduled]:
+    """An `EmbedTexts` unit per task (its splits among the runs' seeds); each puts {seed: vector} in `into[task]`."""
+    def unit(task: str) -> EmbedTexts:
+        seeds = [s for s in data.seeds(task, preset.data.k) if s in plan.seeds]
+        return EmbedTexts(preset.to_dict(), plan.data_dir, plan.config_dir, task, seeds)
 
-    data = TaskData(plan.data_dir, plan.config_dir)
-    return {task: {seed: text_embedding(backbone, [e.input for e in data.load_split(task, k, seed,
-                                                                                    need_test=False).train])
-                   for seed in data.seeds(task, k) if seed in plan.seeds}
-            for task in tasks}
+    return [Scheduled(f"text embeddings of {task}", unit(task),
+                      on_start=lambda task=task: events.stage("analysis", analysis=f"text embeddings of {task}"),
+                      on_done=lambda pairs, task=task: into.__setitem__(task, {seed: v for seed, v in pairs}))
+            for task in tasks]
 
 
 # ---- the analysis (no torch) -------------------------------------------------------------------
@@ -329,11 +343,12 @@ def reading_note(n_targets: int) -> str:
 
 # ---- running it ----------------------------------------------------------------------------
 
-def analyse_runs(runs: list[Run], settings: AnalysisConfig, executor, events) -> dict:
+def analyse_runs(runs: list[Run], settings: AnalysisConfig, backend, events) -> dict:
     """Compute, store (in the first run's directory) and return the analysis of finished `runs`.
 
-    `executor` (engine.grid.Executor) holds the backbone of the runs' model; `events` is a
-    `GridEvents` (message, stage, should_stop). Embedding jobs resume from their checkpoints.
+    `backend`: where the embedding units run, an engine.grid `Backend` (a run's Ray workers) or an
+    `Executor` (this process's backbone of the runs' model); `events` is a `GridEvents` (message, stage,
+    should_stop). Embedding jobs resume from their checkpoints.
     """
     from engine.data import TaskData
 
@@ -349,25 +364,38 @@ def analyse_runs(runs: list[Run], settings: AnalysisConfig, executor, events) ->
     if lacking:
         raise AnalysisError(f"task(s) {', '.join(lacking)} have no k={preset.data.k} split among the runs' seeds "
                             f"{plan.seeds}: no embedding to compare")
+    # one schedule of both kinds' units, on the run's backend: in order here, spread over Ray workers there
+    quiet = _StageEvents(events, settings.embedding_steps)
+    schedule, texts = Schedule(), {}
+    backend = as_backend(backend)
+    if "prompt" in settings.similarity:
+        events.stage("analysis", analysis="prompt embeddings")
+        events.message(f"analysis: prompt embeddings of {len(tasks)} tasks")
+        items, cells = prompt_embedding_units(runs[0], preset, plan, tasks, backend, events, quiet)
+        for item in items:
+            schedule.submit(item)
+    if "text" in settings.similarity:
+        events.message(f"analysis: text embeddings of {len(tasks)} tasks")
+        for item in text_embedding_units(preset, plan, data, tasks, events, texts):
+            schedule.submit(item)
+    backend.run(schedule, quiet)
     embeddings = {}
-    for kind in (k for k in KINDS if k in settings.similarity):
-        events.stage("analysis", analysis=f"{kind} embeddings")
-        events.message(f"analysis: {kind} embeddings of {len(tasks)} tasks")
-        if kind == "prompt":
-            embeddings[kind] = prompt_embeddings(runs[0], preset, plan, tasks, executor, events)
-        else:
-            embeddings[kind] = text_embeddings(executor.backbone, plan, preset.data.k, tasks)
+    if "prompt" in settings.similarity:
+        embeddings["prompt"] = read_prompt_embeddings(runs[0], settings, cells)
+    if "text" in settings.similarity:
+        embeddings["text"] = texts
     doc = compute_analysis(parts, embeddings, settings.top_k)
     write_json_atomic(analysis_path(runs[0]), doc)
     events.message(f"analysis: stored {analysis_path(runs[0])}")
     return doc
 
 
-def run_stage(run: Run, preset: Preset, plan: Plan, executor, events) -> dict | None:
-    """The analysis as a run's last stage (after `run_grid`): nothing when `[analysis] similarity` is empty."""
+def run_stage(run: Run, preset: Preset, plan: Plan, backend, events) -> dict | None:
+    """The analysis as a run's last stage (after `run_grid`, on its backend): nothing when `[analysis]
+    similarity` is empty."""
     if not preset.analysis.similarity:
         return None
-    return analyse_runs([run], preset.analysis, executor, events)
+    return analyse_runs([run], preset.analysis, backend, events)
 
 
 # ---- text output ---------------------------------------------------------------------------

@@ -1,14 +1,17 @@
 """The grid runner: a run's work as units, and the executor that runs them.
 
-A run is two kinds of unit of work, each a plain dataclass of names, numbers and
-paths (the resolved preset travels as a dict), so a unit can be written as JSON
-and run by any process that can read the paths it names:
+A run is units of work, each a plain dataclass of names, numbers and paths (the
+resolved preset travels as a dict), so a unit can be written as JSON and run by
+any process that can read the paths it names:
 
 - `LearnInit`: learn the prompt initialisation of one upstream method on one source set (every
   target's sources, or under `data.sources = "nearest:K"` the set of some targets: one unit per
   (method, source set), shared by the targets of that set);
 - `TrainCells`: prompt-tune a group of grid cells together (one multi-prompt
-  group), then test each cell's best-dev prompt.
+  group), then test each cell's best-dev prompt (train only: the similarity
+  analysis's prompt-embedding jobs);
+- `EmbedTexts`: the similarity analysis's text embeddings of one task (needs the
+  backbone, so it runs where the backbone is, like the others).
 
 An `Executor` holds the loaded backbone and runs units; it reports through
 `UnitEvents` (per-step losses, dev scores, log lines, the stop flag) and returns
@@ -107,7 +110,21 @@ class TrainCells:
     kind = "train_cells"
 
 
-Unit = LearnInit | TrainCells
+@dataclass
+class EmbedTexts:
+    """The frozen backbone's text embedding (engine.analysis.text_embedding) of each k-shot split `seeds`
+    of `task`: the mean hidden state over the split's training inputs."""
+
+    preset: dict
+    data_dir: str
+    config_dir: str | None
+    task: str
+    seeds: list[int]
+
+    kind = "embed_texts"
+
+
+Unit = LearnInit | TrainCells | EmbedTexts
 
 
 def unit_to_dict(unit: Unit) -> dict:
@@ -123,6 +140,8 @@ def unit_from_dict(raw: dict) -> Unit:
     if kind == TrainCells.kind:
         cells = [CellWork(**{**c, "cell": Cell(**c["cell"]), "init": PromptInit(**c["init"])}) for c in raw["cells"]]
         return TrainCells(**{**raw, "cells": cells})
+    if kind == EmbedTexts.kind:
+        return EmbedTexts(**raw)
     raise ValueError(f"unknown unit kind {kind!r}")
 
 
@@ -161,9 +180,12 @@ class Executor:
         return self._data[key]
 
     def run(self, unit: Unit, events: UnitEvents):
-        """A `LearnInit` returns {"method", "steps", "last_loss", "prompt"}; a `TrainCells` its cells' records."""
+        """A `LearnInit` returns {"method", "steps", "last_loss", "prompt"}; a `TrainCells` its cells' records;
+        an `EmbedTexts` [[seed, vector], ...]."""
         if isinstance(unit, LearnInit):
             return self.learn_init(unit, events)
+        if isinstance(unit, EmbedTexts):
+            return self.embed_texts(unit)
         return self.train_cells(unit, events)
 
     def initial_prompt(self, init: PromptInit, length: int):
@@ -251,6 +273,13 @@ class Executor:
         events.message(f"group of {len(cells)} cells done in {seconds:.1f}s")
         return records
 
+    def embed_texts(self, unit: EmbedTexts) -> list[list]:
+        from engine.analysis import text_embedding
+
+        k = preset_from_dict(unit.preset).data.k
+        return [[seed, text_embedding(self.backbone, [e.input for e in self.data(unit).load_split(
+            unit.task, k, seed, need_test=False).train])] for seed in unit.seeds]
+
     def group_size(self, preset: Preset, data, pending: list[Cell], events: UnitEvents) -> int:
         """How many grid cells train together: `downstream.group_size`, or what the memory budget allows."""
         down = preset.downstream
@@ -293,7 +322,7 @@ class Scheduled:
 class Schedule:
     """The order of a run's units, independent of where they run: a backend `take`s the first waiting unit
     whose needs have finished and reports back with `done`, `retry` or `failed`. More units may be
-    submitted at any time, also after the grid (e.g. train-only `TrainCells` of an analysis)."""
+    submitted at any time (the halves of a group that ran out of memory)."""
 
     def __init__(self):
         self.waiting: list[Scheduled] = []
@@ -486,15 +515,14 @@ def save_groups(run: Run, groups: list[list[Cell]]) -> None:
     write_json_atomic(run.groups_path, [[c.id for c in g] for g in groups])
 
 
-def run_grid(run: Run, preset: Preset, plan: Plan, backend: Backend | Executor, events: GridEvents,
-             after_grid: Callable[[Schedule], None] | None = None) -> dict:
-    """Run or resume every unit of the run; store each finished cell; return (and store) the results.
+def as_backend(backend: Backend | Executor) -> Backend:
+    """An executor runs a schedule as a `LocalBackend`."""
+    return LocalBackend(backend) if isinstance(backend, Executor) else backend
 
-    `after_grid(schedule)` may submit more units once the grid is done and its results stored; they run
-    on the same backend (workers keep their loaded backbone) and their own callbacks store what they make.
-    """
-    if isinstance(backend, Executor):
-        backend = LocalBackend(backend)
+
+def run_grid(run: Run, preset: Preset, plan: Plan, backend: Backend | Executor, events: GridEvents) -> dict:
+    """Run or resume every unit of the run; store each finished cell; return (and store) the results."""
+    backend = as_backend(backend)
     up = preset.upstream
     cells = grid_cells(plan, preset.downstream.learning_rates)
     done = run.finished_cell_records([c.id for c in cells])
@@ -576,7 +604,4 @@ def run_grid(run: Run, preset: Preset, plan: Plan, backend: Backend | Executor, 
     backend.run(schedule, events)
     results = select_and_aggregate([done[c.id] for c in cells])
     write_json_atomic(run.results_path, results)
-    if after_grid is not None:
-        after_grid(schedule)
-        backend.run(schedule, events)
     return results

@@ -289,6 +289,7 @@ def _execute_on_ray(run: Run, preset, plan: Plan, reporter: Reporter, status: St
     """This process as the Ray driver: the run's schedule on a pool of Ray workers (engine.cluster)."""
     quiet_libraries()
     from engine import cluster
+    from engine.analysis import run_stage
     from engine.grid import run_grid
 
     reporter.message("connecting to Ray" + (f" at {preset.cluster.address}" if preset.cluster.address else
@@ -307,8 +308,7 @@ def _execute_on_ray(run: Run, preset, plan: Plan, reporter: Reporter, status: St
         first = backend.first_info(stop)
         status.set(stage="setup", device_name=first["device_name"], precision=first["precision"])
         results = run_grid(run, preset, plan, backend, events)
-        if preset.analysis.similarity:  # its embedding jobs run on a local executor (engine.analysis) for now
-            events.message(f"analysis: not run on Ray workers; compute it with `mpt-tui analyse {run.id}`")
+        run_stage(run, preset, plan, backend, events)  # [analysis]: its embedding units on the same workers
         return results
     finally:
         if backend is not None:

@@ -262,5 +262,46 @@ def test_the_analysis_as_a_runs_last_stage(finished, tmp_path):
     events = Events()
     doc = run_stage(run, preset, plan, executor, events)
     assert read_analysis(run) == json.loads(json.dumps(doc))
-    assert set(doc["kinds"]) == {"text"} and ("analysis", {"analysis": "text embeddings"}) in events.stages
+    assert set(doc["kinds"]) == {"text"}
+    assert [f for s, f in events.stages if s == "analysis"] == [{"analysis": f"text embeddings of {t}"}
+                                                                 for t in plan.sources + plan.targets]
     assert embedding_preset(preset, preset.analysis).downstream.steps == EMBED_STEPS
+
+
+def test_the_embedding_work_runs_as_units_on_the_backend_it_is_given(finished, tmp_path):
+    """Every embedding job and text embedding goes through the backend's schedule (a Ray run's workers
+    take them like grid units): train-only groups of all jobs, one `EmbedTexts` per task, and the
+    analysis is the one an executor's computes."""
+    from engine.grid import EmbedTexts, LocalBackend, TrainCells
+
+    class Recording(LocalBackend):
+        def __init__(self, executor):
+            super().__init__(executor)
+            self.units, self.sizes = [], 0
+
+        def run(self, schedule, events):
+            self.units += [item.unit for item in schedule.waiting]
+            super().run(schedule, events)
+
+        def group_size(self, preset, data, pending, events):
+            self.sizes += 1
+            return 3  # not the executor's 8: the backend decides
+
+    for name in ("executor", "backend"):
+        shutil.copytree(finished.path.parent, tmp_path / name)
+    executor = _executor(finished)
+    settings = _settings(finished)
+    backend = Recording(executor)
+    doc = analyse_runs([Run(tmp_path / "backend" / finished.id)], settings, backend, Events())
+    plan = Plan(**finished.config()["plan"])
+    tasks = plan.sources + plan.targets
+    groups = [u for u in backend.units if isinstance(u, TrainCells)]
+    assert backend.sizes == 1 and all(not u.test for u in groups)
+    assert [len(u.cells) for u in groups] == [3] * (len(tasks) * len(plan.seeds) // 3) + \
+        ([len(tasks) * len(plan.seeds) % 3] if len(tasks) * len(plan.seeds) % 3 else [])
+    assert sorted(w.cell.task for u in groups for w in u.cells) == sorted(tasks * len(plan.seeds))
+    assert [u.task for u in backend.units if isinstance(u, EmbedTexts)] == tasks
+    reference = analyse_runs([Run(tmp_path / "executor" / finished.id)], settings, executor, Events())
+    assert doc["kinds"]["text"] == reference["kinds"]["text"]  # the same function, wherever it runs
+    matrix = doc["kinds"]["prompt"]["matrix"]  # groups of 3, not 8: the same jobs, other float rounding
+    assert [len(row) for row in matrix] == [len(plan.sources)] * len(plan.targets)

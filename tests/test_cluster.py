@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -15,10 +16,13 @@ from pathlib import Path
 import pytest
 from faultlib import records
 
-from engine.config import override
+from engine.analysis import analyse_runs
+from engine.backbone import Backbone
+from engine.config import override, preset_from_dict
+from engine.grid import Executor
 from engine.launch import cancel, launch
 from engine.prepare import check_preset, prepare_run
-from engine.runs import pid_alive, read_json
+from engine.runs import Run, pid_alive, read_json
 from engine.worker import execute
 
 from conftest import REPO, small_preset, small_run
@@ -113,6 +117,16 @@ def _busy_group(run, min_step: int):
     return None
 
 
+class _Quiet:
+    """GridEvents that keep nothing and never stop."""
+
+    def __getattr__(self, name):
+        return lambda *args, **kwargs: None
+
+    def should_stop(self):
+        return False
+
+
 def _launch(run) -> None:
     env_before = os.environ.get("OMP_NUM_THREADS")
     os.environ["OMP_NUM_THREADS"] = "1"
@@ -128,7 +142,8 @@ def _launch(run) -> None:
 @ray_test
 def test_two_workers_give_the_records_of_the_local_backend(ray_address, reference, tmp_path, tiny_llama):
     root = tmp_path / "runs"
-    run = _run(root, tiny_llama, "cluster", *_ray(ray_address))
+    analysis = [override("analysis.similarity", ["prompt", "text"]), override("analysis.embedding_steps", 4)]
+    run = _run(root, tiny_llama, "cluster", *_ray(ray_address), *analysis)
     execute(run)
     status = run.status()
     assert status["state"] == "finished"
@@ -146,6 +161,15 @@ def test_two_workers_give_the_records_of_the_local_backend(ray_address, referenc
     assert len(events) == len([e for e in reference.events() if "loss" in e])
     assert not (root / ".devices").exists()  # Ray owns the devices: no local device lock
     assert not (run.path / ".cluster-check").exists()
+    # the [analysis] stage ran on the workers too, and is the analysis this process computes of the same run
+    log = run.log_path.read_text()
+    assert "ray unit embedding group 1/" in log and "ray unit text embeddings of" in log
+    shutil.copytree(run.path, tmp_path / "again" / run.id, ignore=shutil.ignore_patterns("analysis*"))
+    again = Run(tmp_path / "again" / run.id)
+    preset = preset_from_dict(again.config()["preset"])
+    backbone = Backbone.from_preset(preset.model, "cpu")
+    local = analyse_runs([again], preset.analysis, Executor(backbone), _Quiet())
+    assert read_json(run.path / "analysis.json")["kinds"] == json.loads(json.dumps(local["kinds"]))
 
 
 @ray_test
@@ -313,38 +337,6 @@ def test_the_headless_output_shows_each_worker_and_the_gpus_in_use():
     assert line.count("\n") == 1
     assert "GPUs 1.5/8 in use" in line
     assert "w0 gpu-a cuda:0: upstream:maml" in line and "w1 gpu-b cuda:0: group 3/12 (8 cells)" in line
-
-
-def test_units_submitted_after_the_grid_run_on_the_same_backend(tmp_path, tiny_llama):
-    """run_grid's after_grid: a later stage (the similarity analysis's train-only embedding jobs) submits
-    TrainCells units with test=False to the run's schedule once the grid's results are stored."""
-    from engine.backbone import Backbone
-    from engine.config import preset_from_dict
-    from engine.grid import Executor, Scheduled, cells_unit, run_grid
-    from engine.protocol import Plan, grid_cells
-
-    run = small_run(tmp_path / "runs", tiny_llama, name="after", downstream="steps = 3\neval_every = 3")
-    preset, plan = preset_from_dict(run.config()["preset"]), Plan(**run.config()["plan"])
-    stored, extra = [], []
-
-    class Events:
-        def __getattr__(self, name):  # begin, progress_to, stage, steps and messages: nothing to keep here
-            return lambda *args, **kwargs: None
-
-        def should_stop(self):
-            return False
-
-    def after_grid(schedule):
-        stored.append(run.results_path.is_file())
-        cell = grid_cells(plan, [0.1])[0]  # a cell the grid did not train: an embedding job's own rate
-        unit = cells_unit(run, preset, plan, [cell])
-        unit.test = False
-        schedule.submit(Scheduled("embedding", unit, on_done=extra.extend))
-
-    backbone = Backbone.load(str(tiny_llama), device="cpu", max_input_length=40)
-    results = run_grid(run, preset, plan, Executor(backbone), Events(), after_grid=after_grid)
-    assert stored == [True] and results["mean"] is not None
-    assert len(extra) == 1 and extra[0]["test"] is None and extra[0]["metric"] is None and extra[0]["dev"] is not None
 
 
 def test_a_local_run_with_an_analysis_section_ends_with_its_analysis(tmp_path, tiny_llama):
