@@ -10,6 +10,9 @@ their steps (under `downstream.max_epochs`), the groups. The time comes from, in
   2. a probe, when the device is free and `probe` is on: the model loads and trains a few steps of a
      group and a few meta-updates of each method, with the preset's own settings;
   3. otherwise no estimate, and the reason.
+The `[analysis]` stage runs after the grid: its embedding jobs (a job of `analysis.embedding_steps`
+steps per task and split, in groups of the grid's size) are counted as group passes, and each split's
+text embedding (one forward pass over its training inputs) as one pass: a rough upper bound.
 It never waits for a busy device and writes nothing to the runs root. Shared by `mpt-tui --dry-run`
 (and meant for the Launch form's plan line).
 
@@ -59,6 +62,8 @@ class DryRun:
     serial_s: float | None = None  # the same work on one worker
     # data.sources = "nearest:K": each distinct source set, {"key", "sources", "targets", "steps": {method: n}}
     source_sets: list[dict] = field(default_factory=list)
+    # [analysis]: {"kinds", "embedding_jobs", "embedding_groups", "embedding_passes", "text_splits", "seconds"}
+    analysis: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -128,6 +133,7 @@ def dry_run(preset: Preset, plan: Plan, runs_root: Path, *, probe: bool = True) 
         result.estimate_from = f"a probe on {result.device_name}: {PROBE_PASSES} group passes, " \
                                f"{PROBE_UPDATES} meta-updates per method"
     result.workers, result.workers_from = planned_workers(preset)
+    result.analysis = analysis_work(preset, plan, data, size)
     if result.timings:
         pass_s, update_s = result.timings["pass_s"], result.timings["update_s"]
         result.serial_s = passes * pass_s + sum(n * update_s[m] for m, n in updates.items())
@@ -136,7 +142,29 @@ def dry_run(preset: Preset, plan: Plan, runs_root: Path, *, probe: bool = True) 
                    frozenset(upstream_name(*needed_upstream(plan, c)) for c in g if c.method in updates), "")
                   for g in groups]
         result.estimate_s = parallel_time(units, result.workers)
+        if result.analysis:  # a stage of its own after the grid, spread over the same workers
+            a = result.analysis
+            later = [(preset.analysis.embedding_steps * pass_s, frozenset(), "")] * a["embedding_groups"]
+            later += [(pass_s, frozenset(), "")] * a["text_splits"]
+            a["seconds"] = parallel_time(later, result.workers) if later else 0.0
+            result.estimate_s += a["seconds"]
+            result.serial_s += (a["embedding_passes"] + a["text_splits"]) * pass_s
     return result
+
+
+def analysis_work(preset: Preset, plan: Plan, data, group_size: int) -> dict:
+    """What the `[analysis]` stage runs after the grid (engine.analysis): an embedding job per task and
+    split, in groups of `group_size`, and a text embedding per split; {} without an analysis."""
+    kinds = preset.analysis.similarity
+    if not kinds:
+        return {}
+    tasks = list(dict.fromkeys(plan.sources + plan.targets))
+    splits = sum(len(set(data.seeds(t, preset.data.k)) & set(plan.seeds)) for t in tasks)
+    jobs = splits if "prompt" in kinds else 0
+    groups = -(-jobs // max(1, group_size))
+    return {"kinds": list(kinds), "embedding_jobs": jobs, "embedding_groups": groups,
+            "embedding_passes": groups * preset.analysis.embedding_steps,
+            "text_splits": splits if "text" in kinds else 0, "seconds": None}
 
 
 def planned_workers(preset: Preset) -> tuple[int, str]:
@@ -323,6 +351,15 @@ def render(d: DryRun) -> str:
         lines.append(f"upstream {method}: {n} meta-updates{per_set}")
     lines.append(f"downstream: {d.cells} grid cells, {d.cell_steps} optimizer steps, in {d.groups} groups of "
                  f"up to {d.group_size} ({d.group_passes} passes)")
+    if d.analysis:
+        a, parts = d.analysis, []
+        if a["embedding_jobs"]:
+            parts.append(f"{a['embedding_jobs']} prompt-embedding jobs in {a['embedding_groups']} groups "
+                         f"({a['embedding_passes']} passes)")
+        if a["text_splits"]:
+            parts.append(f"text embeddings of {a['text_splits']} splits")
+        took = f", ~{format_duration_estimate(a['seconds'])} of the estimate" if a["seconds"] is not None else ""
+        lines.append(f"analysis after the grid: {' and '.join(parts)}{took}")
     where = d.device_name if d.device == "cpu" else f"{d.device} ({d.device_name})"
     lines.append(f"device: {where}, precision {d.precision}")
     timing = ""

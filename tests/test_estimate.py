@@ -83,3 +83,35 @@ def test_a_probe_whose_difference_vanishes_in_noise_falls_back_to_the_mean():
 
     assert _per_step(10.0, 9.0, 2) == 0.5
     assert _per_step(9.0, 10.0, 2) == 3.0
+
+
+def test_the_dry_run_counts_the_analysis_stage_as_the_run_runs_it(tmp_path, tiny_llama):
+    """`[analysis]`: an embedding job per task and split in groups of the grid's size, a text embedding per
+    split; its time comes after the grid's in the estimate."""
+    import dataclasses
+
+    from engine.analysis import work_dir
+    from engine.config import override
+
+    preset_file = small_preset(tmp_path / "an.toml", tiny_llama, name="an",
+                               downstream="steps = 2\neval_every = 2\ngroup_size = 3\nmax_test_examples = 4")
+    analysis = [override("analysis.similarity", ["prompt", "text"]), override("analysis.embedding_steps", 3)]
+    prepared = check_preset(str(preset_file), analysis)
+    root = tmp_path / "runs"
+    run = prepare_run(root, prepared)
+    execute(run)
+    assert run.status()["state"] == "finished"
+    planned = dry_run(prepared.preset, prepared.plan, root)  # stored timings: the finished run's
+    a, settings = planned.analysis, prepared.preset.analysis
+    embedded = list((work_dir(run, settings) / "embeddings").glob("*.json"))
+    tasks = prepared.plan.sources + prepared.plan.targets
+    assert a["embedding_jobs"] == len(embedded) == len(tasks) * len(prepared.plan.seeds)
+    assert a["embedding_groups"] == len(read_json(work_dir(run, settings) / "groups.json"))
+    assert a["embedding_passes"] == a["embedding_groups"] * 3 and a["text_splits"] == len(embedded)
+    without = dataclasses.replace(prepared.preset, analysis=dataclasses.replace(settings, similarity=[]))
+    grid_only = dry_run(without, prepared.plan, root)
+    assert grid_only.analysis == {} and "analysis" not in render(grid_only)
+    pass_s = planned.timings["pass_s"]
+    assert a["seconds"] == pytest.approx((a["embedding_passes"] + a["text_splits"]) * pass_s)  # one worker
+    assert planned.estimate_s == pytest.approx(grid_only.estimate_s + a["seconds"])
+    assert f"{len(embedded)} prompt-embedding jobs in {a['embedding_groups']} groups" in render(planned)
