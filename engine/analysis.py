@@ -41,7 +41,8 @@ from pathlib import Path
 
 from engine.checkpoint import remove_checkpoint
 from engine.config import AnalysisConfig, Preset
-from engine.grid import CellWork, EmbedTexts, PromptInit, Schedule, Scheduled, TrainCells, as_backend
+from engine.grid import (CellWork, EmbedTexts, PromptInit, Schedule, Scheduled, TrainCells, as_backend, halve,
+                         is_out_of_memory)
 from engine.methods import PT
 from engine.protocol import Cell, Plan
 from engine.runs import Run, read_json, write_json_atomic
@@ -159,9 +160,14 @@ def _groups(run: Run, settings: AnalysisConfig, cells: list[Cell], done: set[str
         return [[by_id[i] for i in g] for g in stored]
     pending = [c for c in cells if c.id not in done]
     groups = [[c] for c in cells if c.id in done] + [pending[i:i + size] for i in range(0, len(pending), size)]
+    _save_groups(run, settings, groups)
+    return groups
+
+
+def _save_groups(run: Run, settings: AnalysisConfig, groups: list[list[Cell]]) -> None:
+    path = work_dir(run, settings) / "groups.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     write_json_atomic(path, [[c.id for c in g] for g in groups])
-    return groups
 
 
 class _StageEvents:
@@ -191,10 +197,11 @@ class _StageEvents:
         return self.events.should_stop()
 
 
-def prompt_embedding_units(run: Run, preset: Preset, plan: Plan, tasks: list[str], backend, events,
-                           quiet: _StageEvents) -> tuple[list[Scheduled], list[Cell]]:
-    """The embedding jobs of `tasks` still to run, as train-only `TrainCells` groups that store their jobs'
-    records when they end, and every job's cell (finished jobs are read back, never run again)."""
+def submit_prompt_embeddings(schedule: Schedule, run: Run, preset: Preset, plan: Plan, tasks: list[str], backend,
+                             events, quiet: _StageEvents) -> list[Cell]:
+    """Submit the embedding jobs of `tasks` still to run, as train-only `TrainCells` groups that store their
+    jobs' records when they end (a group out of GPU memory is halved, like the grid's); every job's cell.
+    Finished jobs are read back, never run again."""
     from engine.data import TaskData
 
     settings = preset.analysis
@@ -205,7 +212,6 @@ def prompt_embedding_units(run: Run, preset: Preset, plan: Plan, tasks: list[str
     size = backend.group_size(preset, data, pending, quiet) if pending else 1
     groups = _groups(run, settings, cells, done, size)
     init = PromptInit("vocab", seed=EMBEDDING_INIT_SEED, pool=preset.prompt.vocab_pool)
-    parts = [[c for c in g if c.id not in done] for g in groups if any(c.id not in done for c in g)]
 
     def store(part: list[Cell], records: list[dict]) -> None:
         for cell, record in zip(part, records):
@@ -214,16 +220,37 @@ def prompt_embedding_units(run: Run, preset: Preset, plan: Plan, tasks: list[str
             record_path.parent.mkdir(parents=True, exist_ok=True)
             write_json_atomic(record_path, record)  # written last: from now on the job is done
             remove_checkpoint(checkpoint)
+            done.add(cell.id)
 
-    items = []
-    for number, part in enumerate(parts, 1):
+    def item(group: list[Cell]) -> Scheduled | None:
+        part = [c for c in group if c.id not in done]
+        if not part:
+            return None
         work = [CellWork(c, init, str(_paths(run, settings, c)[0]), str(_paths(run, settings, c)[1])) for c in part]
-        name = f"embedding group {number}/{len(parts)}"
-        items.append(Scheduled(f"{name} ({len(part)} jobs)",
-                               TrainCells(preset.to_dict(), plan.data_dir, plan.config_dir, work, test=False),
-                               on_start=lambda name=name: events.stage("analysis", analysis=name),
-                               on_done=lambda records, part=part: store(part, records)))
-    return items, cells
+        name = f"embedding group {groups.index(group) + 1}/{len(groups)}"
+        return Scheduled(f"{name} ({len(part)} jobs)",
+                         TrainCells(preset.to_dict(), plan.data_dir, plan.config_dir, work, test=False),
+                         on_start=lambda: events.stage("analysis", analysis=name),
+                         on_done=lambda records: store(part, records), on_error=lambda exc: split(group, exc))
+
+    def split(group: list[Cell], exc: BaseException) -> bool:
+        part = [c for c in group if c.id not in done]
+        if not is_out_of_memory(exc) or len(part) == 1:
+            return False
+        import torch
+
+        torch.cuda.empty_cache()
+        events.message(f"analysis: out of GPU memory with {len(part)} embedding jobs in a group; splitting it in two")
+        halves = halve(groups, group)
+        _save_groups(run, settings, groups)
+        for at, half in enumerate(filter(None, map(item, halves))):
+            schedule.submit(half, at=at)
+        return True
+
+    for group in groups:
+        if (scheduled := item(group)) is not None:
+            schedule.submit(scheduled)
+    return cells
 
 
 def read_prompt_embeddings(run: Run, settings: AnalysisConfig, cells: list[Cell]) -> dict:
@@ -371,9 +398,7 @@ def analyse_runs(runs: list[Run], settings: AnalysisConfig, backend, events) -> 
     if "prompt" in settings.similarity:
         events.stage("analysis", analysis="prompt embeddings")
         events.message(f"analysis: prompt embeddings of {len(tasks)} tasks")
-        items, cells = prompt_embedding_units(runs[0], preset, plan, tasks, backend, events, quiet)
-        for item in items:
-            schedule.submit(item)
+        cells = submit_prompt_embeddings(schedule, runs[0], preset, plan, tasks, backend, events, quiet)
     if "text" in settings.similarity:
         events.message(f"analysis: text embeddings of {len(tasks)} tasks")
         for item in text_embedding_units(preset, plan, data, tasks, events, texts):

@@ -397,6 +397,14 @@ class LocalBackend:
         return self.executor.group_size(preset, data, pending, events)
 
 
+def halve(groups: list[list[Cell]], group: list[Cell]) -> list[list[Cell]]:
+    """Replace `group` in `groups` by its two halves (a group that ran out of memory); the halves."""
+    half = (len(group) + 1) // 2
+    i = groups.index(group)
+    groups[i:i + 1] = [group[:half], group[half:]]
+    return groups[i:i + 2]
+
+
 def is_out_of_memory(exc: BaseException) -> bool:
     import torch
 
@@ -589,11 +597,9 @@ def run_grid(run: Run, preset: Preset, plan: Plan, backend: Backend | Executor, 
         torch.cuda.empty_cache()
         recount()  # the failed attempt's steps past its checkpoints run again
         events.message(f"out of GPU memory with {len(part)} cells in a group; splitting it in two")
-        half = (len(group) + 1) // 2
-        i = groups.index(group)
-        groups[i:i + 1] = [group[:half], group[half:]]
+        halves = halve(groups, group)
         save_groups(run, groups)
-        for at, item in enumerate(filter(None, map(group_item, groups[i:i + 2]))):
+        for at, item in enumerate(filter(None, map(group_item, halves))):
             schedule.submit(item, at=at)
         return True
 

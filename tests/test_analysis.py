@@ -305,3 +305,31 @@ def test_the_embedding_work_runs_as_units_on_the_backend_it_is_given(finished, t
     assert doc["kinds"]["text"] == reference["kinds"]["text"]  # the same function, wherever it runs
     matrix = doc["kinds"]["prompt"]["matrix"]  # groups of 3, not 8: the same jobs, other float rounding
     assert [len(row) for row in matrix] == [len(plan.sources)] * len(plan.targets)
+
+
+def test_an_embedding_group_out_of_gpu_memory_is_halved_and_the_split_kept(finished, tmp_path, monkeypatch):
+    """Like the grid's groups: a CUDA out-of-memory error halves the embedding group (and its groups.json)
+    until it fits, and the analysis goes on."""
+    import torch
+
+    from engine.grid import Executor
+
+    shutil.copytree(finished.path.parent, tmp_path / "runs")
+    run = Run(tmp_path / "runs" / finished.id)
+    real_train_cells, sizes = Executor.train_cells, []
+
+    def train_cells_with_little_memory(self, unit, events):
+        sizes.append(len(unit.cells))
+        if len(unit.cells) > 2:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real_train_cells(self, unit, events)
+
+    monkeypatch.setattr(Executor, "train_cells", train_cells_with_little_memory)
+    settings = _settings(run, kinds=("prompt",))
+    events = Events()
+    doc = analyse_runs([run], settings, _executor(run), events)
+    jobs = len(list((work_dir(run, settings) / "embeddings").glob("*.json")))
+    assert sizes[:3] == [8, 4, 2] and jobs == 8  # halved until it fits (the CPU's group of 8)
+    assert sorted(len(g) for g in read_json(work_dir(run, settings) / "groups.json")) == [2, 2, 2, 2]
+    assert any("out of GPU memory with 8 embedding jobs" in m for m in events.messages)
+    assert set(doc["kinds"]) == {"prompt"}
