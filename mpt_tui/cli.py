@@ -184,6 +184,19 @@ def cmd_show(args) -> int:
     return 0
 
 
+def _device_text(view: dict) -> str:
+    """"cuda:0 (NVIDIA H100 80GB HBM3), bf16", "cpu (2 cores), fp32", and a Ray run's workers."""
+    from mpt_tui.headless import workers_line
+
+    device, name = view.get("device") or "-", view.get("device_name")
+    text = name if name and name.startswith(device) else (f"{device} ({name})" if name else device)
+    if view.get("precision"):
+        text += f", {view['precision']}"
+    if view.get("cluster"):
+        text += f"; {workers_line(view['cluster'])}"
+    return text
+
+
 def _print_overview(view: dict, partial, report) -> None:
     from rich.console import Console
     from rich.markup import escape
@@ -204,7 +217,7 @@ def _print_overview(view: dict, partial, report) -> None:
              f"progress   {pct}, {res['cells']['done']}/{res['cells']['total']} grid cells; elapsed "
              f"{format_duration(view['elapsed_s']) if view['elapsed_s'] is not None else '-'}"
              + (f", ETA {format_duration(view['eta_s'])}" if view["eta_s"] is not None else ""),
-             f"device     {view['device'] or '-'}" + (f" (pid {view['pid']})" if view["pid"] else ""),
+             f"device     {escape(_device_text(view))}" + (f" (pid {view['pid']})" if view["pid"] else ""),
              f"preset     {escape(p['name'])}",
              f"model      {escape(str(p['model']))}",
              f"tasks      {escape(p['setting'] or 'hand-picked')}: {len(p['sources'])} source, "

@@ -166,6 +166,7 @@ def test_show_json_of_a_partly_finished_run_counts_complete_splits_only(run_b):
     assert run_b.show.returncode == 0, run_b.show.stderr
     view = json.loads(run_b.show.stdout)
     assert view["run_id"] == run_b.run.id and view["state"] == "crashed" and view["device"] == "cpu"
+    assert view["device_name"] == f"cpu ({os.cpu_count()} cores)" and view["precision"] == "fp32"
     assert view["preset"]["learning_rates"] == LEARNING_RATES and view["preset"]["steps"] == 60
     assert view["preset"]["methods"] == ["pt"] and view["preset"]["batch_size"] == 4
     res = view["results"]
@@ -186,6 +187,7 @@ def test_show_json_of_a_partly_finished_run_counts_complete_splits_only(run_b):
     assert len(view["log_tail"]) == 10
     text = run_b.show_text.stdout
     assert run_b.show_text.returncode == 0 and "complete splits only" in text and "crashed" in text
+    assert f"device     cpu ({os.cpu_count()} cores), fp32 (pid " in text  # what it is, not just an index
 
 
 def test_killed_cancelled_and_resumed_run_ends_with_the_uninterrupted_records(run_a, run_b):
