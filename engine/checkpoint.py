@@ -9,7 +9,10 @@ The jobs of a multi-prompt group are saved together, one file each, as a *round*
 previous round's file is kept as `<name>.prev.pt`. A worker killed halfway through a
 round leaves some members new and some old; `resume_path` then sends the new ones
 back to their previous file, so a group always resumes from one consistent round
-(its float rounding depends on all its members being at the same step).
+(its float rounding depends on all its members being at the same step). A member's file
+and step file are copied to .prev (hard links) before the new ones replace them, so at
+every instant of a save the member has a whole (file, step file) pair: a crash at any
+point resumes it from a round (tests/test_checkpoint.py tries every point).
 """
 
 from __future__ import annotations
@@ -45,14 +48,29 @@ def save_checkpoint(path: Path, state: dict, round_info: dict | None = None) -> 
     durable.write_synced(tmp, lambda f: torch.save(state, f))
     faults.point("checkpoint.write")
     if round_info is not None and path.is_file():  # keep the previous round to fall back on
-        os.replace(path, _prev(path))
-        if _step_file(path).is_file():
-            os.replace(_step_file(path), _step_file(_prev(path)))
+        # Copied (hard links), not moved: the file stays in place with its step file until the .prev pair is
+        # whole, so a crash at any point leaves the member on a round it can resume from (module docstring).
+        for source in (path, _step_file(path)):
+            if source.is_file():
+                _link_over(source, _step_file(_prev(path)) if source == _step_file(path) else _prev(path))
+        _step_file(path).unlink(missing_ok=True)  # from here on the member's round is its .prev
     tmp.replace(path)
     step_tmp = path.with_name(path.name + ".json.tmp")
     info = json.dumps({"step": int(state["step"]), **(round_info or {})}).encode("utf-8")
     durable.write_synced(step_tmp, lambda f: f.write(info))
     durable.replace(step_tmp, _step_file(path))
+
+
+def _link_over(source: Path, target: Path) -> None:
+    """`target` becomes a copy of `source` in one rename: a hard link, or a byte copy where the file system
+    has none (some network and FUSE mounts)."""
+    tmp = target.with_name(target.name + ".link.tmp")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(source, tmp)
+    except OSError:
+        durable.write_synced(tmp, lambda f: f.write(source.read_bytes()))
+    os.replace(tmp, target)
 
 
 def save_round(states: list[tuple[Path, dict]]) -> None:
@@ -121,5 +139,5 @@ def resume_step(path: Path) -> int:
 
 def remove_checkpoint(path: Path) -> None:
     for p in (Path(path), _prev(Path(path))):
-        p.unlink(missing_ok=True)
-        _step_file(p).unlink(missing_ok=True)
+        for file in (p, _step_file(p), p.with_name(p.name + ".link.tmp"), p.with_name(_step_file(p).name + ".link.tmp")):
+            file.unlink(missing_ok=True)

@@ -13,7 +13,7 @@ import time
 import pytest
 
 from conftest import REPO, small_run
-from engine.checkpoint import resume_step, saved_step
+from engine.checkpoint import resume_step
 from engine.config import preset_from_dict
 from engine.grid import (CellWork, Executor, LearnInit, PromptInit, TrainCells, cells_unit, unit_from_dict,
                          unit_to_dict, upstream_unit)
@@ -116,7 +116,9 @@ def test_a_worker_killed_between_periodic_checkpoints_resumes_to_identical_recor
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     checkpoints = [run.cell_checkpoint(c) for c in read_json(reference.groups_path)[0]]
     deadline = time.time() + 120
-    while time.time() < deadline and not all(saved_step(p) >= 30 for p in checkpoints):
+    # a whole round every member resumes from (saved_step alone can read a member's new file before its
+    # step file is written: a round not finished, so not the one resume takes)
+    while time.time() < deadline and not all(resume_step(p) >= 30 for p in checkpoints):
         time.sleep(0.01)
     os.kill(worker.pid, signal.SIGKILL)
     worker.wait()
