@@ -11,14 +11,17 @@ round leaves some members new and some old; `resume_path` then sends the new one
 back to their previous file, so a group always resumes from one consistent round
 (its float rounding depends on all its members being at the same step). A member's file
 and step file are copied to .prev (hard links) before the new ones replace them, so at
-every instant of a save the member has a whole (file, step file) pair: a crash at any
-point resumes it from a round (tests/test_checkpoint.py tries every point).
+every instant of a save the member has a whole (file, step file) pair; and a file in
+place that the member did not resume from (an unfinished round) never becomes .prev.
+So a crash at any point, also a second one after resuming, resumes the whole group from
+one finished round (tests/test_checkpoint.py tries every pair of points).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import uuid
 from pathlib import Path
 
@@ -37,9 +40,10 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be loaded (damaged, not ours, or holding more than tensors and plain data)."""
 
 
-def save_checkpoint(path: Path, state: dict, round_info: dict | None = None) -> None:
+def save_checkpoint(path: Path, state: dict, round_info: dict | None = None, keep_previous: bool = True) -> None:
     """`state` (tensors and plain data only: it is loaded with weights_only) must have a "step"; the .json
-    beside it is written last, so it never runs ahead."""
+    beside it is written last, so it never runs ahead. In a round, the file in place becomes the .prev one
+    when `keep_previous` (it is the round the member resumed from); otherwise .prev is kept as it is."""
     import torch
 
     path = Path(path)
@@ -47,12 +51,13 @@ def save_checkpoint(path: Path, state: dict, round_info: dict | None = None) -> 
     tmp = path.with_name(path.name + ".tmp")
     durable.write_synced(tmp, lambda f: torch.save(state, f))
     faults.point("checkpoint.write")
-    if round_info is not None and path.is_file():  # keep the previous round to fall back on
-        # Copied (hard links), not moved: the file stays in place with its step file until the .prev pair is
-        # whole, so a crash at any point leaves the member on a round it can resume from (module docstring).
-        for source in (path, _step_file(path)):
-            if source.is_file():
-                _link_over(source, _step_file(_prev(path)) if source == _step_file(path) else _prev(path))
+    if round_info is not None:
+        if keep_previous and path.is_file():  # keep the previous round to fall back on
+            # Copied (hard links), not moved: the file stays in place with its step file until the .prev pair
+            # is whole, so a crash at any point leaves the member on a round it can resume from.
+            _link_over(path, _prev(path))
+            if _step_file(path).is_file():
+                _link_over(_step_file(path), _step_file(_prev(path)))
         _step_file(path).unlink(missing_ok=True)  # from here on the member's round is its .prev
     tmp.replace(path)
     step_tmp = path.with_name(path.name + ".json.tmp")
@@ -69,15 +74,20 @@ def _link_over(source: Path, target: Path) -> None:
     try:
         os.link(source, tmp)
     except OSError:
-        durable.write_synced(tmp, lambda f: f.write(source.read_bytes()))
+        shutil.copyfile(source, tmp)
+        durable.sync_file(tmp)
     os.replace(tmp, target)
 
 
 def save_round(states: list[tuple[Path, dict]]) -> None:
     """Save the checkpoints of a group's jobs as one round (see the module docstring)."""
     info = {"round": uuid.uuid4().hex, "members": [str(path) for path, _ in states]}
-    for path, state in states:
-        save_checkpoint(path, state, info)
+    # A member's file in place is the previous round only if it is what the member resumes from: after a
+    # crash the group may have resumed from .prev, and the file in place is then an unfinished round, which
+    # must not replace the finished one in .prev (asked for every member before any is saved).
+    resumed_from_file = [resume_path(path) == Path(path) for path, _ in states]
+    for (path, state), keep in zip(states, resumed_from_file):
+        save_checkpoint(path, state, info, keep_previous=keep)
 
 
 def _round_of(path: Path) -> dict:

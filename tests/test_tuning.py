@@ -142,9 +142,9 @@ def test_a_kill_in_the_middle_of_a_checkpoint_round_resumes_from_the_last_whole_
                                                  j.cfg, steps=6, checkpoint_every=2))]])
     real_save, saves = checkpoint.save_checkpoint, []
 
-    def save_then_die(path, state, round_info=None):
+    def save_then_die(path, state, round_info=None, **keys):
         saves.append((path.name, state["step"]))
-        real_save(path, state, round_info)
+        real_save(path, state, round_info, **keys)
         if len(saves) == 4:  # round 1 (step 2) is whole; round 2 (step 4) has one member saved
             raise _Killed
 
