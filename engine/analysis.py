@@ -8,12 +8,14 @@ Task embeddings, two kinds (`[analysis] similarity`):
   embedding, and the mean over splits the task's. Every job starts from the same vocabulary-sampled
   prompt (seed `EMBEDDING_INIT_SEED`), with the same data-order seed, `analysis.embedding_steps`
   steps and `analysis.embedding_lr`, so embeddings differ only by the task's data. The jobs are
-  ordinary grid cells (method `embed`) run as `TrainCells` units with `test=False` through
-  `Executor.run`: grouped, checkpointed every `downstream.checkpoint_every` steps, cancellable and
-  resumed like the grid. Their files live under RUN_DIR/analysis/embed-<steps>steps-lr<lr>/:
-  groups.json, checkpoints/, prompts/, and embeddings/<cell>.json (a finished job: never run again).
+  ordinary grid cells (method `embed`) run as `TrainCells` units with `test=False` on the run's
+  backend (this process, or a Ray run's workers): grouped (a group out of GPU memory is halved),
+  checkpointed every `downstream.checkpoint_every` steps, cancellable and resumed like the grid.
+  Their files live under RUN_DIR/analysis/embed-<steps>steps-lr<lr>/: groups.json, checkpoints/,
+  prompts/, and embeddings/<cell>.json (a finished job: never run again).
 - `text`: the frozen backbone's last hidden states over the task's training inputs (as stored,
-  without the task-name prefix of `input_format = "crossfit"`), mean-pooled over tokens, then
+  without the task-name prefix of `input_format = "crossfit"`; an `EmbedTexts` unit per task, on
+  the same backend), mean-pooled over tokens, then
   over the inputs of a split; a model-only baseline, nothing trained.
 
 The analysis (`compute_analysis`, no torch): the target x source cosine matrix of each kind, each

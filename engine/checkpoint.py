@@ -148,6 +148,10 @@ def resume_step(path: Path) -> int:
 
 
 def remove_checkpoint(path: Path) -> None:
-    for p in (Path(path), _prev(Path(path))):
-        for file in (p, _step_file(p), p.with_name(p.name + ".link.tmp"), p.with_name(_step_file(p).name + ".link.tmp")):
+    path = Path(path)
+    for p in (path, _prev(path)):
+        for file in (p, _step_file(p)):
             file.unlink(missing_ok=True)
+            file.with_name(file.name + ".link.tmp").unlink(missing_ok=True)  # left by a crash mid-save
+    for suffix in (".tmp", ".json.tmp"):  # likewise (save_checkpoint's temporary files)
+        path.with_name(path.name + suffix).unlink(missing_ok=True)

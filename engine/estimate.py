@@ -62,7 +62,8 @@ class DryRun:
     serial_s: float | None = None  # the same work on one worker
     # data.sources = "nearest:K": each distinct source set, {"key", "sources", "targets", "steps": {method: n}}
     source_sets: list[dict] = field(default_factory=list)
-    # [analysis]: {"kinds", "embedding_jobs", "embedding_groups", "embedding_passes", "text_splits", "seconds"}
+    # [analysis]: {"kinds", "embedding_jobs", "embedding_groups", "embedding_passes", "text_splits",
+    # "text_splits_per_task", "seconds"}
     analysis: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
@@ -106,6 +107,7 @@ def dry_run(preset: Preset, plan: Plan, runs_root: Path, *, probe: bool = True) 
             size = _probed_group_size(backbone, preset, plan, data, cells)
         else:
             size = 1
+    analysis = analysis_work(preset, plan, data, size)  # its groups are of the uncapped size
     size = max(1, min(size, len(cells)))
     groups = [cells[i:i + size] for i in range(0, len(cells), size)]
     passes = sum(max(steps[c.id] for c in g) for g in groups)
@@ -133,7 +135,7 @@ def dry_run(preset: Preset, plan: Plan, runs_root: Path, *, probe: bool = True) 
         result.estimate_from = f"a probe on {result.device_name}: {PROBE_PASSES} group passes, " \
                                f"{PROBE_UPDATES} meta-updates per method"
     result.workers, result.workers_from = planned_workers(preset)
-    result.analysis = analysis_work(preset, plan, data, size)
+    result.analysis = analysis
     if result.timings:
         pass_s, update_s = result.timings["pass_s"], result.timings["update_s"]
         result.serial_s = passes * pass_s + sum(n * update_s[m] for m, n in updates.items())
@@ -145,7 +147,7 @@ def dry_run(preset: Preset, plan: Plan, runs_root: Path, *, probe: bool = True) 
         if result.analysis:  # a stage of its own after the grid, spread over the same workers
             a = result.analysis
             later = [(preset.analysis.embedding_steps * pass_s, frozenset(), "")] * a["embedding_groups"]
-            later += [(pass_s, frozenset(), "")] * a["text_splits"]
+            later += [(n * pass_s, frozenset(), "") for n in a["text_splits_per_task"]]  # a unit per task
             a["seconds"] = parallel_time(later, result.workers) if later else 0.0
             result.estimate_s += a["seconds"]
             result.serial_s += (a["embedding_passes"] + a["text_splits"]) * pass_s
@@ -159,12 +161,13 @@ def analysis_work(preset: Preset, plan: Plan, data, group_size: int) -> dict:
     if not kinds:
         return {}
     tasks = list(dict.fromkeys(plan.sources + plan.targets))
-    splits = sum(len(set(data.seeds(t, preset.data.k)) & set(plan.seeds)) for t in tasks)
-    jobs = splits if "prompt" in kinds else 0
-    groups = -(-jobs // max(1, group_size))
+    per_task = [len(set(data.seeds(t, preset.data.k)) & set(plan.seeds)) for t in tasks]
+    jobs = sum(per_task) if "prompt" in kinds else 0
+    groups = -(-jobs // max(1, min(group_size, jobs))) if jobs else 0
+    texts = per_task if "text" in kinds else []
     return {"kinds": list(kinds), "embedding_jobs": jobs, "embedding_groups": groups,
-            "embedding_passes": groups * preset.analysis.embedding_steps,
-            "text_splits": splits if "text" in kinds else 0, "seconds": None}
+            "embedding_passes": groups * preset.analysis.embedding_steps, "text_splits": sum(texts),
+            "text_splits_per_task": texts, "seconds": None}
 
 
 def planned_workers(preset: Preset) -> tuple[int, str]:

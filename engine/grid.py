@@ -383,7 +383,13 @@ class LocalBackend:
         self.executor = executor
 
     def run(self, schedule: Schedule, events: UnitEvents) -> None:
-        while (item := schedule.take()) is not None:
+        from engine.stopping import RunCancelled
+
+        while True:
+            if schedule.waiting and events.should_stop():  # units without steps (text embeddings) never ask
+                raise RunCancelled(f"cancelled before {schedule.waiting[0].name}")
+            if (item := schedule.take()) is None:
+                break
             try:
                 result = self.executor.run(item.unit, events)
             except Exception as exc:

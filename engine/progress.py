@@ -150,7 +150,8 @@ def overview(run: Run, log_lines: int = LOG_TAIL_LINES) -> tuple[dict, PartialRe
         "progress": status.get("progress"), "eta_s": status.get("eta_s") if status.get("state") in ACTIVE_STATES
         else None, "elapsed_s": elapsed_s(status), "device": status.get("device"), "pid": status.get("pid"),
         "device_name": status.get("device_name"), "precision": status.get("precision"),
-        "cluster": status.get("cluster"), "error": status.get("error"), "warnings": status.get("warnings", []), "created": status.get("created"),
+        "cluster": status.get("cluster"),
+        "error": status.get("error"), "warnings": status.get("warnings", []), "created": status.get("created"),
         "started": status.get("started"), "finished": status.get("finished"),
         "preset": preset_keys(preset, plan), "results": {**partial.to_dict(), "gain": gains,
                                                       "note": "" if partial.complete else partial_note(partial)},

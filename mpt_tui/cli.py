@@ -189,10 +189,13 @@ def _device_text(view: dict) -> str:
     from mpt_tui.headless import workers_line
 
     device, name = view.get("device") or "-", view.get("device_name")
-    text = name if name and name.startswith(device) else (f"{device} ({name})" if name else device)
+    if device == "ray":
+        text = f"ray, workers on {name}" if name else device
+    else:
+        text = name if name and name.startswith(device) else (f"{device} ({name})" if name else device)
     if view.get("precision"):
         text += f", {view['precision']}"
-    if view.get("cluster"):
+    if view.get("cluster") and view.get("state") in ("queued", "running"):  # after the run: all idle
         text += f"; {workers_line(view['cluster'])}"
     return text
 

@@ -186,7 +186,7 @@ def test_embedding_jobs_stopped_midway_resume_to_the_same_embeddings(finished, t
 
     stopped = runs["stopped"]
     with pytest.raises(RunCancelled):
-        analyse_runs([stopped], settings, executor, Events(stop_at=3))
+        analyse_runs([stopped], settings, executor, Events(stop_at=4))  # asked before the unit, then each step
     checkpoints = list((work_dir(stopped, settings) / "checkpoints").glob("*.pt"))
     assert checkpoints and not list((work_dir(stopped, settings) / "embeddings").glob("*.json"))
     events = Events()
@@ -287,12 +287,10 @@ def test_the_embedding_work_runs_as_units_on_the_backend_it_is_given(finished, t
             self.sizes += 1
             return 3  # not the executor's 8: the backend decides
 
-    for name in ("executor", "backend"):
-        shutil.copytree(finished.path.parent, tmp_path / name)
-    executor = _executor(finished)
+    shutil.copytree(finished.path.parent, tmp_path / "runs")
     settings = _settings(finished)
-    backend = Recording(executor)
-    doc = analyse_runs([Run(tmp_path / "backend" / finished.id)], settings, backend, Events())
+    backend = Recording(_executor(finished))
+    doc = analyse_runs([Run(tmp_path / "runs" / finished.id)], settings, backend, Events())
     plan = Plan(**finished.config()["plan"])
     tasks = plan.sources + plan.targets
     groups = [u for u in backend.units if isinstance(u, TrainCells)]
@@ -301,10 +299,19 @@ def test_the_embedding_work_runs_as_units_on_the_backend_it_is_given(finished, t
         ([len(tasks) * len(plan.seeds) % 3] if len(tasks) * len(plan.seeds) % 3 else [])
     assert sorted(w.cell.task for u in groups for w in u.cells) == sorted(tasks * len(plan.seeds))
     assert [u.task for u in backend.units if isinstance(u, EmbedTexts)] == tasks
-    reference = analyse_runs([Run(tmp_path / "executor" / finished.id)], settings, executor, Events())
-    assert doc["kinds"]["text"] == reference["kinds"]["text"]  # the same function, wherever it runs
-    matrix = doc["kinds"]["prompt"]["matrix"]  # groups of 3, not 8: the same jobs, other float rounding
-    assert [len(row) for row in matrix] == [len(plan.sources)] * len(plan.targets)
+    for kind in ("prompt", "text"):
+        assert [len(row) for row in doc["kinds"][kind]["matrix"]] == [len(plan.sources)] * len(plan.targets)
+
+
+def test_a_cancel_between_text_embeddings_stops_the_analysis(finished, tmp_path):
+    """Text embeddings have no steps to ask the stop flag at: the backend asks before each unit."""
+    shutil.copytree(finished.path.parent, tmp_path / "runs")
+    run = Run(tmp_path / "runs" / finished.id)
+    events = Events(stop_at=2)  # asked before the first unit (no), then before the second (yes)
+    with pytest.raises(RunCancelled):
+        analyse_runs([run], _settings(run, kinds=("text",)), _executor(run), events)
+    assert events.checks == 2 and not analysis_path(run).exists()
+    assert [f for s, f in events.stages if s == "analysis"] == [{"analysis": f"text embeddings of {SMALL_SOURCES[0]}"}]
 
 
 def test_an_embedding_group_out_of_gpu_memory_is_halved_and_the_split_kept(finished, tmp_path, monkeypatch):

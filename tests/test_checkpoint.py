@@ -134,3 +134,13 @@ def test_without_hard_links_the_previous_round_is_copied(tmp_path, monkeypatch):
         previous = tmp_path / (p.stem + ".prev.pt")
         assert checkpoint.load_checkpoint(previous)["step"] == 3 and checkpoint.saved_step(previous) == 3
     assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_removing_a_checkpoint_leaves_no_file_of_a_crashed_save_behind(tmp_path):
+    path = tmp_path / "job0.pt"
+    checkpoint.save_round([(path, {"step": 3, "prompt": torch.zeros(2)})])
+    checkpoint.save_round([(path, {"step": 6, "prompt": torch.zeros(2)})])
+    for leftover in ("job0.pt.tmp", "job0.pt.json.tmp", "job0.prev.pt.link.tmp", "job0.prev.json.link.tmp"):
+        (tmp_path / leftover).write_bytes(b"partial")
+    checkpoint.remove_checkpoint(path)
+    assert list(tmp_path.iterdir()) == []
