@@ -44,7 +44,7 @@ from pathlib import Path
 from engine.checkpoint import remove_checkpoint
 from engine.config import AnalysisConfig, Preset
 from engine.grid import (CellWork, EmbedTexts, PromptInit, Schedule, Scheduled, TrainCells, as_backend, halve,
-                         is_out_of_memory)
+                         is_out_of_memory, stored_groups, write_groups)
 from engine.methods import PT
 from engine.protocol import Cell, Plan
 from engine.runs import Run, read_json, write_json_atomic
@@ -153,23 +153,8 @@ def _paths(run: Run, settings: AnalysisConfig, cell: Cell) -> tuple[Path, Path, 
             base / "embeddings" / f"{cell.id}.json")
 
 
-def _groups(run: Run, settings: AnalysisConfig, cells: list[Cell], done: set[str], size: int) -> list[list[Cell]]:
-    """Pending cells `size` at a time; stored, and kept on resume (a group's rounding depends on its members)."""
-    path = work_dir(run, settings) / "groups.json"
-    by_id = {c.id: c for c in cells}
-    stored = read_json(path)
-    if isinstance(stored, list) and sorted(i for g in stored for i in g) == sorted(by_id):
-        return [[by_id[i] for i in g] for g in stored]
-    pending = [c for c in cells if c.id not in done]
-    groups = [[c] for c in cells if c.id in done] + [pending[i:i + size] for i in range(0, len(pending), size)]
-    _save_groups(run, settings, groups)
-    return groups
-
-
-def _save_groups(run: Run, settings: AnalysisConfig, groups: list[list[Cell]]) -> None:
-    path = work_dir(run, settings) / "groups.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(path, [[c.id for c in g] for g in groups])
+def _groups_path(run: Run, settings: AnalysisConfig) -> Path:
+    return work_dir(run, settings) / "groups.json"
 
 
 class _StageEvents:
@@ -199,20 +184,16 @@ class _StageEvents:
         return self.events.should_stop()
 
 
-def submit_prompt_embeddings(schedule: Schedule, run: Run, preset: Preset, plan: Plan, tasks: list[str], backend,
-                             events, quiet: _StageEvents) -> list[Cell]:
+def submit_prompt_embeddings(schedule: Schedule, run: Run, preset: Preset, plan: Plan, data, tasks: list[str],
+                             backend, events, quiet: _StageEvents) -> list[Cell]:
     """Submit the embedding jobs of `tasks` still to run, as train-only `TrainCells` groups that store their
     jobs' records when they end (a group out of GPU memory is halved, like the grid's); every job's cell.
     Finished jobs are read back, never run again."""
-    from engine.data import TaskData
-
     settings = preset.analysis
-    data = TaskData(plan.data_dir, plan.config_dir)
     cells = embedding_cells(tasks, plan.seeds, data, preset.data.k, settings.embedding_lr)
     done = {c.id for c in cells if isinstance(read_json(_paths(run, settings, c)[2]), dict)}
-    pending = [c for c in cells if c.id not in done]
-    size = backend.group_size(preset, data, pending, quiet) if pending else 1
-    groups = _groups(run, settings, cells, done, size)
+    groups = stored_groups(_groups_path(run, settings), cells, done,
+                           lambda pending: backend.group_size(preset, data, pending, quiet))
     init = PromptInit("vocab", seed=EMBEDDING_INIT_SEED, pool=preset.prompt.vocab_pool)
 
     def store(part: list[Cell], records: list[dict]) -> None:
@@ -244,7 +225,7 @@ def submit_prompt_embeddings(schedule: Schedule, run: Run, preset: Preset, plan:
         torch.cuda.empty_cache()
         events.message(f"analysis: out of GPU memory with {len(part)} embedding jobs in a group; splitting it in two")
         halves = halve(groups, group)
-        _save_groups(run, settings, groups)
+        write_groups(_groups_path(run, settings), groups)
         for at, half in enumerate(filter(None, map(item, halves))):
             schedule.submit(half, at=at)
         return True
@@ -400,7 +381,7 @@ def analyse_runs(runs: list[Run], settings: AnalysisConfig, backend, events) -> 
     if "prompt" in settings.similarity:
         events.stage("analysis", analysis="prompt embeddings")
         events.message(f"analysis: prompt embeddings of {len(tasks)} tasks")
-        cells = submit_prompt_embeddings(schedule, runs[0], preset, plan, tasks, backend, events, quiet)
+        cells = submit_prompt_embeddings(schedule, runs[0], preset, plan, data, tasks, backend, events, quiet)
     if "text" in settings.similarity:
         events.message(f"analysis: text embeddings of {len(tasks)} tasks")
         for item in text_embedding_units(preset, plan, data, tasks, events, texts):

@@ -477,24 +477,32 @@ def needed_upstream(plan: Plan, cell: Cell) -> tuple[str, str]:
     return cell.method, plan.set_key(cell.task)
 
 
-def cell_groups(run: Run, preset: Preset, backend: Backend, data, cells: list[Cell], done: dict,
-                events: UnitEvents) -> list[list[Cell]]:
-    """All grid cells in the groups they train in: consecutive pending cells, `size` at a time.
-
-    The grouping is stored in the run directory (groups.json) the first time, and a resumed run
-    keeps it: a group's float rounding depends on its members, so regrouping (say, because a GPU
-    has less free memory today) would change the numbers of the cells still to come. Delete
-    groups.json to regroup.
-    """
+def stored_groups(path: Path, cells: list[Cell], done, size_of: Callable[[list[Cell]], int]) -> list[list[Cell]]:
+    """`cells` in the groups they train in: consecutive pending cells, `size_of(pending)` at a time, finished
+    ones alone. The grouping is stored at `path` the first time, and a resume keeps it (without asking
+    for a size): a group's float rounding depends on its members, so regrouping (say, because a GPU has
+    less free memory today) would change the numbers of the cells still to come. Delete it to regroup."""
     by_id = {c.id: c for c in cells}
-    stored = read_json(run.groups_path)
+    stored = read_json(path)
     if isinstance(stored, list) and sorted(i for g in stored for i in g) == sorted(by_id):
         return [[by_id[i] for i in g] for g in stored]
     pending = [c for c in cells if c.id not in done]
-    size = backend.group_size(preset, data, pending, events) if pending else 1
+    size = size_of(pending) if pending else 1
     groups = [[c] for c in cells if c.id in done] + [pending[i:i + size] for i in range(0, len(pending), size)]
-    save_groups(run, groups)
+    write_groups(path, groups)
     return groups
+
+
+def write_groups(path: Path, groups: list[list[Cell]]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(path, [[c.id for c in g] for g in groups])
+
+
+def cell_groups(run: Run, preset: Preset, backend: Backend, data, cells: list[Cell], done: dict,
+                events: UnitEvents) -> list[list[Cell]]:
+    """All grid cells in the groups they train in, stored as the run's groups.json (`stored_groups`)."""
+    return stored_groups(run.groups_path, cells, done,
+                         lambda pending: backend.group_size(preset, data, pending, events))
 
 
 def upstream_steps(preset: Preset, plan: Plan, data: TaskData, method: str, source_set: str = "") -> int:
@@ -523,10 +531,6 @@ def group_seed(preset: Preset, cells: list[Cell]) -> int:
     """The seed of a group's dropout generator: from the run's train seed and the group's members."""
     digest = hashlib.sha256(json.dumps([preset.downstream.train_seed, [c.id for c in cells]]).encode()).digest()
     return int.from_bytes(digest[:7], "little")
-
-
-def save_groups(run: Run, groups: list[list[Cell]]) -> None:
-    write_json_atomic(run.groups_path, [[c.id for c in g] for g in groups])
 
 
 def as_backend(backend: Backend | Executor) -> Backend:
@@ -604,7 +608,7 @@ def run_grid(run: Run, preset: Preset, plan: Plan, backend: Backend | Executor, 
         recount()  # the failed attempt's steps past its checkpoints run again
         events.message(f"out of GPU memory with {len(part)} cells in a group; splitting it in two")
         halves = halve(groups, group)
-        save_groups(run, groups)
+        write_groups(run.groups_path, groups)
         for at, item in enumerate(filter(None, map(group_item, halves))):
             schedule.submit(item, at=at)
         return True

@@ -111,6 +111,7 @@ class RunView:
 
 class RunWatcher:
     RELIST_S = 2.0
+
     def __init__(self, root: Path):
         self.root = Path(root)
         self.views: dict[str, RunView] = {}

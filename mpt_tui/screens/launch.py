@@ -126,6 +126,11 @@ def _has_timings(runs_root: Path, model: str) -> bool:
     return False
 
 
+def checked_label(base: str, value: bool) -> str:
+    """A checkbox's label with a ✓ when checked (readable without colour; same width either way)."""
+    return f"{base} ✓" if value else f"{base}  "
+
+
 class LaunchScreen(ReportWorkerErrors, Screen):
     AUTO_FOCUS = "#sources-list"  # not an input: the digit keys still switch screens
     BINDINGS = [
@@ -339,7 +344,7 @@ class LaunchScreen(ReportWorkerErrors, Screen):
         self.shown_seeds = seeds
         box = self.query_one("#seeds", Horizontal)
         box.remove_children()
-        box.mount_all([Checkbox(f"{s} ✓" if s in self.seed_choice else f"{s}  ", s in self.seed_choice,
+        box.mount_all([Checkbox(checked_label(str(s), s in self.seed_choice), s in self.seed_choice,
                                 name=f"seed-{s}", classes="seed", compact=True)
                        for s in seeds])  # named, not ids: the removed boxes may still be registered
 
@@ -356,7 +361,7 @@ class LaunchScreen(ReportWorkerErrors, Screen):
         """A ✓ after each checked box's label: its state readable without colour."""
         for box in self.query("#methods Checkbox, #seeds Checkbox"):
             base = METHODS[box.id.removeprefix("method-")].label if box.id else box.name.removeprefix("seed-")
-            label = f"{base} ✓" if box.value else f"{base}  "
+            label = checked_label(base, box.value)
             if str(box.label) != label:
                 box.label = label
 
