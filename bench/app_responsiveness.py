@@ -32,7 +32,7 @@ sys.path.insert(0, str(REPO))
 WRITER = """
 import json, os, sys, time
 from pathlib import Path
-from engine.runs import Run
+from engine.store.run_dir import Run
 run, cells = Run(Path(sys.argv[1])), json.loads(sys.argv[2])
 run.update_status(state="running", pid=os.getpid(), heartbeat=time.time(), progress=0.5)
 step = 1000
@@ -45,7 +45,7 @@ while True:
 
 def make_big_run(root: Path, cells: int, events_per_cell: int) -> Path:
     """A running run whose grid has `cells` cells (5 methods x targets x 5 splits x 2 lrs), each with its events."""
-    from engine.runs import create_run
+    from engine.store.run_dir import create_run
 
     methods, seeds, lrs = ["pt", "mtl", "maml", "fomaml", "reptile"], [100, 13, 21, 42, 87], [0.3, 0.1]
     targets = [f"task{i:02d}" for i in range(max(1, cells // (len(methods) * len(seeds) * len(lrs))))]
@@ -73,7 +73,7 @@ def make_big_run(root: Path, cells: int, events_per_cell: int) -> Path:
 
 
 def make_store(root: Path, runs: int, events_per_run: int = 500) -> list[Path]:
-    from engine.runs import create_run
+    from engine.store.run_dir import create_run
 
     paths = []
     for i in range(runs):

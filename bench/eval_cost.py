@@ -25,11 +25,11 @@ sys.path.insert(0, str(REPO))
 
 import torch  # noqa: E402
 
-from engine.backbone import Backbone  # noqa: E402
-from engine.config import load_preset  # noqa: E402
-from engine.prompt import initial_prompt  # noqa: E402
-from engine.protocol import make_plan  # noqa: E402
-from engine.tuning import EvalItem, TuningConfig, evaluate_many  # noqa: E402
+from engine.compute.backbone import Backbone  # noqa: E402
+from engine.experiment.config import load_preset  # noqa: E402
+from engine.compute.prompt import initial_prompt  # noqa: E402
+from engine.experiment.plan import make_plan  # noqa: E402
+from engine.compute.tuning import EvalItem, TuningConfig, evaluate_many  # noqa: E402
 
 MODES = {  # name: TuningConfig fields
     "rank": dict(prediction="rank"),
@@ -61,7 +61,7 @@ def main() -> int:
         model_dir = preset.model.name
     backbone = Backbone.load(str(model_dir), max_input_length=preset.model.max_input_length,
                              max_output_length=preset.model.max_output_length)
-    from engine.data import TaskData
+    from engine.experiment.data import TaskData
 
     data = TaskData(preset.data.dir)
     dev, test = [], []

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Issue 15's GPU measurements in one go (about 7 minutes on an H100/H200), each step side by side in one process:
-#   1. bf16 weights: transformers' own attention/norms vs engine/kernels.py (step times, share of peak,
+#   1. bf16 weights: transformers' own attention/norms vs engine/compute/kernels.py (step times, share of peak,
 #      the SDPA kernel each attention call runs), then our single-job step vs PEFT's, and evaluation;
 #   2. the single-job step compiled with CUDA graphs ("reduce-overhead") vs eager, compile time included;
 #   3. fp32 weights under bf16 autocast (the paper presets' precision): the same comparison;
@@ -24,6 +24,6 @@ timeout 200 $PY bench/speed.py --mode "$MODE" --jobs 16 --only kernels,pt_step,e
 timeout 150 $PY bench/speed.py --mode "$MODE" --only compile --json "$OUT/kernels-$MODE-compile.json"
 timeout 120 $PY bench/speed.py --mode "$MODE" --jobs 16 --precision autocast --only kernels,pt_step \
   --json "$OUT/kernels-$MODE-autocast.json"
-# the goals: 32 jobs (256 rows), with engine/kernels.py, and PEFT's step
+# the goals: 32 jobs (256 rows), with engine/compute/kernels.py, and PEFT's step
 timeout 120 $PY bench/speed.py --mode "$MODE" --only pt_step,grid --json "$OUT/grid-$MODE-bf16.json"
 timeout 120 $PY bench/speed.py --mode "$MODE" --precision autocast --only pt_step,grid --json "$OUT/grid-$MODE-autocast.json"

@@ -5,7 +5,7 @@
     python bench/scaling.py --json bench/results/scaling-cpu-2core.json
 
 Each worker count runs the same PT grid (the demo's targets x splits x learning rates, groups of a fixed
-size, so every run trains the same groups) as a real run on a local Ray instance (engine.worker.execute,
+size, so every run trains the same groups) as a real run on a local Ray instance (engine.runner.lifecycle.execute,
 `cluster.backend = "ray"`, `cluster.max_workers = W`). Measured per run, from the driver's log: the
 grid's wall time (first unit sent to last unit back; Ray's start and the workers' model loading are
 reported apart), training sequences/s, speed-up and scaling efficiency (speed-up / workers), and the
@@ -46,10 +46,10 @@ def _time(stamp: str) -> float:
 
 def grid_run(root: Path, model: Path, workers: int, steps: int) -> dict:
     """One run of the grid on `workers` Ray workers; its timings from the driver's log."""
-    from engine.config import override
-    from engine.prepare import check_preset, prepare_run
-    from engine.runs import read_json
-    from engine.worker import execute
+    from engine.experiment.config import override
+    from engine.runner.prepare import check_preset, prepare_run
+    from engine.store.run_dir import read_json
+    from engine.runner.lifecycle import execute
 
     from conftest import small_preset
 
@@ -80,8 +80,8 @@ def grid_run(root: Path, model: Path, workers: int, steps: int) -> dict:
 
 def paper_estimate(overhead_s: float, gpu_results: Path) -> dict:
     """The paper setting's downstream grid on 1-8 GPUs, from a measured single-GPU grouped grid."""
-    from engine.cluster import balanced_group_size
-    from engine.estimate import parallel_time
+    from engine.execution.cluster import balanced_group_size
+    from engine.runner.estimate import parallel_time
 
     grid = json.loads(gpu_results.read_text())["grid"]
     pass_s = grid["grouped_s"] / grid["steps"]  # one pass of a group of grid["jobs"], its dev evaluation included

@@ -4,7 +4,7 @@
     python bench/soak.py --minutes 60 --seed 7
 
 Each round starts a fresh small run (tests/faultlib.py: upstream MTL, then 8 cells in groups of 4,
-checkpointed every 3 steps), starts its worker with one random fault (engine.faults: SIGKILL or
+checkpointed every 3 steps), starts its worker with one random fault (engine.base.faults: SIGKILL or
 SIGTERM at a named point, ENOSPC or EIO on a write), checks the run tells the truth and nothing is
 half-written, resumes it until it finishes (a resume may meet a second fault, drawn the same way,
 with probability --second), and compares its records with an undisturbed reference run. Not in CI.
@@ -24,7 +24,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "tests")]
 
 from conftest import build_tiny_model  # noqa: E402
-from engine.worker import execute  # noqa: E402
+from engine.runner.lifecycle import execute  # noqa: E402
 from faultlib import check_after_fault, fault_run, random_faults, records, run_worker  # noqa: E402
 
 

@@ -36,8 +36,8 @@ sys.path.insert(0, str(REPO))
 
 import torch  # noqa: E402
 
-from engine.backbone import Backbone  # noqa: E402
-from engine.data import Example, TaskInfo  # noqa: E402
+from engine.compute.backbone import Backbone  # noqa: E402
+from engine.experiment.data import Example, TaskInfo  # noqa: E402
 
 
 @dataclass
@@ -85,7 +85,7 @@ def build_model(arch: str, device: str):
     from transformers import LlamaConfig, LlamaForCausalLM, T5Config, T5ForConditionalGeneration
 
     if arch == "smollm2-135m":
-        from engine.models import is_pulled, load_pretrained
+        from engine.compute.models import is_pulled, load_pretrained
 
         if is_pulled(arch):
             model, tokenizer, _ = load_pretrained(arch)
@@ -181,8 +181,8 @@ def peak_memory(device):
 
 def make_jobs(backbone, mode: Mode, maker: TextMaker, count: int, dev_examples: int | None = None, **cfg) -> list:
     """`count` prompt-tuning jobs on four random-token tasks, lr 0.3, the mode's batch; `cfg` sets the rest."""
-    from engine.prompt import initial_prompt
-    from engine.tuning import Job, TuningConfig
+    from engine.compute.prompt import initial_prompt
+    from engine.compute.tuning import Job, TuningConfig
 
     jobs = []
     for r in range(count):
@@ -194,7 +194,7 @@ def make_jobs(backbone, mode: Mode, maker: TextMaker, count: int, dev_examples: 
 
 
 def bench_grid(backbone, mode: Mode, maker: TextMaker, flops_per_seq: float) -> dict:
-    from engine.tuning import prompt_tune_group
+    from engine.compute.tuning import prompt_tune_group
 
     jobs = make_jobs(backbone, mode, maker, mode.jobs, steps=mode.grid_steps, eval_every=mode.grid_steps,
                      eval_batch_size=mode.eval_batch)
@@ -219,7 +219,7 @@ def bench_grid(backbone, mode: Mode, maker: TextMaker, flops_per_seq: float) -> 
              "group_step_tflops": flops_per_seq * mode.jobs * mode.batch / group_step / 1e12}
     auto = {}
     if backbone.device.type == "cuda":  # what the grid runner's memory probe packs (80% of free memory)
-        from engine.tuning import group_size_that_fits
+        from engine.compute.tuning import group_size_that_fits
 
         size, probe = group_size_that_fits(backbone, [e for job in jobs for e in job.train], mode.batch,
                                            jobs[0].init_prompt, "before", 0.8)
@@ -235,7 +235,7 @@ def bench_grid(backbone, mode: Mode, maker: TextMaker, flops_per_seq: float) -> 
 
 def group_step_time(backbone, mode: Mode, maker: TextMaker, jobs: int, steps: int) -> float:
     """Seconds per training step of a group of `jobs` (on_step timestamps: no evaluation inside)."""
-    from engine.tuning import prompt_tune_group
+    from engine.compute.tuning import prompt_tune_group
 
     group = make_jobs(backbone, mode, maker, jobs, dev_examples=1, steps=steps + 1, eval_every=10**9)
     stamps: dict[int, float] = {}
@@ -273,7 +273,7 @@ def peft_step_time(backbone, mode: Mode, maker: TextMaker) -> float:
     prompt meets bfloat16 weights under autocast, the usual way to run PEFT on a bf16 model."""
     from peft import PromptTuningConfig, TaskType, get_peft_model
 
-    from engine.tuning import make_optimizer
+    from engine.compute.tuning import make_optimizer
 
     model, device = backbone.model, backbone.device
     task_type = TaskType.SEQ_2_SEQ_LM if backbone.is_encoder_decoder else TaskType.CAUSAL_LM
@@ -314,12 +314,12 @@ def peft_step_time(backbone, mode: Mode, maker: TextMaker) -> float:
     return statistics.mean(times[1:])  # the first step warms up
 
 
-# ---- 4. kernels: transformers' own modules vs engine/kernels.py ----------------------------------
+# ---- 4. kernels: transformers' own modules vs engine/compute/kernels.py ----------------------------------
 
 def training_step_choices(backbone, mode: Mode, maker: TextMaker) -> dict:
     """Which SDPA kernel each attention call of one training step (forward and backward) would run."""
-    from engine import kernels
-    from engine.prompt import initial_prompt
+    from engine.compute import kernels
+    from engine.compute.prompt import initial_prompt
 
     train, _, _ = make_task(maker, mode, mode.batch, "probe")
     prompt = initial_prompt(backbone, length=mode.prompt_tokens, method="vocab", seed=0).to(backbone.device)
@@ -354,7 +354,7 @@ def cuda_profile(backbone, mode: Mode, maker: TextMaker, jobs: int) -> dict:
     step's host (CPU) time against its GPU time (host-bound when the first is larger)."""
     from torch.profiler import ProfilerActivity, profile
 
-    from engine.tuning import prompt_tune_group
+    from engine.compute.tuning import prompt_tune_group
 
     if backbone.device.type != "cuda":
         return {}
@@ -384,9 +384,9 @@ def kernel_variant(backbone, mode: Mode, maker: TextMaker, flops_per_seq: float)
 
 
 def bench_kernels(backbone, mode: Mode, maker: TextMaker, flops_per_seq: float) -> dict:
-    """The same steps with transformers' own attention, norms and GELU, then with engine/kernels.py
+    """The same steps with transformers' own attention, norms and GELU, then with engine/compute/kernels.py
     installed into the same model (the backbone must have been made with fused_kernels=False)."""
-    from engine import kernels
+    from engine.compute import kernels
 
     assert not backbone.kernels, "bench_kernels starts from the model's own modules"
     report = {"transformers": kernel_variant(backbone, mode, maker, flops_per_seq)}
@@ -424,12 +424,12 @@ def bench_compile(backbone, mode: Mode, maker: TextMaker) -> dict:
 def eval_examples(backbone, mode: Mode, maker: TextMaker, real_weights: bool) -> tuple[list, str]:
     """(prompt, examples) per job: the demo's targets and splits (dev sets) on the real SmolLM2, else
     random three-option tasks."""
-    from engine.prompt import initial_prompt
+    from engine.compute.prompt import initial_prompt
 
     if real_weights:
-        from engine.config import load_preset
-        from engine.data import TaskData
-        from engine.protocol import make_plan
+        from engine.experiment.config import load_preset
+        from engine.experiment.data import TaskData
+        from engine.experiment.plan import make_plan
 
         preset, _ = load_preset("demo")
         plan = make_plan(preset)
@@ -488,17 +488,17 @@ def bench_eval(backbone, mode: Mode, maker: TextMaker, real_weights: bool) -> di
 # ---- 3. meta-updates ---------------------------------------------------------------------------
 
 def meta_tasks(mode: Mode, maker: TextMaker) -> list:
-    from engine.algorithms.base import MetaTask
+    from engine.compute.algorithms.base import MetaTask
 
     return [MetaTask(f"source{t}", 0, *make_task(maker, mode, 16, f"source{t}")[:2]) for t in range(4)]
 
 
 def meta_variant(backbone, mode: Mode, maker: TextMaker, method: str, batched: bool) -> dict:
     """Seconds per meta-update and peak memory, with the paper's inner-loop settings."""
-    from engine.algorithms.base import MetaSampler
-    from engine.methods import METHODS
-    from engine.prompt import initial_prompt
-    from engine.upstream import second_order_context
+    from engine.compute.algorithms.base import MetaSampler
+    from engine.experiment.methods import METHODS
+    from engine.compute.prompt import initial_prompt
+    from engine.compute.upstream import second_order_context
 
     spec = METHODS[method]
     hp = spec.make_config()  # the method's defaults, as an [upstream.<method>] table left empty gives them
@@ -613,7 +613,7 @@ def print_grid(report: dict) -> None:
 
 
 def print_kernels(k: dict) -> None:
-    print(f"\n4. kernels, transformers' own vs engine/kernels.py ({k['installed']})")
+    print(f"\n4. kernels, transformers' own vs engine/compute/kernels.py ({k['installed']})")
     for variant in ("transformers", "fused"):
         v = k[variant]
         share = f", {v['group_step_peak_share']:.0%} of peak" if v.get("group_step_peak_share") else ""
@@ -647,7 +647,7 @@ def main(argv: list[str] | None = None) -> dict:
                         help="the backbone's precision (auto: bf16 weights on a bf16 GPU, fp32 on CPU)")
     parser.add_argument("--only", default="grid,pt_step,meta,eval",
                         help="comma-separated sections to run: grid, pt_step, meta, eval, and kernels (transformers' "
-                             "own modules, then engine/kernels.py, measured first), compile (GPU)")
+                             "own modules, then engine/compute/kernels.py, measured first), compile (GPU)")
     parser.add_argument("--meta-probe", help=argparse.SUPPRESS)  # METHOD:0|1, one CPU meta variant (bench_meta)
     args = parser.parse_args(argv)
     mode = MODES[args.mode]
@@ -678,7 +678,7 @@ def main(argv: list[str] | None = None) -> dict:
               "input_tokens": mode.input_tokens, "prompt_tokens": mode.prompt_tokens,
               "target_tokens": mode.target_tokens, "tokens_per_sequence": tokens,
               "torch": torch.__version__}
-    if "kernels" in sections:  # first: it installs engine/kernels.py, which every later section uses
+    if "kernels" in sections:  # first: it installs engine/compute/kernels.py, which every later section uses
         report["kernels"] = bench_kernels(backbone, mode, maker, flops_per_seq)
         peak = next((v for k, v in BF16_PEAK_TFLOPS.items() if k in report["device"]), None)
         if peak and bf16 and backbone.device.type == "cuda":

@@ -1,7 +1,7 @@
 """The Textual app: the researcher's cockpit over run directories.
 
 The app never imports torch or transformers: runs execute in detached worker
-processes (`engine.launch`), and everything shown here is read from their run
+processes (`engine.runner.launch`), and everything shown here is read from their run
 directories by Textual workers (threads) on a timer, so a run started by
 `mpt-tui --preset` in another shell shows up the same way, and a slow disk or
 a locked run index never freezes the keys (see `mpt_tui.messages`).

@@ -9,7 +9,7 @@
     mpt-tui delete ID [--yes]                         delete a run that is not running
     mpt-tui logs ID [-f]                              print (or follow) a run's log
     mpt-tui analyse ID [ID ...] [--similarity prompt,text] [--steps N] [--lr X] [--top-k K] [--json]
-                                                     task similarity analysis of finished runs (engine.analysis)
+                                                     task similarity analysis of finished runs (engine.execution.analysis)
     mpt-tui plot ID [ID ...] --out FILE [--kind runs|similarity|gain-vs-similarity]
     mpt-tui presets | export | models pull NAME | data build ... | data tasks | index rebuild
 
@@ -36,7 +36,7 @@ class CliError(Exception):
 
 
 def _runs_root(args) -> Path:
-    from engine.runs import default_runs_root
+    from engine.store.run_dir import default_runs_root
 
     return Path(args.runs_dir).expanduser() if args.runs_dir else default_runs_root()
 
@@ -44,9 +44,9 @@ def _runs_root(args) -> Path:
 # ---- --preset -----------------------------------------------------------------------
 
 def run_preset(args) -> int:
-    from engine.config import PresetError
-    from engine.prepare import check_preset, prepare_run
-    from engine.runs import RunsDirError
+    from engine.experiment.config import PresetError
+    from engine.runner.prepare import check_preset, prepare_run
+    from engine.store.run_dir import RunsDirError
 
     try:
         prepared = check_preset(args.preset, args.set or [], args.data_dir, runs_root=_runs_root(args))
@@ -63,9 +63,9 @@ def run_preset(args) -> int:
 
 
 def dry_run(args, prepared) -> int:
-    """--dry-run: the plan and its estimated time; nothing is written (engine.estimate)."""
-    from engine.estimate import dry_run as plan_run
-    from engine.estimate import render
+    """--dry-run: the plan and its estimated time; nothing is written (engine.runner.estimate)."""
+    from engine.runner.estimate import dry_run as plan_run
+    from engine.runner.estimate import render
 
     for warning in prepared.plan.warnings:
         print(f"warning: {warning}", file=sys.stderr)
@@ -90,7 +90,7 @@ def _command_for(args, *words: str) -> str:
 
 def start_detached(args, run, verb: str) -> int:
     """Start (or resume) the run with the app's detached worker; print its id and log, return at once."""
-    from engine.launch import launch
+    from engine.runner.launch import launch
 
     try:
         pid = launch(run)
@@ -109,9 +109,9 @@ def run_foreground(args, run, name: str, n_splits: int) -> int:
     """Run or resume `run` in this process: progress on the terminal (or log lines), then the results table."""
     from rich.console import Console
 
-    from engine.report import build_report
-    from engine.stopping import RunCancelled
-    from engine.worker import execute
+    from engine.results.report import build_report
+    from engine.base.stopping import RunCancelled
+    from engine.runner.lifecycle import execute
     from mpt_tui.headless import LineReporter, TerminalReporter, results_table
 
     console = Console()
@@ -139,7 +139,7 @@ def run_foreground(args, run, name: str, n_splits: int) -> int:
 
 def _print_analysis(console, run) -> None:
     """The run's task similarity analysis under its table, when its last stage computed one."""
-    from engine.analysis import read_analysis, render_text
+    from engine.execution.analysis import read_analysis, render_text
 
     doc = read_analysis(run)
     if doc:
@@ -150,7 +150,7 @@ def _print_analysis(console, run) -> None:
 
 def _find_run(args):
     """The run named by args.run_id (an id or a unique prefix); bad input is one line, exit 2."""
-    from engine.runs import RunsDirError, find_run
+    from engine.store.run_dir import RunsDirError, find_run
 
     try:
         return find_run(_runs_root(args), args.run_id)
@@ -169,8 +169,8 @@ def _dumps(obj) -> str:
 
 
 def cmd_show(args) -> int:
-    from engine.progress import overview
-    from engine.runs import RunsDirError
+    from engine.results.overview import overview
+    from engine.store.run_dir import RunsDirError
 
     run = _find_run(args)
     try:
@@ -205,9 +205,9 @@ def _print_overview(view: dict, partial, report) -> None:
     from rich.markup import escape
     from rich.table import Table
 
-    from engine.methods import label
-    from engine.progress import partial_note
-    from engine.report import format_duration
+    from engine.experiment.methods import label
+    from engine.results.overview import partial_note
+    from engine.results.report import format_duration
     from mpt_tui.headless import results_table
 
     console = Console()
@@ -255,9 +255,9 @@ def _print_overview(view: dict, partial, report) -> None:
 
 
 def cmd_resume(args) -> int:
-    from engine.launch import resume_refusal
-    from engine.progress import run_plan
-    from engine.runs import RunsDirError
+    from engine.runner.launch import resume_refusal
+    from engine.results.overview import run_plan
+    from engine.store.run_dir import RunsDirError
 
     run = _find_run(args)
     state = _state(run)
@@ -276,8 +276,8 @@ def cmd_resume(args) -> int:
 def cmd_cancel(args) -> int:
     import time
 
-    from engine.launch import cancel
-    from engine.runs import ACTIVE_STATES
+    from engine.runner.launch import cancel
+    from engine.store.run_dir import ACTIVE_STATES
 
     run = _find_run(args)
     if not cancel(run):
@@ -296,8 +296,8 @@ def cmd_cancel(args) -> int:
 
 
 def cmd_delete(args) -> int:
-    from engine.launch import delete_run
-    from engine.runs import ACTIVE_STATES, RunsDirError
+    from engine.runner.launch import delete_run
+    from engine.store.run_dir import ACTIVE_STATES, RunsDirError
 
     run = _find_run(args)
     state = _state(run)
@@ -324,7 +324,7 @@ def cmd_delete(args) -> int:
 def cmd_logs(args) -> int:
     import time
 
-    from engine.runs import ACTIVE_STATES, pid_alive, read_json
+    from engine.store.run_dir import ACTIVE_STATES, pid_alive, read_json
 
     run = _find_run(args)
     out = sys.stdout.buffer
@@ -366,10 +366,10 @@ def cmd_logs(args) -> int:
 # ---- other commands ---------------------------------------------------------------------
 
 def cmd_presets(args) -> int:
-    from engine.config import PresetError, builtin_presets_dir, list_builtin_presets, load_preset
+    from engine.experiment.config import PresetError, builtin_presets_dir, list_builtin_presets, load_preset
 
     if getattr(args, "presets_command", None) == "show":
-        from engine.paper import annotated_toml
+        from engine.experiment.paper import annotated_toml
 
         try:
             preset, path = load_preset(args.name, args.set or [], args.data_dir, require_data_dir=False)
@@ -387,7 +387,7 @@ def cmd_presets(args) -> int:
 
 
 def cmd_models(args) -> int:
-    from engine.models import EMBEDDED_MODELS, ModelNotFoundError, embedded_model_dir, is_pulled, pull_model
+    from engine.compute.models import EMBEDDED_MODELS, ModelNotFoundError, embedded_model_dir, is_pulled, pull_model
 
     if args.models_command == "pull":
         try:
@@ -404,7 +404,7 @@ def cmd_models(args) -> int:
 
 def cmd_data(args) -> int:
     if args.data_command == "build":
-        from engine.databuild import DataBuildError, build_splits
+        from engine.experiment.databuild import DataBuildError, build_splits
 
         seeds = tuple(int(s) for s in args.seeds.split(","))
         try:
@@ -418,8 +418,8 @@ def cmd_data(args) -> int:
             raise CliError(str(exc)) from None
         print(f"wrote {len(written)} files under {Path(args.out) / args.task}")
         return 0
-    from engine.config import DATA_DIR_ENV
-    from engine.data import TaskData, TaskDataError
+    from engine.experiment.config import DATA_DIR_ENV
+    from engine.experiment.data import TaskData, TaskDataError
 
     data_dir = args.data_dir or os.environ.get(DATA_DIR_ENV)
     if not data_dir:
@@ -436,7 +436,7 @@ def cmd_data(args) -> int:
 
 
 def _state_filter(values: list[str] | None) -> set[str] | None:
-    from engine.runs import STATES
+    from engine.store.run_dir import STATES
 
     if not values:
         return None
@@ -455,10 +455,10 @@ def _preset_matches(config: dict, name: str) -> bool:
 
 
 def cmd_runs(args) -> int:
-    from engine.progress import json_safe
-    from engine.report import build_report, means_line
-    from engine.runs import list_runs, read_json
-    from engine.store import summarize
+    from engine.results.overview import json_safe
+    from engine.results.report import build_report, means_line
+    from engine.store.run_dir import list_runs, read_json
+    from engine.store.index import summarize
 
     states = _state_filter(args.state)
     rows = []
@@ -491,9 +491,9 @@ def cmd_runs(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from engine.export import export_document, load_analyses
-    from engine.runs import RunsDirError, find_run
-    from engine.store import RunIndex
+    from engine.results.export import export_document, load_analyses
+    from engine.store.run_dir import RunsDirError, find_run
+    from engine.store.index import RunIndex
 
     root = _readable_runs_root(args)
     summaries = RunIndex(root).all()
@@ -531,7 +531,7 @@ def _write_output(out: Path, text: str) -> None:
 
 
 class _AnalysisEvents:
-    """What `engine.analysis.analyse_runs` reports, for the terminal: log lines (stderr) and the stop flag."""
+    """What `engine.execution.analysis.analyse_runs` reports, for the terminal: log lines (stderr) and the stop flag."""
 
     def __init__(self, stop):
         self.stop = stop
@@ -553,7 +553,7 @@ def _analysis_settings(args, preset):
     import dataclasses
     import math
 
-    from engine.analysis import KINDS
+    from engine.execution.analysis import KINDS
 
     settings = preset.analysis
     kinds = [k.strip() for k in args.similarity.split(",") if k.strip()] if args.similarity \
@@ -575,12 +575,12 @@ def _analysis_settings(args, preset):
 
 def cmd_analyse(args) -> int:
     """The task similarity analysis of finished runs, computed now (embedding jobs resume where they stopped)."""
-    from engine.analysis import AnalysisError, analyse_runs, check_together, render_text, run_part
-    from engine.devices import acquire_device, candidate_devices
-    from engine.runs import ACTIVE_STATES, RunsDirError, find_run
-    from engine.stopping import RunCancelled, StopFlag
-    from engine.store import RunIndex
-    from engine.worker import RunLocked, hold_run_lock, run_locked
+    from engine.execution.analysis import AnalysisError, analyse_runs, check_together, render_text, run_part
+    from engine.runner.devices import acquire_device, candidate_devices
+    from engine.store.run_dir import ACTIVE_STATES, RunsDirError, find_run
+    from engine.base.stopping import RunCancelled, StopFlag
+    from engine.store.index import RunIndex
+    from engine.runner.lifecycle import RunLocked, hold_run_lock, run_locked
 
     root = _readable_runs_root(args)
     try:
@@ -614,8 +614,8 @@ def cmd_analyse(args) -> int:
 
         device, device_lock = acquire_device(root, candidate_devices(preset.model.device), on_wait=check_stop)
         events.message(f"loading {preset.model.name} on {device}")
-        from engine.backbone import Backbone
-        from engine.grid import Executor
+        from engine.compute.backbone import Backbone
+        from engine.execution.grid import Executor
 
         backbone = Backbone.from_preset(preset.model, device, progress=events.message, compile=False)
         doc = analyse_runs(runs, settings, Executor(backbone), events)
@@ -641,7 +641,7 @@ def cmd_analyse(args) -> int:
 
 
 def cmd_plot(args) -> int:
-    from engine.runs import RunsDirError, find_run
+    from engine.store.run_dir import RunsDirError, find_run
     from mpt_tui.plots import PlotError, write_figure
 
     root = _readable_runs_root(args)
@@ -669,7 +669,7 @@ def _readable_runs_root(args) -> Path:
 
 
 def cmd_index(args) -> int:
-    from engine.store import RunIndex
+    from engine.store.index import RunIndex
 
     count = RunIndex(_runs_root(args)).rebuild()
     print(f"index rebuilt from {count} run directories")
@@ -679,7 +679,7 @@ def cmd_index(args) -> int:
 # ---- parser -------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
-    from engine.data import PAPER_SEEDS
+    from engine.experiment.data import PAPER_SEEDS
 
     parser = argparse.ArgumentParser(prog="mpt-tui", description="Meta prompt tuning experiment manager.")
     parser.add_argument("--preset", help="run this preset (built-in name or TOML file) headless")
@@ -829,7 +829,7 @@ def main(argv: list[str] | None = None) -> int:
     except CliError as exc:
         print(f"mpt-tui: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    from engine.runs import RunsDirError, ensure_writable_root
+    from engine.store.run_dir import RunsDirError, ensure_writable_root
     from mpt_tui.app import run_app
 
     try:

@@ -7,8 +7,8 @@ waits for its end; a file that shrank, i.e. was replaced or truncated, is read a
 the start) and files each event under its cell or upstream method as a curve point, so
 a cell's curves, the finished cells and the cell training now are lookups.
 
-The schema and its rules are engine.runs' (its module docstring; "a step logged twice:
-the later event wins"); `tests/test_app.py` checks this index against engine.runs'
+The schema and its rules are engine.store.run_dir' (its module docstring; "a step logged twice:
+the later event wins"); `tests/test_app.py` checks this index against engine.store.run_dir'
 readers (`cell_curves`, `upstream_curves`, `last_cell`, `finished_cells`) on the same file.
 
 One thread writes (`read`, in the Runs screen's refresh worker) while the UI thread
@@ -103,7 +103,7 @@ class EventIndex:
             try:
                 event = json.loads(line)
             except ValueError:
-                self.damaged += 1  # a torn line followed by a new one: skipped, like engine.runs' reader
+                self.damaged += 1  # a torn line followed by a new one: skipped, like engine.store.run_dir' reader
                 continue
             if isinstance(event, dict):
                 self._add(event)

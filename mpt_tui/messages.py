@@ -69,7 +69,7 @@ class IndexLoaded(Message):
 
 
 class CatalogLoaded(Message):
-    """A data directory's tasks (engine.catalog.TaskEntry list; empty when there is none) and a setting's lists."""
+    """A data directory's tasks (engine.experiment.catalog.TaskEntry list; empty when there is none) and a setting's lists."""
 
     def __init__(self, data_dir: str, setting: str, entries: list, setting_lists: tuple[list[str], list[str]]) -> None:
         super().__init__()

@@ -13,7 +13,7 @@ without data is left out, never drawn empty; the letters follow the panels drawn
     test       the comparison: grouped bars per target task, one bar per method, the mean test
                score (x100) over splits with the std over splits as error bar (results.json
                "tasks"; a partial run without results.json: its finished cells through the
-               protocol's own selection, `engine.protocol.select_and_aggregate`), then a "mean"
+               protocol's own selection, `engine.experiment.plan.select_and_aggregate`), then a "mean"
                group, the mean over each column's own target tasks (no error bar)
 
 Several runs are overlaid in the same panels: colour is the method (the same colour in every
@@ -45,15 +45,15 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from engine.methods import in_display_order, label
-from engine.report import Column, build_report
-from engine.runs import Run, RunsDirError, cell_curves, read_json, upstream_curves
+from engine.experiment.methods import in_display_order, label
+from engine.results.report import Column, build_report
+from engine.store.run_dir import Run, RunsDirError, cell_curves, read_json, upstream_curves
 
 FORMATS = ("pdf", "png", "svg")
 PANELS = ("upstream", "train", "dev", "test")
 KINDS = ("runs", "similarity", "gain-vs-similarity")
 INSTALL_HINT = "pip install 'mpt-tui[plots]'"
-RUN_TAIL = 12  # characters of a run id in labels, as engine.report's column headers
+RUN_TAIL = 12  # characters of a run id in labels, as engine.results.report's column headers
 SMOOTH_POINTS = 25  # a curve longer than this is smoothed over about 1/SMOOTH_POINTS of its length
 LINESTYLES = ("-", "--", ":", "-.", (0, (5, 1, 1, 1, 1, 1)), (0, (1, 3)))
 HATCHES = ("", "//", "..", "xx", "\\\\", "++")
@@ -92,7 +92,7 @@ class RunData:
 
 def _grid(run: Run) -> list | None:
     """The run's grid cells in grid order (None when its config cannot be read)."""
-    from engine.protocol import Plan, grid_cells
+    from engine.experiment.plan import Plan, grid_cells
 
     try:
         config = run.config()
@@ -123,7 +123,7 @@ def _mean_std(curves: list[tuple[list[int], list[float]]]) -> Series:
 
 
 def load_run_data(run: Run) -> RunData:
-    from engine.protocol import select_and_aggregate
+    from engine.experiment.plan import select_and_aggregate
 
     events = run.events()
     upstream = upstream_curves(events)
@@ -376,7 +376,7 @@ def _draw_bars(ax, data: list[RunData], name, colour) -> None:
 # ---- the similarity analysis (analysis.json) --------------------------------------------------
 
 def _analysis_of(runs: list[Run]) -> tuple[dict, list[str]]:
-    from engine.analysis import read_analysis
+    from engine.execution.analysis import read_analysis
 
     notes = [f"run {r.id}: not drawn (the figure shows the analysis stored in the first run {runs[0].id})"
              for r in runs[1:]]
@@ -423,7 +423,7 @@ def _write_analysis_figure(runs: list[Run], out: Path, fmt: str, kind: str) -> W
 
 
 def _gain_vs_similarity(doc, out, fmt, notes, Figure, FigureCanvasAgg, matplotlib) -> WrittenFigure:
-    from engine.similarity import set_similarity, sources_of
+    from engine.experiment.similarity import set_similarity, sources_of
 
     methods = in_display_order(doc["gains"])
     if not methods:

@@ -112,8 +112,8 @@ def _defaults(lines: str, **values: str) -> str:
 
 def small_run(root: Path, model: Path, *, name: str = "small", **lines: str):
     """A run directory for a small two-target run on the shipped demo data (the CLI's own path:
-    engine.prepare); `lines` as for `small_preset`."""
-    from engine.prepare import check_preset, prepare_run
+    engine.runner.prepare); `lines` as for `small_preset`."""
+    from engine.runner.prepare import check_preset, prepare_run
 
     preset_file = small_preset(Path(root).parent / f"{name}.toml", model, name=name, **lines)
     return prepare_run(root, check_preset(str(preset_file)))

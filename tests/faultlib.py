@@ -1,5 +1,5 @@
 """Shared by the fault-injection suite (tests/test_faults.py) and the soak script (bench/soak.py): a small
-run, a worker started with a planned fault (engine.faults), and the checks every fault ends with."""
+run, a worker started with a planned fault (engine.base.faults), and the checks every fault ends with."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import sys
 from pathlib import Path
 
 from conftest import REPO, small_run
-from engine.runs import Run, read_json
-from engine.store import RunIndex
+from engine.store.run_dir import Run, read_json
+from engine.store.index import RunIndex
 
 RECORD_KEYS = ("method", "task", "seed", "lr", "metric", "dev", "test", "best_step", "dev_history", "final_loss",
                "stopped")
@@ -36,7 +36,7 @@ def run_worker(run: Run, fault: str | None, timeout: float = 300) -> int:
     env.pop("MPT_TUI_FAULTS", None)
     if fault:
         env["MPT_TUI_FAULTS"] = fault
-    proc = subprocess.run([sys.executable, "-m", "engine.worker", str(run.path)], cwd=REPO, env=env,
+    proc = subprocess.run([sys.executable, "-m", "engine.runner.lifecycle", str(run.path)], cwd=REPO, env=env,
                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=timeout,
                           start_new_session=True)
     return proc.returncode

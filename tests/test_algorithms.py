@@ -8,7 +8,7 @@ the plain loss gradient. The batches an algorithm drew are recorded by a
 `MetaSampler` subclass and replayed in the reference, so both sides see exactly
 the same examples. The shared tests (batched = looped, frozen backbone, seeded,
 resume, attention refusals) are parametrised over the method registry
-(`engine.methods.METHODS`), so a newly registered method runs them too. The inner-loop methods run a meta-batch's tasks as one
+(`engine.experiment.methods.METHODS`), so a newly registered method runs them too. The inner-loop methods run a meta-batch's tasks as one
 batched pass on a prompt bank; they are checked against the references in that
 mode and against their own per-task loop (`batch_tasks=False`) on the same
 sample. Models are the tiny random Llama and T5 built by conftest, data the
@@ -25,14 +25,14 @@ from pathlib import Path
 import pytest
 import torch
 
-import engine.upstream as upstream
-from engine.algorithms.base import Algorithm, MetaSampler, MetaTask
-from engine.backbone import Backbone
-from engine.config import UpstreamConfig
-from engine.data import TaskData
-from engine.kernels import FUSED_SDPA
-from engine.methods import METHODS, InnerLoopConfig, MTLConfig, ReptileConfig
-from engine.upstream import UpstreamError, learn_initialisation, second_order_context
+import engine.compute.upstream as upstream
+from engine.compute.algorithms.base import Algorithm, MetaSampler, MetaTask
+from engine.compute.backbone import Backbone
+from engine.experiment.config import UpstreamConfig
+from engine.experiment.data import TaskData
+from engine.compute.kernels import FUSED_SDPA
+from engine.experiment.methods import METHODS, InnerLoopConfig, MTLConfig, ReptileConfig
+from engine.compute.upstream import UpstreamError, learn_initialisation, second_order_context
 
 from conftest import assert_weights_unchanged, snapshot_weights
 
@@ -266,7 +266,7 @@ def test_maml_meta_gradient_equals_hand_written_second_order(tiny_llama, tiny_t5
     """The batched meta-gradient (one pass over a prompt bank, with `higher`) and the per-task loop both equal
     plain autograd through a hand-written inner loop, task by task, without `higher`."""
     backbone = _load(_models(tiny_llama, tiny_t5)[kind], double=True)
-    # SDPA with the fused-kernel bias path (engine.kernels): the context is what makes double backward work
+    # SDPA with the fused-kernel bias path (engine.compute.kernels): the context is what makes double backward work
     assert backbone.model.config._attn_implementation == FUSED_SDPA
     _check_maml_against_reference(backbone, meta_tasks, inner_steps, use_context=True, placement=placement,
                                   batch_tasks=batch_tasks)

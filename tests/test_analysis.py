@@ -1,4 +1,4 @@
-"""The task similarity analysis (engine.analysis, `mpt-tui analyse`, the similarity figures): embedding
+"""The task similarity analysis (engine.execution.analysis, `mpt-tui analyse`, the similarity figures): embedding
 jobs as ordinary grouped, resumable prompt-tuning jobs; the analysis of a finished tiny run end to end;
 a planted structure found; the analysis as a run's last stage."""
 
@@ -12,15 +12,15 @@ from pathlib import Path
 
 import pytest
 
-from engine.analysis import (EMBED, analyse_runs, analysis_path, embedding_preset, read_analysis, render_text,
+from engine.execution.analysis import (EMBED, analyse_runs, analysis_path, embedding_preset, read_analysis, render_text,
                              run_stage, work_dir)
-from engine.config import preset_from_dict
-from engine.prepare import check_preset, prepare_run
-from engine.protocol import Plan
-from engine.runs import Run, read_json
-from engine.stopping import RunCancelled
-from engine.store import RunIndex
-from engine.worker import execute
+from engine.experiment.config import preset_from_dict
+from engine.runner.prepare import check_preset, prepare_run
+from engine.experiment.plan import Plan
+from engine.store.run_dir import Run, read_json
+from engine.base.stopping import RunCancelled
+from engine.store.index import RunIndex
+from engine.runner.lifecycle import execute
 from mpt_tui.cli import main
 
 from conftest import DEMO_DATA, SMALL_SOURCES, small_preset, small_run
@@ -55,8 +55,8 @@ def _finished_run(root: Path, model: Path, name: str = "sim", **lines) -> Run:
 
 
 def _executor(run: Run):
-    from engine.backbone import Backbone
-    from engine.grid import Executor
+    from engine.compute.backbone import Backbone
+    from engine.execution.grid import Executor
 
     preset = preset_from_dict(run.config()["preset"])
     return Executor(Backbone.load(preset.model.name, device="cpu", max_input_length=preset.model.max_input_length))
@@ -272,7 +272,7 @@ def test_the_embedding_work_runs_as_units_on_the_backend_it_is_given(finished, t
     """Every embedding job and text embedding goes through the backend's schedule (a Ray run's workers
     take them like grid units): train-only groups of all jobs, one `EmbedTexts` per task, and the
     analysis is the one an executor's computes."""
-    from engine.grid import EmbedTexts, LocalBackend, TrainCells
+    from engine.execution.grid import EmbedTexts, LocalBackend, TrainCells
 
     class Recording(LocalBackend):
         def __init__(self, executor):
@@ -319,7 +319,7 @@ def test_an_embedding_group_out_of_gpu_memory_is_halved_and_the_split_kept(finis
     until it fits, and the analysis goes on."""
     import torch
 
-    from engine.grid import Executor
+    from engine.execution.grid import Executor
 
     shutil.copytree(finished.path.parent, tmp_path / "runs")
     run = Run(tmp_path / "runs" / finished.id)

@@ -10,12 +10,12 @@ import time
 
 import pytest
 
-from engine.config import DATA_DIR_ENV
-from engine.protocol import select_and_aggregate
-from engine.report import build_report, delta_text, p_text, paired_line, score_text
-from engine.runs import Run, list_runs, read_json, write_json_atomic
-from engine.store import RunIndex
-from engine.worker import execute
+from engine.experiment.config import DATA_DIR_ENV
+from engine.experiment.plan import select_and_aggregate
+from engine.results.report import build_report, delta_text, p_text, paired_line, score_text
+from engine.store.run_dir import Run, list_runs, read_json, write_json_atomic
+from engine.store.index import RunIndex
+from engine.runner.lifecycle import execute
 from mpt_tui.app import MptApp
 from mpt_tui.screens.help import HelpScreen, key_text
 from mpt_tui.screens.launch import LaunchScreen
@@ -469,7 +469,7 @@ async def test_a_failing_worker_is_shown_in_the_app_which_keeps_running(tmp_path
 
 
 async def test_launch_form_saves_a_checked_preset(tmp_path, monkeypatch):
-    from engine.config import load_preset
+    from engine.experiment.config import load_preset
 
     monkeypatch.delenv(DATA_DIR_ENV, raising=False)
     target = tmp_path / "mine.toml"
@@ -526,7 +526,7 @@ async def test_the_plan_line_estimates_time_with_the_dry_runs_function(store, ti
         plan = screen.query_one("#plan-line")
         await within(pilot, 120, lambda: "time: ~" in str(plan.render()), "the estimate")
         expected = LaunchScreen.dry_run_estimate(*screen.preset_args(), store)  # the CLI's JSON
-        from engine.estimate import format_duration_estimate
+        from engine.runner.estimate import format_duration_estimate
 
         assert expected["estimate_from"].startswith("stored timings of 2 earlier run(s)")
         assert f"time: ~{format_duration_estimate(expected['estimate_s'])} ({expected['estimate_from']})" in \
@@ -560,7 +560,7 @@ def _live_run(root, run_id: str = "20260101-000000-live", cluster: dict | None =
 
 
 def test_the_event_index_reads_incrementally_and_agrees_with_the_engines_readers(tmp_path):
-    from engine.runs import cell_curves, finished_cells, last_cell, upstream_curves
+    from engine.store.run_dir import cell_curves, finished_cells, last_cell, upstream_curves
     from mpt_tui.events_index import EventIndex
 
     run = _live_run(tmp_path)
@@ -609,7 +609,7 @@ async def test_choosing_a_cell_plots_its_curves_and_compare_and_upstream_views(t
         assert cells.highlighted == "pt__t1__s1__lr0.3"
         await within(pilot, 2, lambda: detail.plot_title.startswith("pt__t1__s1__lr0.3"), "the chosen cell plotted")
         events = run.events()
-        from engine.runs import cell_curves
+        from engine.store.run_dir import cell_curves
 
         loss, dev = cell_curves(events, "pt__t1__s1__lr0.3")
         assert detail.plotted == {"train loss": loss, "dev score": dev}

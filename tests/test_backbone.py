@@ -1,4 +1,4 @@
-"""Tests for engine.backbone: a frozen model that reads soft prompts.
+"""Tests for engine.compute.backbone: a frozen model that reads soft prompts.
 
 Every test runs on the tiny randomly initialised Llama and T5 built by conftest
 (real architectures, tokenizers trained on real task text), on real task examples.
@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from engine.backbone import PLACEMENTS, Backbone, TokenTotals
-from engine.data import TaskData
-from engine.tuning import TuningConfig, prompt_tune
+from engine.compute.backbone import PLACEMENTS, Backbone, TokenTotals
+from engine.experiment.data import TaskData
+from engine.compute.tuning import TuningConfig, prompt_tune
 
 from conftest import assert_weights_unchanged, snapshot_weights
 
@@ -438,7 +438,7 @@ def test_bf16_weights_train_a_float32_prompt(kind, tiny_llama, tiny_t5):
 
 
 def test_auto_precision_is_float32_on_cpu():
-    from engine.backbone import resolve_precision
+    from engine.compute.backbone import resolve_precision
 
     assert resolve_precision("auto", "cpu") == "fp32"
     assert resolve_precision("autocast", "cpu") == "fp32"

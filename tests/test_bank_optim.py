@@ -1,4 +1,4 @@
-"""The vectorised per-row optimizer (engine.bank_optim) equals one library optimizer per row."""
+"""The vectorised per-row optimizer (engine.compute.bank_optim) equals one library optimizer per row."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import torch
 @pytest.mark.parametrize("name", ["adafactor", "adamw"])
 def test_bank_optimizer_steps_each_row_as_its_own_optimizer(name):
     """Rows with their own lr, weight decay and clipping, stepping at different times, match the library optimizers."""
-    from engine.bank_optim import BankOptimizer
-    from engine.tuning import make_optimizer
+    from engine.compute.bank_optim import BankOptimizer
+    from engine.compute.tuning import make_optimizer
 
     gen = torch.Generator().manual_seed(0)
     init = torch.randn(3, 4, 6, generator=gen)

@@ -19,10 +19,10 @@ from conftest import REPO
 
 HEAVY = ("torch", "transformers", "higher", "safetensors.torch")
 TORCH_FREE = [
-    "engine.checkpoint", "engine.config", "engine.data", "engine.devices", "engine.export", "engine.fields",
-    "engine.launch", "engine.methods", "engine.metrics", "engine.prepare", "engine.protocol", "engine.report",
-    "engine.runs", "engine.stopping", "engine.store", "engine.worker", "engine.progress", "engine.estimate",
-    "engine.paper", "engine.durable", "engine.faults", "mpt_tui.plots",
+    "engine.store.checkpoint", "engine.experiment.config", "engine.experiment.data", "engine.runner.devices", "engine.results.export", "engine.base.fields",
+    "engine.runner.launch", "engine.experiment.methods", "engine.experiment.metrics", "engine.runner.prepare", "engine.experiment.plan", "engine.results.report",
+    "engine.store.run_dir", "engine.base.stopping", "engine.store.index", "engine.runner.lifecycle", "engine.results.overview", "engine.runner.estimate",
+    "engine.experiment.paper", "engine.base.durable", "engine.base.faults", "mpt_tui.plots",
     "mpt_tui.app", "mpt_tui.cli", "mpt_tui.headless", "mpt_tui.watch", "mpt_tui.screens",
 ]
 
@@ -42,7 +42,7 @@ def test_module_imports_without_torch(module):
 
 def test_preparing_a_run_is_torch_free(tmp_path):
     """The app prepares runs on its UI path: every preflight check runs without torch."""
-    code = (f"from engine.prepare import check_preset, prepare_run\n"
+    code = (f"from engine.runner.prepare import check_preset, prepare_run\n"
             f"prepare_run({str(tmp_path)!r}, check_preset('demo'))")
     assert _loaded_after(code) == []
 

@@ -1,4 +1,4 @@
-"""Checkpoint rounds (engine.checkpoint) when a save fails part-way."""
+"""Checkpoint rounds (engine.store.checkpoint) when a save fails part-way."""
 
 from __future__ import annotations
 
@@ -7,7 +7,9 @@ import errno
 import pytest
 import torch
 
-from engine import checkpoint, durable
+from engine.store import checkpoint
+
+from engine.base import durable
 
 
 def test_a_save_that_fails_after_the_rename_leaves_the_member_on_its_previous_round(tmp_path, monkeypatch):

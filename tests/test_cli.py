@@ -14,10 +14,10 @@ import torch
 from test_config import DEMO_DATA, write_preset
 from test_protocol import paper_data
 
-from engine.data import TaskData
-from engine.prompt import save_prompt
-from engine.runs import list_runs
-from engine.tomlcompat import tomllib
+from engine.experiment.data import TaskData
+from engine.compute.prompt import save_prompt
+from engine.store.run_dir import list_runs
+from engine.base.tomlcompat import tomllib
 
 from conftest import REPO
 
@@ -39,8 +39,8 @@ def snapshot(root: Path) -> dict[str, bytes | None]:
 @pytest.fixture
 def populated_runs(tmp_path) -> Path:
     """A runs directory with one existing run and an index, as a previous session left it."""
-    from engine.runs import create_run, write_json_atomic
-    from engine.store import RunIndex
+    from engine.store.run_dir import create_run, write_json_atomic
+    from engine.store.index import RunIndex
 
     root = tmp_path / "runs"
     run = create_run(root, {"preset": {"name": "old"}, "plan": {"targets": ["t"]}}, "old")
@@ -196,8 +196,8 @@ def test_cli_paper_setting_without_any_target_is_refused(tmp_path):
 
 
 def test_paper_setting_warning_is_said_once_headless_in_the_log_and_in_status(tmp_path, tiny_llama):
-    from engine.runs import read_json
-    from engine.worker import execute
+    from engine.store.run_dir import read_json
+    from engine.runner.lifecycle import execute
 
     data = paper_data(tmp_path / "data", {"demo-emotion": "emo", "demo-spam": "sms_spam"}, seeds=(1,))
     path = write_preset(tmp_path, f"""
@@ -247,7 +247,7 @@ methods = []
 
 
 def test_presets_show_prints_every_key_and_marks_what_differs_from_the_paper(tmp_path):
-    from engine.paper import PAPER_VALUES
+    from engine.experiment.paper import PAPER_VALUES
 
     paper = run_cli("presets", "show", "class_to_class", cwd=tmp_path)
     assert paper.returncode == 0, paper.stderr

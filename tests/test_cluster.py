@@ -1,4 +1,4 @@
-"""Runs on a real local Ray cluster (engine.cluster): one head node started here with 2 CPUs, two workers,
+"""Runs on a real local Ray cluster (engine.execution.cluster): one head node started here with 2 CPUs, two workers,
 the tiny Llama, the demo data. Skipped with `-m "not ray"`; CI runs them."""
 
 from __future__ import annotations
@@ -16,14 +16,14 @@ from pathlib import Path
 import pytest
 from faultlib import records
 
-from engine.analysis import analyse_runs
-from engine.backbone import Backbone
-from engine.config import override, preset_from_dict
-from engine.grid import Executor
-from engine.launch import cancel, launch
-from engine.prepare import check_preset, prepare_run
-from engine.runs import Run, pid_alive, read_json
-from engine.worker import execute
+from engine.execution.analysis import analyse_runs
+from engine.compute.backbone import Backbone
+from engine.experiment.config import override, preset_from_dict
+from engine.execution.grid import Executor
+from engine.runner.launch import cancel, launch
+from engine.runner.prepare import check_preset, prepare_run
+from engine.store.run_dir import Run, pid_alive, read_json
+from engine.runner.lifecycle import execute
 
 from conftest import REPO, small_preset, small_run
 
@@ -237,7 +237,7 @@ def test_an_unreachable_address_is_one_line_and_exit_2_without_a_run_directory(t
 
 @ray_test
 def test_check_preset_names_the_ray_extra_and_the_address(tmp_path, tiny_llama):
-    from engine.config import PresetError
+    from engine.experiment.config import PresetError
 
     preset = small_preset(tmp_path / "p.toml", tiny_llama)
     with pytest.raises(PresetError, match="cluster.address: 'nowhere' is not"):
@@ -266,7 +266,7 @@ def test_the_ray_missing_error_names_the_extra(tmp_path, tiny_llama):
 # ---- the schedule and the estimate, without Ray ---------------------------------------------
 
 def test_the_schedule_starts_a_unit_when_what_it_needs_has_finished_and_a_retry_goes_first():
-    from engine.grid import Schedule, Scheduled
+    from engine.execution.grid import Schedule, Scheduled
 
     schedule, started = Schedule(), []
     for name, needs in [("upstream:maml", ()), ("group 1/3", ("upstream:maml",)), ("group 2/3", ()),
@@ -286,7 +286,7 @@ def test_the_schedule_starts_a_unit_when_what_it_needs_has_finished_and_a_retry_
 
 
 def test_parallel_time_places_units_on_free_workers_in_schedule_order():
-    from engine.estimate import parallel_time
+    from engine.runner.estimate import parallel_time
 
     units = [(10.0, frozenset(), "maml"), (3.0, frozenset({"maml"}), ""), (2.0, frozenset(), ""),
              (2.0, frozenset(), "")]
@@ -296,7 +296,7 @@ def test_parallel_time_places_units_on_free_workers_in_schedule_order():
 
 
 def test_balanced_groups_fill_the_last_round_without_more_rounds():
-    from engine.cluster import balanced_group_size
+    from engine.execution.cluster import balanced_group_size
 
     def rounds(cells: int, size: int, workers: int) -> int:
         return -(-(-(-cells // size)) // workers)
@@ -309,7 +309,7 @@ def test_balanced_groups_fill_the_last_round_without_more_rounds():
 
 
 def test_dry_run_of_a_ray_preset_counts_its_workers_in_parallel(tmp_path, tiny_llama):
-    from engine.estimate import dry_run, render
+    from engine.runner.estimate import dry_run, render
 
     preset = small_preset(tmp_path / "p.toml", tiny_llama, downstream=DOWNSTREAM, upstream=UPSTREAM)
     local = check_preset(str(preset))
@@ -340,7 +340,7 @@ def test_the_headless_output_shows_each_worker_and_the_gpus_in_use():
 
 
 def test_a_local_run_with_an_analysis_section_ends_with_its_analysis(tmp_path, tiny_llama):
-    """The worker runs engine.analysis.run_stage after the grid: `[analysis] similarity` in the preset is
+    """The worker runs engine.execution.analysis.run_stage after the grid: `[analysis] similarity` in the preset is
     enough for analysis.json (text embeddings: nothing trained)."""
     run = small_run(tmp_path / "runs", tiny_llama, name="analysed", downstream="steps = 2\neval_every = 2")
     config = run.config()

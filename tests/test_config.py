@@ -1,4 +1,4 @@
-"""Presets (engine.config): parsing, validation with one-line errors naming file and key, overrides."""
+"""Presets (engine.experiment.config): parsing, validation with one-line errors naming file and key, overrides."""
 
 from __future__ import annotations
 
@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from engine.config import DownstreamConfig, Preset, PresetError, builtin_presets_dir, list_builtin_presets, load_preset
-from engine.paper import PAPER_PRESETS, PAPER_VALUES, differs
-from engine.protocol import make_plan
-from engine.tomlcompat import tomllib
+from engine.experiment.config import DownstreamConfig, Preset, PresetError, builtin_presets_dir, list_builtin_presets, load_preset
+from engine.experiment.paper import PAPER_PRESETS, PAPER_VALUES, differs
+from engine.experiment.plan import make_plan
+from engine.base.tomlcompat import tomllib
 
 from conftest import REPO, require_shared_data
 
@@ -70,7 +70,7 @@ def _value(raw: dict, key: str):
 
 @pytest.mark.parametrize("name", [*PAPER_PRESETS, "hr_to_lr"])
 def test_paper_presets_resolve_to_the_authors_procedure(name):
-    """Every key of engine.paper's table holds the authors' value (docs/paper-fidelity.md), among them
+    """Every key of engine.experiment.paper's table holds the authors' value (docs/paper-fidelity.md), among them
     batch 16 on one device (their 2 GPUs x 8) and no gradient clipping."""
     preset, _ = load_preset(name, require_data_dir=False)
     raw = preset.to_dict()

@@ -1,4 +1,4 @@
-"""Tests for engine.data: the real MetaICL data, the CrossFit (.tsv) layout, and bad input.
+"""Tests for engine.experiment.data: the real MetaICL data, the CrossFit (.tsv) layout, and bad input.
 
 No models here; everything reads files only.
 """
@@ -13,7 +13,7 @@ import pytest
 
 from conftest import require_shared_data
 from engine import data as data_module
-from engine.data import Example, TaskData, TaskDataError
+from engine.experiment.data import Example, TaskData, TaskDataError
 
 SST2_OPTIONS = ("negative", "positive")
 

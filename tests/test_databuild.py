@@ -1,4 +1,4 @@
-"""Tests for engine.databuild (all local: CSV/JSONL/parquet files in tmp_path)."""
+"""Tests for engine.experiment.databuild (all local: CSV/JSONL/parquet files in tmp_path)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import pytest
 datasets = pytest.importorskip("datasets")
 
 from engine import databuild  # noqa: E402
-from engine.databuild import CROSSFIT_SEEDS, DataBuildError, build_splits  # noqa: E402
+from engine.experiment.databuild import CROSSFIT_SEEDS, DataBuildError, build_splits  # noqa: E402
 
 LABELS = ("alpha", "beta", "gamma")
 
@@ -403,7 +403,7 @@ def test_build_that_leaves_dev_empty_is_an_error(tmp_path):
 
 
 def test_output_is_readable_by_engine_data(tmp_path):
-    data = pytest.importorskip("engine.data")
+    data = pytest.importorskip("engine.experiment.data")
     train = write_csv(tmp_path / "train.csv", labelled_rows(per_label=10))
     test = write_csv(tmp_path / "test.csv", [(f"held out {i}", LABELS[i % 3]) for i in range(6)])
     out = tmp_path / "out"

@@ -1,4 +1,4 @@
-"""The dry run (engine.estimate): what a preset will train, counted as the real run counts it, and its time
+"""The dry run (engine.runner.estimate): what a preset will train, counted as the real run counts it, and its time
 from stored timings of earlier runs or a short probe; nothing is written."""
 
 from __future__ import annotations
@@ -8,10 +8,10 @@ import json
 import pytest
 from filelock import FileLock
 
-from engine.estimate import dry_run, render
-from engine.prepare import check_preset, prepare_run
-from engine.runs import read_json
-from engine.worker import execute
+from engine.runner.estimate import dry_run, render
+from engine.runner.prepare import check_preset, prepare_run
+from engine.store.run_dir import read_json
+from engine.runner.lifecycle import execute
 
 from conftest import small_preset
 
@@ -79,7 +79,7 @@ def test_the_dry_run_command_prints_the_plan_and_writes_nothing(tmp_path, preset
 def test_a_probe_whose_difference_vanishes_in_noise_falls_back_to_the_mean():
     """Per-step time is the difference between a longer and a one-step run (set-up cancels); when a loaded
     machine makes the longer run no slower, the estimate is the longer run's mean, never zero."""
-    from engine.estimate import _per_step
+    from engine.runner.estimate import _per_step
 
     assert _per_step(10.0, 9.0, 2) == 0.5
     assert _per_step(9.0, 10.0, 2) == 3.0
@@ -90,8 +90,8 @@ def test_the_dry_run_counts_the_analysis_stage_as_the_run_runs_it(tmp_path, tiny
     split; its time comes after the grid's in the estimate."""
     import dataclasses
 
-    from engine.analysis import work_dir
-    from engine.config import override
+    from engine.execution.analysis import work_dir
+    from engine.experiment.config import override
 
     preset_file = small_preset(tmp_path / "an.toml", tiny_llama, name="an",
                                downstream="steps = 2\neval_every = 2\ngroup_size = 3\nmax_test_examples = 4")

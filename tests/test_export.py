@@ -1,4 +1,4 @@
-"""CSV export (engine.export) from the index, through the CLI too; results are synthetic cell records."""
+"""CSV export (engine.results.export) from the index, through the CLI too; results are synthetic cell records."""
 
 from __future__ import annotations
 
@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from engine.export import SPLIT_COLUMNS, split_rows, table_rows, to_csv
-from engine.protocol import select_and_aggregate
-from engine.runs import Run, create_run, list_runs, write_json_atomic
-from engine.store import RunIndex, summarize
+from engine.results.export import SPLIT_COLUMNS, split_rows, table_rows, to_csv
+from engine.experiment.plan import select_and_aggregate
+from engine.store.run_dir import Run, create_run, list_runs, write_json_atomic
+from engine.store.index import RunIndex, summarize
 
 from conftest import EXPECTED_CHOICE, synthetic_cells
 
@@ -170,8 +170,8 @@ import json  # noqa: E402
 import re  # noqa: E402
 import shutil  # noqa: E402
 
-from engine.export import FORMATS, TABLE_COLUMNS, export_document  # noqa: E402
-from engine.report import Column, build_report, p_text  # noqa: E402
+from engine.results.export import FORMATS, TABLE_COLUMNS, export_document  # noqa: E402
+from engine.results.report import Column, build_report, p_text  # noqa: E402
 
 
 def _paper_summaries() -> list[dict]:

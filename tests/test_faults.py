@@ -1,5 +1,5 @@
 """The fault-injection suite: a worker killed, cancelled or failing its disk at named points of the code
-(engine.faults, enabled by an environment variable only), damaged files, concurrent workers. Every fault
+(engine.base.faults, enabled by an environment variable only), damaged files, concurrent workers. Every fault
 ends with the same check: the run says truthfully what happened, nothing is half-written, resuming it
 finishes with records identical to an undisturbed run, and the index and the other runs are intact."""
 
@@ -13,10 +13,10 @@ import time
 import pytest
 
 from conftest import REPO, small_run
-from engine.launch import launch
-from engine.runs import read_json
-from engine.store import RunIndex
-from engine.worker import execute
+from engine.runner.launch import launch
+from engine.store.run_dir import read_json
+from engine.store.index import RunIndex
+from engine.runner.lifecycle import execute
 from faultlib import check_after_fault, check_index, fault_run, random_faults, records, run_worker
 
 SEED = 20261127
@@ -113,6 +113,6 @@ def test_eight_runs_launched_at_once_queue_on_one_device_and_all_finish(tmp_path
 
 def test_the_fault_points_cost_nothing_when_off():
     """Without MPT_TUI_FAULTS no plan exists: a point is one attribute test."""
-    out = subprocess.run([sys.executable, "-c", "import engine.faults as f; print(f._plan)"], cwd=REPO,
+    out = subprocess.run([sys.executable, "-c", "import engine.base.faults as f; print(f._plan)"], cwd=REPO,
                          capture_output=True, text=True, env={"PATH": "/usr/bin:/bin"})
     assert out.stdout.strip() == "None"

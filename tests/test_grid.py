@@ -1,4 +1,4 @@
-"""The grid runner (engine.grid): units of work, the executor, periodic checkpoints, group splits."""
+"""The grid runner (engine.execution.grid): units of work, the executor, periodic checkpoints, group splits."""
 
 from __future__ import annotations
 
@@ -13,14 +13,14 @@ import time
 import pytest
 
 from conftest import REPO, small_run
-from engine.checkpoint import resume_step
-from engine.config import preset_from_dict
-from engine.grid import (CellWork, Executor, LearnInit, PromptInit, TrainCells, cells_unit, unit_from_dict,
+from engine.store.checkpoint import resume_step
+from engine.experiment.config import preset_from_dict
+from engine.execution.grid import (CellWork, Executor, LearnInit, PromptInit, TrainCells, cells_unit, unit_from_dict,
                          unit_to_dict, upstream_unit)
-from engine.data import TaskData
-from engine.protocol import Cell, Plan, grid_cells
-from engine.runs import read_json
-from engine.worker import execute
+from engine.experiment.data import TaskData
+from engine.experiment.plan import Cell, Plan, grid_cells
+from engine.store.run_dir import read_json
+from engine.runner.lifecycle import execute
 
 RECORD_KEYS = ("method", "task", "seed", "lr", "metric", "dev", "test", "best_step", "dev_history", "final_loss",
                "stopped")
@@ -72,7 +72,7 @@ def test_units_are_plain_data_that_survive_json_and_pickle(tmp_path):
 def test_a_unit_from_json_runs_in_a_fresh_executor_to_the_same_records(tmp_path, tiny_llama):
     """Nothing in a unit depends on the process that made it: sent through JSON to another executor
     (another backbone load), it trains and tests to the same records."""
-    from engine.backbone import Backbone
+    from engine.compute.backbone import Backbone
 
     run = small_run(tmp_path / "runs", tiny_llama, name="units", downstream="steps = 3\neval_every = 3")
     preset, plan = _run_parts(run)
@@ -112,7 +112,7 @@ def test_a_worker_killed_between_periodic_checkpoints_resumes_to_identical_recor
 
     run = _checkpointed_run(tmp_path / "runs", tiny_llama)
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    worker = subprocess.Popen([sys.executable, "-m", "engine.worker", str(run.path)], cwd=REPO, env=env,
+    worker = subprocess.Popen([sys.executable, "-m", "engine.runner.lifecycle", str(run.path)], cwd=REPO, env=env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     checkpoints = [run.cell_checkpoint(c) for c in read_json(reference.groups_path)[0]]
     deadline = time.time() + 120
@@ -173,7 +173,7 @@ def test_test_prompt_last_tests_the_prompt_after_the_last_step(tmp_path, tiny_ll
     last = small_run(tmp_path / "last", tiny_llama, name="last", downstream=keys + '\ntest_prompt = "last"')
     execute(best)
     execute(last)
-    from engine.prompt import load_prompt
+    from engine.compute.prompt import load_prompt
 
     earlier = 0
     for cell, b in _cell_records(best).items():
@@ -190,7 +190,7 @@ def test_a_run_with_the_authors_procedure_trains_and_tests_as_configured(tmp_pat
     """Every paper key at once on a tiny T5 (which has dropout): CrossFit inputs, the prompt after </s>,
     task-name initialisation (upstream: the source names), dropout, batch 16 without clipping, the epoch
     cap, beam search, the last prompt tested, MTL on train + dev files for its epochs."""
-    from engine.grid import meta_task_keys, upstream_unit
+    from engine.execution.grid import meta_task_keys, upstream_unit
 
     run = small_run(tmp_path / "runs", tiny_t5, name="paper", data='input_format = "crossfit"',
                     model_keys='dropout = "config"', prompt='placement = "after_eos"\ninit = "task_name"',

@@ -12,12 +12,12 @@ import sys
 import pytest
 import torch
 
-from engine.data import PAPER_SEEDS
-from engine.methods import METHODS as REGISTERED
-from engine.prompt import load_prompt, save_prompt
-from engine.report import build_report, p_text
-from engine.runs import list_runs, read_json
-from engine.store import RunIndex
+from engine.experiment.data import PAPER_SEEDS
+from engine.experiment.methods import METHODS as REGISTERED
+from engine.compute.prompt import load_prompt, save_prompt
+from engine.results.report import build_report, p_text
+from engine.store.run_dir import list_runs, read_json
+from engine.store.index import RunIndex
 
 from conftest import DEMO_DATA, REPO, require_shared_data
 
@@ -118,7 +118,7 @@ def test_resume_recomputes_only_missing_cells_with_the_same_scores(grid_run):
     for p in removed:
         p.unlink()
     before = read_json(run.results_path)
-    proc = subprocess.run([sys.executable, "-m", "engine.worker", str(run.path)], capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, "-m", "engine.runner.lifecycle", str(run.path)], capture_output=True, text=True,
                           cwd=REPO, timeout=600)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == "" and proc.stderr == ""  # the worker writes only to its run directory
@@ -146,7 +146,7 @@ def test_a_resumed_run_keeps_the_grouping_it_started_with(grid_run):
     lost = [run.cells_dir / f"{i}.json" for i in cell_ids[:2]]
     for p in lost:
         p.unlink()
-    proc = subprocess.run([sys.executable, "-m", "engine.worker", str(run.path)], capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, "-m", "engine.runner.lifecycle", str(run.path)], capture_output=True, text=True,
                           cwd=REPO, timeout=600)
     (run.path / "groups.json").write_text(json.dumps(groups))
     assert proc.returncode == 0, proc.stderr
@@ -236,7 +236,7 @@ def test_comparison_table_has_every_method(tmp_path, tiny_llama):
 
 
 def test_downstream_reuses_a_given_upstream_prompt(tmp_path, tiny_llama):
-    from engine.backbone import Backbone
+    from engine.compute.backbone import Backbone
 
     hidden = Backbone.load(str(tiny_llama)).hidden_size
     given = torch.randn(4, hidden)

@@ -1,4 +1,4 @@
-"""The run index (engine.store): concurrent writers, damage and loss rebuilt from run directories."""
+"""The run index (engine.store.index): concurrent writers, damage and loss rebuilt from run directories."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from engine.protocol import select_and_aggregate
-from engine.runs import Run, create_run, write_json_atomic
-from engine.store import INDEX_FILE, RunIndex
+from engine.experiment.plan import select_and_aggregate
+from engine.store.run_dir import Run, create_run, write_json_atomic
+from engine.store.index import INDEX_FILE, RunIndex
 
 from conftest import FORK, join_all, synthetic_cells
 
@@ -78,7 +78,7 @@ def test_damaged_index_is_moved_aside_and_rebuilt(tmp_path):
 
 @pytest.mark.parametrize("how", ["deleted", "zero-bytes"])
 def test_lost_index_is_rebuilt_from_run_directories(tmp_path, how):
-    """engine/store.py's docstring: 'a lost or damaged index is moved aside and rebuilt from [run dirs]'."""
+    """engine/store/index.py's docstring: 'a lost or damaged index is moved aside and rebuilt from [run dirs]'."""
     runs = [_finished_run(tmp_path, f"run{i}", select_and_aggregate(synthetic_cells())) for i in range(2)]
     index = RunIndex(tmp_path)
     for run in runs:

@@ -1,4 +1,4 @@
-"""engine/kernels.py: the fused kernels compute what the models' own code computes."""
+"""engine/compute/kernels.py: the fused kernels compute what the models' own code computes."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from transformers import LlamaConfig, LlamaForCausalLM, T5Config, T5ForCondition
 from transformers.models.llama.modeling_llama import LlamaRMSNorm
 from transformers.models.t5.modeling_t5 import T5LayerNorm
 
-from engine import kernels
+from engine.compute import kernels
 
 
 def _t5():

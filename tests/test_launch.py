@@ -10,9 +10,9 @@ import time
 import pytest
 
 from conftest import small_run
-from engine.launch import cancel, launch
-from engine.runs import Run, read_json
-from engine.worker import execute
+from engine.runner.launch import cancel, launch
+from engine.store.run_dir import Run, read_json
+from engine.runner.lifecycle import execute
 
 
 def _make_run(root, tiny_llama, tmp_path) -> Run:

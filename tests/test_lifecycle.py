@@ -1,4 +1,4 @@
-"""A run's whole lifecycle from the shell (mpt_tui/cli.py, engine/progress.py, engine.runs.find_run), each
+"""A run's whole lifecycle from the shell (mpt_tui/cli.py, engine/results/overview.py, engine.store.run_dir.find_run), each
 command through the real entry point: --preset --detach, show, resume, cancel, delete, logs, runs filters.
 
 Two real runs on the tiny Llama share the assertions: A runs detached to the end (the reference); B is killed
@@ -22,8 +22,8 @@ from types import SimpleNamespace
 import pytest
 
 from conftest import DEMO_DATA, SMALL_SEEDS, SMALL_TARGETS
-from engine.runs import ACTIVE_STATES, Run, create_run, read_json, write_json_atomic
-from engine.store import RunIndex
+from engine.store.run_dir import ACTIVE_STATES, Run, create_run, read_json, write_json_atomic
+from engine.store.index import RunIndex
 
 RECORD_KEYS = ("method", "task", "seed", "lr", "dev", "test", "best_step", "dev_history")
 LEARNING_RATES = [0.3, 0.1]
@@ -287,6 +287,6 @@ def test_bad_input_is_one_line_exit_2_and_changes_nothing(tmp_path, fake_runs):
 
 
 def test_the_progress_module_is_torch_free():
-    code = "import engine.progress, sys; print(any(m.split('.')[0] in ('torch', 'transformers') for m in sys.modules))"
+    code = "import engine.results.overview, sys; print(any(m.split('.')[0] in ('torch', 'transformers') for m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.stdout.strip() == "False", out.stderr

@@ -1,4 +1,4 @@
-"""The method registry (`engine.methods`): labels, order, registration, preset validation, and a new method.
+"""The method registry (`engine.experiment.methods`): labels, order, registration, preset validation, and a new method.
 
 The registry and preset validation are torch-free (a subprocess test checks
 it), and so are the tests of them here; only this module's toy algorithm needs
@@ -18,10 +18,10 @@ from dataclasses import dataclass
 import pytest
 import torch
 
-from engine.algorithms.base import Algorithm, batch_loss  # the toy's base class (imports torch)
-from engine.config import PresetError, load_preset, preset_from_dict
-from engine.fields import option
-from engine.methods import (METHODS, PT, InnerLoopConfig, Method, MethodConfig, MTLConfig, ReptileConfig,
+from engine.compute.algorithms.base import Algorithm, batch_loss  # the toy's base class (imports torch)
+from engine.experiment.config import PresetError, load_preset, preset_from_dict
+from engine.base.fields import option
+from engine.experiment.methods import (METHODS, PT, InnerLoopConfig, Method, MethodConfig, MTLConfig, ReptileConfig,
                             in_display_order, label, method_names, needs_second_order, register_method)
 
 from conftest import REPO, SMALL_SEEDS, SMALL_TARGETS, small_run
@@ -118,7 +118,7 @@ def test_registered_methods_are_gone_after_the_fixture():
 def test_register_method_refuses_a_taken_name_and_pt(name):
     before = dict(METHODS)
     with pytest.raises(ValueError, match="is reserved" if name == PT else f"'{name}' is already registered"):
-        register_method(Method(name, "Other", MethodConfig, "engine.algorithms.mtl:MTL"))
+        register_method(Method(name, "Other", MethodConfig, "engine.compute.algorithms.mtl:MTL"))
     assert METHODS == before and all(METHODS[m] is before[m] for m in before)
     assert PT not in METHODS
 
@@ -129,9 +129,9 @@ def test_register_method_refuses_a_bad_config_at_registration():
         x: int = 1
 
     with pytest.raises(TypeError, match="must subclass MethodConfig"):
-        register_method(Method("bad1", "Bad", NotAMethodConfig, "engine.algorithms.mtl:MTL"))
+        register_method(Method("bad1", "Bad", NotAMethodConfig, "engine.compute.algorithms.mtl:MTL"))
     with pytest.raises(TypeError):
-        register_method(Method("bad2", "Bad", MethodConfig, "engine.algorithms.mtl:MTL", defaults={"nope": 1}))
+        register_method(Method("bad2", "Bad", MethodConfig, "engine.compute.algorithms.mtl:MTL", defaults={"nope": 1}))
     assert "bad1" not in METHODS and "bad2" not in METHODS
 
 
@@ -147,7 +147,7 @@ def test_make_config_applies_the_method_defaults_then_overrides():
 
 
 def test_the_registry_and_preset_validation_import_no_torch():
-    code = ("import sys, engine.methods, engine.config; "
+    code = ("import sys, engine.experiment.methods, engine.experiment.config; "
             "bad = [m for m in ('torch', 'transformers', 'higher') if m in sys.modules]; "
             "assert not bad, bad")
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
@@ -251,12 +251,12 @@ def test_without_the_registration_the_toy_method_is_refused():
 
 
 def test_a_registered_toy_method_runs_through_the_upstream_stage(toy, tmp_path, tiny_llama):
-    from engine.prompt import load_prompt
-    from engine.protocol import Cell
-    from engine.report import build_report
-    from engine.runs import read_json
-    from engine.upstream import make_algorithm
-    from engine.worker import execute
+    from engine.compute.prompt import load_prompt
+    from engine.experiment.plan import Cell
+    from engine.results.report import build_report
+    from engine.store.run_dir import read_json
+    from engine.compute.upstream import make_algorithm
+    from engine.runner.lifecycle import execute
 
     cls = toy.algorithm()
     assert cls is ToyAlgorithm and issubclass(cls, Algorithm) and cls.second_order == toy.second_order

@@ -1,4 +1,4 @@
-"""Tests for engine.metrics (CrossFit's metrics: scikit-learn, SciPy, rouge, string comparisons).
+"""Tests for engine.experiment.metrics (CrossFit's metrics: scikit-learn, SciPy, rouge, string comparisons).
 
 Expected values are worked out by hand in the comments, so each test pins
 CrossFit's behaviour (INK-USC/CrossFit dataloader/metrics.py) rather than
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.metrics import (
+from engine.experiment.metrics import (
     CROSSFIT_METRICS,
     FALLBACK_METRICS,
     METRIC_NAMES,
@@ -298,7 +298,7 @@ def test_bounded_scores(metric):
 
 _IMPORT_CHECK = """
 import sys
-import engine.metrics as m
+import engine.experiment.metrics as m
 lazy = [n for n in ("sklearn", "scipy", "rouge") if n in sys.modules]
 assert not lazy, f"imported with the module: {lazy}"
 for name in m.METRIC_NAMES:

@@ -1,4 +1,4 @@
-"""Tests for engine.models: finding and loading backbones (all offline)."""
+"""Tests for engine.compute.models: finding and loading backbones (all offline)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import time
 import pytest
 import torch
 
-from engine import models
-from engine.models import ModelNotFoundError, is_pulled, load_pretrained, resolve_model
+from engine.compute import models
+from engine.compute.models import ModelNotFoundError, is_pulled, load_pretrained, resolve_model
 
 EMBEDDED = "smollm2-135m"
 
@@ -118,8 +118,8 @@ def test_embedded_model_loads_quickly_through_backbone():
                     f"(run `mpt-tui models pull {EMBEDDED}`; CI pulls it)")
     from transformers import AutoModelForCausalLM, LlamaForCausalLM  # noqa: F401  (import time is not load time)
 
-    from engine.backbone import Backbone
-    from engine.prompt import initial_prompt
+    from engine.compute.backbone import Backbone
+    from engine.compute.prompt import initial_prompt
 
     start = time.perf_counter()
     backbone = Backbone.load(EMBEDDED)

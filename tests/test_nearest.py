@@ -1,5 +1,5 @@
 """data.sources = "nearest:K": each target's K most similar sources by a stored similarity matrix, one
-upstream unit per (method, source set) (engine.protocol, engine.grid, engine.estimate)."""
+upstream unit per (method, source set) (engine.experiment.plan, engine.execution.grid, engine.runner.estimate)."""
 
 from __future__ import annotations
 
@@ -11,12 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from engine.config import PresetError, load_preset, preset_from_dict
-from engine.grid import (Executor, LearnInit, LocalBackend, TrainCells, cells_unit, run_grid, upstream_to_learn,
+from engine.experiment.config import PresetError, load_preset, preset_from_dict
+from engine.execution.grid import (Executor, LearnInit, LocalBackend, TrainCells, cells_unit, run_grid, upstream_to_learn,
                          upstream_unit)
-from engine.protocol import Plan, grid_cells, make_plan
-from engine.runs import Run, list_runs, read_json, write_json_atomic
-from engine.similarity import ranked_sources
+from engine.experiment.plan import Plan, grid_cells, make_plan
+from engine.store.run_dir import Run, list_runs, read_json, write_json_atomic
+from engine.experiment.similarity import ranked_sources
 
 from conftest import DEMO_DATA, REPO, small_preset
 
@@ -30,7 +30,7 @@ TEXT = [[1 - v for v in row] for row in PROMPT]
 
 
 def write_analysis(run_dir: Path, sources=SOURCES, targets=TARGETS, kinds=None) -> Path:
-    """An analysed run directory as engine.analysis leaves it (config.json, analysis.json)."""
+    """An analysed run directory as engine.execution.analysis leaves it (config.json, analysis.json)."""
     kinds = {"prompt": PROMPT, "text": TEXT} if kinds is None else kinds
     run_dir.mkdir(parents=True)
     write_json_atomic(run_dir / "config.json", {"preset": {}, "plan": {"sources": sources, "targets": targets}})
@@ -151,8 +151,8 @@ class Watching:
 def test_a_nearest_run_starts_each_cell_from_its_own_sets_prompt(tmp_path, tiny_llama):
     """End to end on the tiny model: nearest:1 gives the two targets different sets, each set learns its
     own MTL prompt first, and every MTL cell starts from its target's set's prompt; a rerun runs nothing."""
-    from engine.backbone import Backbone
-    from engine.prepare import check_preset, prepare_run
+    from engine.compute.backbone import Backbone
+    from engine.runner.prepare import check_preset, prepare_run
 
     analysis = write_analysis(tmp_path / "analysed")
     preset_file, sets = nearest_preset(tmp_path, tiny_llama, 'data.sources="nearest:1"',
@@ -178,7 +178,7 @@ def test_a_nearest_run_starts_each_cell_from_its_own_sets_prompt(tmp_path, tiny_
 
 
 def test_dry_run_counts_one_upstream_stage_per_method_and_set(tmp_path):
-    from engine.estimate import dry_run, render
+    from engine.runner.estimate import dry_run, render
 
     analysis = write_analysis(tmp_path / "analysed")
     preset, plan = planned(tmp_path, 'data.sources="nearest:2"', f'data.similarity="{analysis}"',

@@ -1,11 +1,11 @@
-"""docs/paper-fidelity.md and engine/paper.py say the same, and every test the page names exists."""
+"""docs/paper-fidelity.md and engine/experiment/paper.py say the same, and every test the page names exists."""
 
 from __future__ import annotations
 
 import re
 
-from engine.config import _toml_value
-from engine.paper import ASPECTS, DEVIATIONS, PAPER_PRESETS
+from engine.experiment.config import _toml_value
+from engine.experiment.paper import ASPECTS, DEVIATIONS, PAPER_PRESETS
 
 from conftest import REPO
 

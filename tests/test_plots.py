@@ -12,8 +12,8 @@ import pytest
 pytest.importorskip("matplotlib")  # the [plots] extra; the [test] extra installs it
 
 from conftest import REPO, small_run  # noqa: E402
-from engine.runs import Run  # noqa: E402
-from engine.worker import execute  # noqa: E402
+from engine.store.run_dir import Run  # noqa: E402
+from engine.runner.lifecycle import execute  # noqa: E402
 from mpt_tui.plots import PANELS, PlotError, write_figure  # noqa: E402
 
 MAGIC = {"pdf": (b"%PDF",), "png": (b"\x89PNG\r\n\x1a\n",), "svg": (b"<?xml", b"<svg")}

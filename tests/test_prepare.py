@@ -1,4 +1,4 @@
-"""Preparing a run (engine.prepare): one checked path from a preset to a run directory."""
+"""Preparing a run (engine.runner.prepare): one checked path from a preset to a run directory."""
 
 from __future__ import annotations
 
@@ -7,11 +7,11 @@ import shutil
 
 import pytest
 
-from engine.checkpoint import save_checkpoint, saved_step
-from engine.config import PresetError, preset_from_dict
-from engine.prepare import check_preset, model_config_json, prepare_run, prompt_file_shape
-from engine.protocol import Plan
-from engine.runs import list_runs
+from engine.store.checkpoint import save_checkpoint, saved_step
+from engine.experiment.config import PresetError, preset_from_dict
+from engine.runner.prepare import check_preset, model_config_json, prepare_run, prompt_file_shape
+from engine.experiment.plan import Plan
+from engine.store.run_dir import list_runs
 
 from conftest import DEMO_DATA
 
@@ -66,7 +66,7 @@ def test_model_config_is_read_as_json(tiny_llama, tiny_t5):
 def test_prompt_files_are_checked_from_their_header(tmp_path, tiny_llama):
     import torch
 
-    from engine.prompt import save_prompt
+    from engine.compute.prompt import save_prompt
 
     good = save_prompt(tmp_path / "p.safetensors", torch.zeros(5, 32), model="tiny")
     assert prompt_file_shape(good) == ((5, 32), {"model": "tiny", "length": "5", "dim": "32"})

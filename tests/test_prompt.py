@@ -1,4 +1,4 @@
-"""Tests for engine.prompt: initialising soft prompts, saving and loading them."""
+"""Tests for engine.compute.prompt: initialising soft prompts, saving and loading them."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from engine.backbone import Backbone
-from engine.prompt import (
+from engine.compute.backbone import Backbone
+from engine.compute.prompt import (
     INIT_METHODS,
     PromptFileError,
     initial_prompt,

@@ -1,4 +1,4 @@
-"""The protocol (engine.protocol): plans checked against the data, per-split selection on dev, aggregation."""
+"""The protocol (engine.experiment.plan): plans checked against the data, per-split selection on dev, aggregation."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from engine.config import Preset, PresetError, load_preset
-from engine.protocol import (PAPER_SETTING_PREFIX, Plan, load_paper_setting, make_plan, paper_setting_names,
+from engine.experiment.config import Preset, PresetError, load_preset
+from engine.experiment.plan import (PAPER_SETTING_PREFIX, Plan, load_paper_setting, make_plan, paper_setting_names,
                              paper_settings_dir, select_and_aggregate)
 
 from conftest import EXPECTED_CHOICE, REPO, cell, require_shared_data, synthetic_cells
@@ -204,7 +204,7 @@ def test_paper_settings_are_packaged_with_the_authors_lists():
 
 @pytest.mark.parametrize("name", sorted(PAPER_COUNTS))
 def test_paper_setting_resolves_on_the_shared_data(tmp_path, name):
-    from engine.data import PAPER_SEEDS, TaskData
+    from engine.experiment.data import PAPER_SEEDS, TaskData
 
     root = require_shared_data()
     paper = load_paper_setting(name)

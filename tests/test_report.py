@@ -1,4 +1,4 @@
-"""The comparison table (engine.report), and its renderings: headless table, CSV aggregate, `mpt-tui runs`."""
+"""The comparison table (engine.results.report), and its renderings: headless table, CSV aggregate, `mpt-tui runs`."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import re
 import pytest
 from rich.console import Console
 
-from engine.export import table_rows
-from engine.report import Column, build_report, format_duration, gain_text, means_line, score_text
+from engine.results.export import table_rows
+from engine.results.report import Column, build_report, format_duration, gain_text, means_line, score_text
 from mpt_tui.headless import results_table
 
 
@@ -87,7 +87,7 @@ def test_csv_aggregate_and_headless_table_render_the_same_report():
 
 # ---- paired comparisons with PT ----------------------------------------------------------------
 
-from engine.report import BOOTSTRAP_SEED, N_RESAMPLES, P_LABEL, delta_text, p_text, paired_statistics  # noqa: E402
+from engine.results.report import BOOTSTRAP_SEED, N_RESAMPLES, P_LABEL, delta_text, p_text, paired_statistics  # noqa: E402
 
 SEEDS = [13, 21, 42, 87, 100]
 

@@ -1,4 +1,4 @@
-"""Run directories (engine.runs): race-free ids, derived states, metrics events and their readers."""
+"""Run directories (engine.store.run_dir): race-free ids, derived states, metrics events and their readers."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from engine.runs import Run, cell_curves, create_run, finished_cells, last_cell, list_runs, pid_alive, upstream_curves
-from engine.store import RunIndex, summarize
+from engine.store.run_dir import Run, cell_curves, create_run, finished_cells, last_cell, list_runs, pid_alive, upstream_curves
+from engine.store.index import RunIndex, summarize
 
 from conftest import FORK, join_all
 
@@ -163,7 +163,7 @@ def test_a_run_no_worker_ever_started_reads_crashed_after_the_grace(tmp_path):
     after the stale-heartbeat grace it reads 'crashed', so it can be resumed instead of waiting forever."""
     import time
 
-    from engine.runs import HEARTBEAT_STALE_S, create_run, write_json_atomic
+    from engine.store.run_dir import HEARTBEAT_STALE_S, create_run, write_json_atomic
 
     run = create_run(tmp_path / "runs", {"preset": {"name": "p"}, "plan": {}}, "p")
     assert run.status()["state"] == "queued"

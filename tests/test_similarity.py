@@ -1,4 +1,4 @@
-"""engine.similarity: cosine matrices and Spearman's rho with its permutation p-value against SciPy on
+"""engine.experiment.similarity: cosine matrices and Spearman's rho with its permutation p-value against SciPy on
 random data; each target's nearest sources as the matrix orders them."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import pytest
 import scipy.stats as st
 from scipy.spatial.distance import cdist
 
-from engine.similarity import cosine_matrix, index_entry, nearest_sources, ranked_sources, set_similarity, spearman
+from engine.experiment.similarity import cosine_matrix, index_entry, nearest_sources, ranked_sources, set_similarity, spearman
 
 
 def _exact_p(x, y):

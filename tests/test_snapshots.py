@@ -12,9 +12,9 @@ import math
 
 import pytest
 
-from engine.protocol import select_and_aggregate
-from engine.runs import Run, write_json_atomic
-from engine.store import RunIndex
+from engine.experiment.plan import select_and_aggregate
+from engine.store.run_dir import Run, write_json_atomic
+from engine.store.index import RunIndex
 from mpt_tui.app import MptApp
 
 SIZES = [(80, 24), (120, 40)]

@@ -11,7 +11,7 @@ import uuid
 
 import pytest
 
-from engine.runs import list_runs
+from engine.store.run_dir import list_runs
 
 from conftest import DEMO_DATA, REPO
 

@@ -1,4 +1,4 @@
-"""Prompt tuning (engine.tuning): R jobs trained together end where the same jobs trained one by one end;
+"""Prompt tuning (engine.compute.tuning): R jobs trained together end where the same jobs trained one by one end;
 per-job checkpoints, batched evaluation."""
 
 from __future__ import annotations
@@ -9,10 +9,10 @@ import math
 import pytest
 import torch
 
-from engine.backbone import Backbone
-from engine.data import TaskData
-from engine.prompt import initial_prompt
-from engine.tuning import Job, TuningConfig, prompt_tune, prompt_tune_group
+from engine.compute.backbone import Backbone
+from engine.experiment.data import TaskData
+from engine.compute.prompt import initial_prompt
+from engine.compute.tuning import Job, TuningConfig, prompt_tune, prompt_tune_group
 
 from conftest import REPO
 
@@ -61,8 +61,8 @@ def test_a_failing_job_stops_alone(tiny_llama):
 
 def test_a_stopped_group_resumes_in_another_grouping_to_the_same_end(tiny_llama, tmp_path):
     """Each job checkpoints alone, so a group stopped mid-way can resume as single jobs (or any other group)."""
-    from engine.stopping import RunCancelled
-    from engine.tuning import Job
+    from engine.base.stopping import RunCancelled
+    from engine.compute.tuning import Job
 
     backbone = Backbone.load(str(tiny_llama))
     reference = prompt_tune_group(backbone, _jobs(backbone))
@@ -84,7 +84,7 @@ def test_a_stopped_group_resumes_in_another_grouping_to_the_same_end(tiny_llama,
 
 def test_evaluating_many_prompts_together_equals_one_at_a_time(tiny_llama):
     """Rank classification and generation over a bank give each item what it gets alone."""
-    from engine.tuning import EvalItem, evaluate, evaluate_many
+    from engine.compute.tuning import EvalItem, evaluate, evaluate_many
 
     backbone = Backbone.load(str(tiny_llama))
     jobs = _jobs(backbone)
@@ -102,7 +102,7 @@ def test_evaluating_many_prompts_together_equals_one_at_a_time(tiny_llama):
 
 def test_a_checkpoint_from_before_per_row_optimizers_restarts_its_job(tiny_llama, tmp_path):
     """Session-1 cell checkpoints held a whole optimizer's state_dict; such a job starts over instead of failing."""
-    from engine.tuning import make_optimizer
+    from engine.compute.tuning import make_optimizer
 
     backbone = Backbone.load(str(tiny_llama))
     job = _jobs(backbone)[0]
@@ -126,7 +126,7 @@ def test_a_kill_in_the_middle_of_a_checkpoint_round_resumes_from_the_last_whole_
                                                                                       monkeypatch):
     """Periodic checkpoints of a group are one round: a worker killed after saving some jobs of a round
     resumes every job from the previous round, so the group ends exactly (bit for bit) as if never killed."""
-    from engine import checkpoint
+    from engine.store import checkpoint
 
     backbone = Backbone.load(str(tiny_llama))
 
@@ -174,7 +174,7 @@ def test_a_dropout_group_is_reproducible_and_resumes_to_the_same_end(tiny_t5, tm
     """With dropout on (a tiny T5: Llama and SmolLM2 have none), one generator per group, seeded by the caller
     and saved in each checkpoint round: the same seed gives the same group, another seed another one, and a
     group stopped mid-way resumes to exactly the uninterrupted end."""
-    from engine.stopping import RunCancelled
+    from engine.base.stopping import RunCancelled
 
     backbone = Backbone.load(str(tiny_t5), dropout=True)
     jobs = _jobs(backbone)
@@ -197,7 +197,7 @@ def test_a_dropout_group_is_reproducible_and_resumes_to_the_same_end(tiny_t5, tm
 
 
 def test_the_epoch_cap_ends_a_job_after_that_many_passes_over_its_train_split():
-    from engine.tuning import job_steps
+    from engine.compute.tuning import job_steps
 
     # the authors: total_steps 3000, 1000 epochs, 16 examples per step: 32 examples -> 2000 steps
     assert job_steps(3000, 1000, 32, 16) == 2000
@@ -240,7 +240,7 @@ class _Payload:
 def test_a_checkpoint_that_cannot_be_loaded_restarts_its_job_alone(tiny_llama, tmp_path, damage):
     """Checkpoints load with weights_only: a pickled object is refused before it runs; a damaged file or one
     from another model size is reported with its path, and only that job starts over."""
-    from engine.checkpoint import save_checkpoint
+    from engine.store.checkpoint import save_checkpoint
 
     backbone = Backbone.load(str(tiny_llama))
     reference = prompt_tune_group(backbone, _jobs(backbone))
@@ -248,7 +248,7 @@ def test_a_checkpoint_that_cannot_be_loaded_restarts_its_job_alone(tiny_llama, t
     bad = jobs[1].checkpoint
     marker = tmp_path / "pwned"
     # a finished save (the file and its step file), then the file damaged or replaced: a file with no step
-    # file never finished its save, and its job starts over without reading it (engine.checkpoint.resume_path)
+    # file never finished its save, and its job starts over without reading it (engine.store.checkpoint.resume_path)
     save_checkpoint(bad, {"step": 2, "prompt": torch.zeros(4, backbone.hidden_size), "optimizer": {},
                           "generator": torch.Generator().get_state(), "queue": [], "best": {}})
     if damage == "code":

@@ -1,4 +1,4 @@
-"""The worker's own guarantees (engine.worker): one worker per run directory."""
+"""The worker's own guarantees (engine.runner.lifecycle): one worker per run directory."""
 
 from __future__ import annotations
 
@@ -10,15 +10,15 @@ import time
 import pytest
 
 from conftest import REPO, small_run
-from engine.runs import read_json
-from engine.worker import RunLocked, execute, run_locked
+from engine.store.run_dir import read_json
+from engine.runner.lifecycle import RunLocked, execute, run_locked
 
 
 def test_a_second_worker_on_a_running_run_exits_and_leaves_it_alone(tmp_path, tiny_llama):
     """Two resumes at once (the app's and a shell's) used to both write the run's cells and checkpoints."""
     run = small_run(tmp_path / "runs", tiny_llama, name="locked", downstream="steps = 150\neval_every = 50")
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    first = subprocess.Popen([sys.executable, "-m", "engine.worker", str(run.path)], cwd=REPO, env=env,
+    first = subprocess.Popen([sys.executable, "-m", "engine.runner.lifecycle", str(run.path)], cwd=REPO, env=env,
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         deadline = time.time() + 120
@@ -26,7 +26,7 @@ def test_a_second_worker_on_a_running_run_exits_and_leaves_it_alone(tmp_path, ti
             time.sleep(0.05)
         assert run.status()["state"] == "running" and run_locked(run)
         status_before = read_json(run.status_path)
-        second = subprocess.run([sys.executable, "-m", "engine.worker", str(run.path)], cwd=REPO, env=env,
+        second = subprocess.run([sys.executable, "-m", "engine.runner.lifecycle", str(run.path)], cwd=REPO, env=env,
                                 capture_output=True, text=True, timeout=60)
         assert second.returncode == 2
         assert f"run {run.id} is being run by another worker (pid {first.pid})" in run.log_path.read_text()

@@ -1,22 +1,22 @@
 """Launch: a preset as a form, with task pickers and a live plan line; start it in the background or save it.
 
 The form only gathers `--set` overrides; everything else is the engine's, as for the CLI:
-`engine.prepare.check_preset` refuses what would not run with the one-line reason shown in
-the form, `prepare_run` writes the run directory and `engine.launch.launch` starts it;
-`engine.config.save_preset` writes a preset file.
+`engine.runner.prepare.check_preset` refuses what would not run with the one-line reason shown in
+the form, `prepare_run` writes the run directory and `engine.runner.launch.launch` starts it;
+`engine.experiment.config.save_preset` writes a preset file.
 
 - Source and target tasks are picked in two filterable multi-select lists showing each
-  task's type, number of splits and whether it has a test file (`engine.catalog`, read in a
+  task's type, number of splits and whether it has a test file (`engine.experiment.catalog`, read in a
   worker); "setting's tasks", "all classification" and "clear" fill or empty a list.
   While the lists equal the setting's own, no task list is overridden (a paper setting
   keeps skipping the tasks the data lacks).
 - Algorithms are checkboxes; seeds are checkboxes of the splits the chosen targets have.
 - Invalid combinations (a task on both sides, a target without test files, a seed some
   target lacks, methods without sources) are listed under the form as it is edited.
-- The plan line counts what the form would train (`engine.protocol.make_plan`, torch-free,
+- The plan line counts what the form would train (`engine.experiment.plan.make_plan`, torch-free,
   in a worker) and, where earlier runs of the same model left timings, the estimated time:
   that comes from `mpt-tui --dry-run --no-probe --json` in a subprocess, the same function
-  as the CLI's dry run (`engine.estimate.dry_run` imports torch today; the app must not).
+  as the CLI's dry run (`engine.runner.estimate.dry_run` imports torch today; the app must not).
 """
 
 from __future__ import annotations
@@ -39,12 +39,12 @@ from textual.widgets import Button, Checkbox, Footer, Header, Input, Label, Sele
 from textual.widgets.selection_list import Selection
 from textual.worker import NoActiveWorker, Worker, get_current_worker
 
-from engine.config import DATA_DIR_ENV, PresetError, find_preset, list_builtin_presets, override, save_preset
-from engine.launch import launch
-from engine.methods import METHODS
-from engine.prepare import check_preset, prepare_run
-from engine.runs import RunsDirError
-from engine.tomlcompat import tomllib
+from engine.experiment.config import DATA_DIR_ENV, PresetError, find_preset, list_builtin_presets, override, save_preset
+from engine.runner.launch import launch
+from engine.experiment.methods import METHODS
+from engine.runner.prepare import check_preset, prepare_run
+from engine.store.run_dir import RunsDirError
+from engine.base.tomlcompat import tomllib
 from mpt_tui.messages import CatalogLoaded, LaunchDone, PlanComputed, ReportWorkerErrors, deliver
 
 # (field id, preset key, label, kind): kind "list" fields are comma-separated in the form
@@ -116,7 +116,7 @@ def form_issues(catalog: dict, sources: list[str], targets: list[str], seeds: li
 
 def _has_timings(runs_root: Path, model: str) -> bool:
     """Whether an earlier run of `model` left a device name in its status (stored timings may match)."""
-    from engine.runs import list_runs, read_json
+    from engine.store.run_dir import list_runs, read_json
 
     for run in list_runs(runs_root) if Path(runs_root).is_dir() else []:
         config, status = read_json(run.config_path), read_json(run.status_path)
@@ -189,7 +189,7 @@ class LaunchScreen(ReportWorkerErrors, Screen):
         yield Footer()
 
     def on_mount(self) -> None:
-        self.catalog: dict = {}  # task -> engine.catalog.TaskEntry
+        self.catalog: dict = {}  # task -> engine.experiment.catalog.TaskEntry
         self.catalog_for: tuple | None = None  # (data directory, setting) the catalog was read for
         self.setting_lists: tuple[list[str], list[str]] = ([], [])
         self.chosen: dict[str, list[str]] = {"sources": [], "targets": []}
@@ -248,8 +248,8 @@ class LaunchScreen(ReportWorkerErrors, Screen):
 
     @work(thread=True, exclusive=True, group="scan-tasks", exit_on_error=False)
     def scan_tasks(self, data_dir: str, setting: str, k: int) -> None:
-        from engine.catalog import setting_tasks, task_catalog
-        from engine.data import TaskData, TaskDataError
+        from engine.experiment.catalog import setting_tasks, task_catalog
+        from engine.experiment.data import TaskData, TaskDataError
 
         try:
             data = TaskData(Path(data_dir).expanduser())
@@ -395,8 +395,8 @@ class LaunchScreen(ReportWorkerErrors, Screen):
     @work(thread=True, exclusive=True, group="plan", exit_on_error=False)
     def compute_plan(self, name: str, overrides: list[str], data_dir: str | None, runs_root: Path) -> None:
         """The plan line: counts from the torch-free plan; the time from the CLI's dry run where timings exist."""
-        from engine.config import load_preset
-        from engine.protocol import grid_cells, make_plan
+        from engine.experiment.config import load_preset
+        from engine.experiment.plan import grid_cells, make_plan
 
         worker = get_current_worker()
         time.sleep(PLAN_DEBOUNCE_S)  # a newer edit cancels this worker meanwhile
@@ -420,7 +420,7 @@ class LaunchScreen(ReportWorkerErrors, Screen):
         deliver(self, PlanComputed(f"{counts} · time: estimating…", warnings=plan.warnings))
         estimate = self.dry_run_estimate(name, overrides, data_dir, runs_root)
         if estimate is not None and not worker.is_cancelled:
-            from engine.estimate import format_duration_estimate
+            from engine.runner.estimate import format_duration_estimate
 
             steps = sum(estimate.get("upstream_steps", {}).values())
             if learned:  # the exact count (MTL with epochs counts passes over its pool)
@@ -432,7 +432,7 @@ class LaunchScreen(ReportWorkerErrors, Screen):
 
     @staticmethod
     def dry_run_estimate(name: str, overrides: list[str], data_dir: str | None, runs_root: Path) -> dict | None:
-        """`mpt-tui --dry-run --no-probe --json` (engine.estimate.dry_run, stored timings only) in a subprocess."""
+        """`mpt-tui --dry-run --no-probe --json` (engine.runner.estimate.dry_run, stored timings only) in a subprocess."""
         command = [sys.executable, "-m", "mpt_tui.cli", "--preset", name, "--dry-run", "--no-probe", "--json",
                    "--runs-dir", str(runs_root)]
         command += [a for o in overrides for a in ("--set", o)] + (["--data-dir", data_dir] if data_dir else [])

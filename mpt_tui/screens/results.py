@@ -1,6 +1,6 @@
 """Results: the paper's comparison table for the finished runs the user selects, from the index.
 
-The table is `engine.report.build_report`'s, the same report the CLI prints: each
+The table is `engine.results.report.build_report`'s, the same report the CLI prints: each
 column's mean is over its own run's targets and its gain over its own run's PT; the
 last two rows compare each method with PT split by split over all targets (the mean
 paired difference with its 95% bootstrap interval, and the Wilcoxon p-value with the
@@ -13,7 +13,7 @@ column's targets; std over splits of the per-split mean over targets).
 
 `x` exports in the chosen format (`f` cycles CSV, JSON, Markdown, LaTeX): both tables,
 `<stamp>-splits.<ext>` and `<stamp>-tasks.<ext>` under `<runs>/exports/`
-(`engine.export.export_document`; CSV and JSON in raw scores as the CLI writes them,
+(`engine.results.export.export_document`; CSV and JSON in raw scores as the CLI writes them,
 Markdown and LaTeX x100 as the table here). The footer shows the one format `x` writes.
 """
 
@@ -33,12 +33,12 @@ from textual.screen import ModalScreen, Screen
 from textual.widgets import DataTable, Footer, Header, Label
 from textual.worker import get_current_worker
 
-from engine.export import EXTENSIONS, FORMATS, export_document
-from engine.methods import label
-from engine.report import (DELTA_LABEL, P_LABEL, Column, Report, build_report, delta_text, gain_text, mean_text, p_text,
+from engine.results.export import EXTENSIONS, FORMATS, export_document
+from engine.experiment.methods import label
+from engine.results.report import (DELTA_LABEL, P_LABEL, Column, Report, build_report, delta_text, gain_text, mean_text, p_text,
                            paired_line, prepare_statistics, score_text)
-from engine.runs import RunsDirError
-from engine.store import RunIndex
+from engine.store.run_dir import RunsDirError
+from engine.store.index import RunIndex
 from mpt_tui.messages import IndexBusy, IndexLoaded, ReportWorkerErrors, deliver
 from mpt_tui.widgets import BarChart
 from mpt_tui.widgets.bar_chart import BEST

@@ -15,9 +15,9 @@ from textual.screen import ModalScreen, Screen
 from textual.widgets import Button, DataTable, Footer, Header, Input, Label
 from textual.worker import Worker, WorkerState
 
-from engine.launch import cancel, delete_run, launch, resume_refusal
-from engine.report import format_duration
-from engine.runs import Run, RunsDirError
+from engine.runner.launch import cancel, delete_run, launch, resume_refusal
+from engine.results.report import format_duration
+from engine.store.run_dir import Run, RunsDirError
 from mpt_tui.messages import ReportWorkerErrors, RunDeleted, RunsRefreshed, deliver
 from mpt_tui.watch import RunView, RunWatcher
 from mpt_tui.widgets import CellList, RunDetail
@@ -210,7 +210,7 @@ class RunsScreen(ReportWorkerErrors, Screen):
 
     @work(thread=True, group="delete-run", exit_on_error=False)
     def delete(self, run: Run) -> None:
-        """engine.launch.delete_run: it refuses an active run, and waits for the index lock."""
+        """engine.runner.launch.delete_run: it refuses an active run, and waits for the index lock."""
         try:
             delete_run(run)
         except RunsDirError as exc:

@@ -1,1 +1,0 @@
-"""Upstream algorithms, one file each; `engine.methods` registers them by name."""

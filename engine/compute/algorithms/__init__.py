@@ -1,0 +1,1 @@
+"""Upstream algorithms, one file each; `engine.experiment.methods` registers them by name."""
