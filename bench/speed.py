@@ -85,7 +85,8 @@ def build_model(arch: str, device: str):
     from transformers import LlamaConfig, LlamaForCausalLM, T5Config, T5ForConditionalGeneration
 
     if arch == "smollm2-135m":
-        from engine.compute.models import is_pulled, load_pretrained
+        from engine.store.models import is_pulled
+        from engine.compute.models import load_pretrained
 
         if is_pulled(arch):
             model, tokenizer, _ = load_pretrained(arch)

@@ -139,7 +139,7 @@ def run_foreground(args, run, name: str, n_splits: int) -> int:
 
 def _print_analysis(console, run) -> None:
     """The run's task similarity analysis under its table, when its last stage computed one."""
-    from engine.execution.analysis import read_analysis, render_text
+    from engine.results.analysis import read_analysis, render_text
 
     doc = read_analysis(run)
     if doc:
@@ -387,7 +387,8 @@ def cmd_presets(args) -> int:
 
 
 def cmd_models(args) -> int:
-    from engine.compute.models import EMBEDDED_MODELS, ModelNotFoundError, embedded_model_dir, is_pulled, pull_model
+    from engine.store.models import EMBEDDED_MODELS, ModelNotFoundError, embedded_model_dir, is_pulled
+    from engine.compute.models import pull_model
 
     if args.models_command == "pull":
         try:
@@ -553,7 +554,7 @@ def _analysis_settings(args, preset):
     import dataclasses
     import math
 
-    from engine.execution.analysis import KINDS
+    from engine.results.analysis import KINDS
 
     settings = preset.analysis
     kinds = [k.strip() for k in args.similarity.split(",") if k.strip()] if args.similarity \
@@ -575,7 +576,8 @@ def _analysis_settings(args, preset):
 
 def cmd_analyse(args) -> int:
     """The task similarity analysis of finished runs, computed now (embedding jobs resume where they stopped)."""
-    from engine.execution.analysis import AnalysisError, analyse_runs, check_together, render_text, run_part
+    from engine.results.analysis import AnalysisError, check_together, render_text, run_part
+    from engine.execution.analysis import analyse_runs
     from engine.runner.devices import acquire_device, candidate_devices
     from engine.store.run_dir import ACTIVE_STATES, RunsDirError, find_run
     from engine.base.stopping import RunCancelled, StopFlag
@@ -615,7 +617,7 @@ def cmd_analyse(args) -> int:
         device, device_lock = acquire_device(root, candidate_devices(preset.model.device), on_wait=check_stop)
         events.message(f"loading {preset.model.name} on {device}")
         from engine.compute.backbone import Backbone
-        from engine.execution.grid import Executor
+        from engine.compute.executor import Executor
 
         backbone = Backbone.from_preset(preset.model, device, progress=events.message, compile=False)
         doc = analyse_runs(runs, settings, Executor(backbone), events)

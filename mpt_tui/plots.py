@@ -376,7 +376,7 @@ def _draw_bars(ax, data: list[RunData], name, colour) -> None:
 # ---- the similarity analysis (analysis.json) --------------------------------------------------
 
 def _analysis_of(runs: list[Run]) -> tuple[dict, list[str]]:
-    from engine.execution.analysis import read_analysis
+    from engine.results.analysis import read_analysis
 
     notes = [f"run {r.id}: not drawn (the figure shows the analysis stored in the first run {runs[0].id})"
              for r in runs[1:]]

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from engine.execution.analysis import (EMBED, analyse_runs, analysis_path, embedding_preset, read_analysis, render_text,
-                             run_stage, work_dir)
+from engine.execution.analysis import EMBED, analyse_runs, embedding_preset, run_stage, work_dir
+from engine.results.analysis import analysis_path, read_analysis, render_text
 from engine.experiment.config import preset_from_dict
 from engine.runner.prepare import check_preset, prepare_run
 from engine.experiment.plan import Plan
@@ -56,7 +56,7 @@ def _finished_run(root: Path, model: Path, name: str = "sim", **lines) -> Run:
 
 def _executor(run: Run):
     from engine.compute.backbone import Backbone
-    from engine.execution.grid import Executor
+    from engine.compute.executor import Executor
 
     preset = preset_from_dict(run.config()["preset"])
     return Executor(Backbone.load(preset.model.name, device="cpu", max_input_length=preset.model.max_input_length))
@@ -272,7 +272,8 @@ def test_the_embedding_work_runs_as_units_on_the_backend_it_is_given(finished, t
     """Every embedding job and text embedding goes through the backend's schedule (a Ray run's workers
     take them like grid units): train-only groups of all jobs, one `EmbedTexts` per task, and the
     analysis is the one an executor's computes."""
-    from engine.execution.grid import EmbedTexts, LocalBackend, TrainCells
+    from engine.experiment.units import EmbedTexts, TrainCells
+    from engine.execution.schedule import LocalBackend
 
     class Recording(LocalBackend):
         def __init__(self, executor):
@@ -319,7 +320,7 @@ def test_an_embedding_group_out_of_gpu_memory_is_halved_and_the_split_kept(finis
     until it fits, and the analysis goes on."""
     import torch
 
-    from engine.execution.grid import Executor
+    from engine.compute.executor import Executor
 
     shutil.copytree(finished.path.parent, tmp_path / "runs")
     run = Run(tmp_path / "runs" / finished.id)

@@ -19,7 +19,7 @@ from faultlib import records
 from engine.execution.analysis import analyse_runs
 from engine.compute.backbone import Backbone
 from engine.experiment.config import override, preset_from_dict
-from engine.execution.grid import Executor
+from engine.compute.executor import Executor
 from engine.runner.launch import cancel, launch
 from engine.runner.prepare import check_preset, prepare_run
 from engine.store.run_dir import Run, pid_alive, read_json
@@ -266,7 +266,7 @@ def test_the_ray_missing_error_names_the_extra(tmp_path, tiny_llama):
 # ---- the schedule and the estimate, without Ray ---------------------------------------------
 
 def test_the_schedule_starts_a_unit_when_what_it_needs_has_finished_and_a_retry_goes_first():
-    from engine.execution.grid import Schedule, Scheduled
+    from engine.execution.schedule import Schedule, Scheduled
 
     schedule, started = Schedule(), []
     for name, needs in [("upstream:maml", ()), ("group 1/3", ("upstream:maml",)), ("group 2/3", ()),

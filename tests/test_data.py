@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from conftest import require_shared_data
-from engine import data as data_module
+from engine.experiment import data as data_module
 from engine.experiment.data import Example, TaskData, TaskDataError
 
 SST2_OPTIONS = ("negative", "positive")

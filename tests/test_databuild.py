@@ -13,7 +13,7 @@ import pytest
 
 datasets = pytest.importorskip("datasets")
 
-from engine import databuild  # noqa: E402
+from engine.experiment import databuild  # noqa: E402
 from engine.experiment.databuild import CROSSFIT_SEEDS, DataBuildError, build_splits  # noqa: E402
 
 LABELS = ("alpha", "beta", "gamma")

@@ -15,8 +15,10 @@ import pytest
 from conftest import REPO, small_run
 from engine.store.checkpoint import resume_step
 from engine.experiment.config import preset_from_dict
-from engine.execution.grid import (CellWork, Executor, LearnInit, PromptInit, TrainCells, cells_unit, unit_from_dict,
-                         unit_to_dict, upstream_unit)
+from engine.experiment.units import CellWork, LearnInit, PromptInit, TrainCells, unit_from_dict
+from engine.compute.executor import Executor
+from engine.execution.grid import cells_unit, upstream_unit
+from engine.experiment.units import unit_to_dict
 from engine.experiment.data import TaskData
 from engine.experiment.plan import Cell, Plan, grid_cells
 from engine.store.run_dir import read_json

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from engine.compute import models
-from engine.compute.models import ModelNotFoundError, is_pulled, load_pretrained, resolve_model
+from engine.store.models import ModelNotFoundError, is_pulled
+from engine.compute.models import load_pretrained, resolve_model
 
 EMBEDDED = "smollm2-135m"
 

@@ -12,9 +12,12 @@ from pathlib import Path
 import pytest
 
 from engine.experiment.config import PresetError, load_preset, preset_from_dict
-from engine.execution.grid import (Executor, LearnInit, LocalBackend, TrainCells, cells_unit, run_grid, upstream_to_learn,
-                         upstream_unit)
+from engine.compute.executor import Executor
+from engine.experiment.units import LearnInit, TrainCells
+from engine.execution.schedule import LocalBackend
+from engine.execution.grid import cells_unit, run_grid, upstream_to_learn, upstream_unit
 from engine.experiment.plan import Plan, grid_cells, make_plan
+from engine.runner.prepare import plan_run
 from engine.store.run_dir import Run, list_runs, read_json, write_json_atomic
 from engine.experiment.similarity import ranked_sources
 
@@ -50,7 +53,7 @@ def nearest_preset(tmp_path, model, *overrides, name="near", upstream=""):
 def planned(tmp_path, *overrides, runs_root=None):
     """(preset, plan) of the small preset on the demo setting with `overrides` (no model is loaded)."""
     preset, _ = load_preset(*nearest_preset(tmp_path, tmp_path / "no-model-needed", *overrides))
-    return preset, make_plan(preset, runs_root)
+    return preset, plan_run(preset, runs_root)
 
 
 def plan_of(tmp_path, *overrides, runs_root=None) -> Plan:
@@ -205,7 +208,7 @@ def test_bad_nearest_settings_exit_2_before_any_run_directory(tmp_path, tiny_lla
     runs = tmp_path / "runs"
     preset_file, sets = nearest_preset(tmp_path, tiny_llama, *[o.replace("ANALYSIS", str(analysis)) for o in overrides])
     with pytest.raises(PresetError, match=key):
-        make_plan(load_preset(preset_file, sets)[0], runs)
+        plan_run(load_preset(preset_file, sets)[0], runs)
     args = [a for o in sets for a in ("--set", o)]
     proc = subprocess.run([sys.executable, "-m", "mpt_tui.cli", "--preset", preset_file, *args, "--runs-dir", str(runs)],
                           cwd=REPO, capture_output=True, text=True, timeout=120,

@@ -197,7 +197,7 @@ def test_a_dropout_group_is_reproducible_and_resumes_to_the_same_end(tiny_t5, tm
 
 
 def test_the_epoch_cap_ends_a_job_after_that_many_passes_over_its_train_split():
-    from engine.compute.tuning import job_steps
+    from engine.experiment.config import job_steps
 
     # the authors: total_steps 3000, 1000 epochs, 16 examples per step: 32 examples -> 2000 steps
     assert job_steps(3000, 1000, 32, 16) == 2000

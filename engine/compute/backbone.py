@@ -374,6 +374,6 @@ def _persistent_compile_cache() -> None:
     of the same model and shapes loads them instead of compiling again."""
     import os
 
-    from engine.compute.models import cache_dir
+    from engine.store.models import cache_dir
 
     os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache_dir() / "inductor"))

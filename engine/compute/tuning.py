@@ -66,14 +66,6 @@ class TuningResult:
     last_prompt: torch.Tensor | None = None  # the prompt after the last step taken
 
 
-def job_steps(steps: int, max_epochs: int, n_train: int, batch_size: int) -> int:
-    """A job's optimizer steps: `steps`, or fewer when `max_epochs` passes over its train split end first
-    (the authors' loop stops at whichever of total_steps and num_train_epochs comes first)."""
-    if not max_epochs:
-        return steps
-    return min(steps, max_epochs * math.ceil(n_train / batch_size))
-
-
 def make_optimizer(name: str, params: list[torch.Tensor], lr: float, weight_decay: float):
     if name == "adafactor":
         from transformers.optimization import Adafactor

@@ -34,12 +34,12 @@ import logging
 import os
 import socket
 import sys
-import threading
 import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from engine.execution.schedule import Backend
 from engine.experiment.config import ClusterConfig, Preset, PresetError
 
 RAY_MISSING = "cluster.backend: 'ray' needs the Ray package: pip install 'mpt-tui[ray]'"
@@ -90,116 +90,6 @@ def _bootstrap_address(address: str) -> tuple[str, int]:
 
 
 # ---- the worker side: an actor holding the backbone ---------------------------------------------
-
-class _StreamedEvents:
-    """A unit's events inside an actor, kept until the driver collects them (`take`)."""
-
-    def __init__(self, stop: threading.Event):
-        self._items: list[tuple] = []
-        self._lock = threading.Lock()
-        self._stop = stop
-
-    def _add(self, *item) -> None:
-        with self._lock:
-            self._items.append(item)
-
-    def upstream_step(self, method: str, step: int, loss: float) -> None:
-        self._add("upstream_step", method, step, loss)
-
-    def cell_step(self, cell_id: str, step: int, loss: float) -> None:
-        self._add("cell_step", cell_id, step, loss)
-
-    def cell_dev(self, cell_id: str, step: int, score: float) -> None:
-        self._add("cell_dev", cell_id, step, score)
-
-    def message(self, text: str) -> None:
-        self._add("message", text)
-
-    def should_stop(self) -> bool:
-        return self._stop.is_set()
-
-    def take(self) -> list[tuple]:
-        with self._lock:
-            items, self._items = self._items, []
-        return items
-
-
-class UnitWorker:
-    """A Ray actor: the backbone loaded once on its device (the GPU share Ray gave it, or the CPU), then units."""
-
-    def __init__(self, preset: dict, threads: int, memory_share: float, env: dict):
-        os.environ.update(env)  # before transformers loads (an actor's environment is its node's)
-        from engine.runner.lifecycle import quiet_libraries
-
-        quiet_libraries()
-        import ray
-        import torch
-
-        from engine.compute.backbone import Backbone
-        from engine.experiment.config import preset_from_dict
-        from engine.execution.grid import Executor
-
-        torch.set_num_threads(threads)  # Ray's default is one thread; pinned either way (equal records)
-        p = preset_from_dict(preset)
-        self.device = "cuda:0" if ray.get_gpu_ids() and p.model.device != "cpu" else "cpu"
-        self.backbone = Backbone.from_preset(p.model, self.device)
-        self.executor = Executor(self.backbone, memory_share)
-        self._stop = threading.Event()
-        self._events: _StreamedEvents | None = None
-
-    def info(self, run_dir: str, token: str, data_dir: str) -> dict:
-        """Where this worker is, and whether it sees the driver's run directory (the same one) and the data."""
-        from engine.runner.estimate import device_name
-
-        seen = ""
-        try:
-            seen = (Path(run_dir) / CHECK_FILE).read_text(encoding="utf-8")
-        except OSError:
-            pass
-        problem = None
-        if seen != token:
-            problem = f"the run directory {run_dir}"
-        elif not Path(data_dir).is_dir():
-            problem = f"the data directory {data_dir}"
-        return {"node": socket.gethostname(), "pid": os.getpid(), "device": self.device,
-                "device_name": device_name(self.device), "precision": self.backbone.precision, "missing": problem}
-
-    def run(self, unit: dict) -> tuple[object, list[tuple], float]:
-        """Run one unit; its result, the events not yet collected, and its seconds in here."""
-        from engine.execution.grid import unit_from_dict
-
-        self._stop.clear()
-        self._events = _StreamedEvents(self._stop)
-        started = time.perf_counter()
-        try:
-            result = self.executor.run(unit_from_dict(unit), self._events)
-        except BaseException:
-            import torch
-
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()  # an out-of-memory group is split and retried, here or elsewhere
-            raise
-        return result, self._events.take(), time.perf_counter() - started
-
-    def take_events(self) -> list[tuple]:
-        return self._events.take() if self._events else []
-
-    def stop(self) -> None:
-        """The running unit checkpoints and raises RunCancelled at its next step."""
-        self._stop.set()
-
-    def group_size(self, preset: dict, data_dir: str, config_dir: str | None, pending: list[dict]) -> tuple:
-        from engine.experiment.config import preset_from_dict
-        from engine.experiment.data import TaskData
-        from engine.experiment.plan import Cell
-
-        events = _StreamedEvents(self._stop)
-        size = self.executor.group_size(preset_from_dict(preset), TaskData(data_dir, config_dir),
-                                        [Cell(**c) for c in pending], events)
-        return size, events.take()
-
-
-CHECK_FILE = ".cluster-check"  # the driver's token: a worker that reads it back sees the same run directory
 
 
 # ---- the driver side ---------------------------------------------------------------------
@@ -265,12 +155,15 @@ class _Worker:
     sent: float = 0.0  # when (perf_counter) it was sent
 
 
-class RayBackend:
+class RayBackend(Backend):
     """Runs a schedule's units on a pool of actors; the calling process stays the only writer of the run."""
 
     def __init__(self, run, preset: Preset, address: str, events, log: logging.Logger):
         import ray
 
+        from engine.compute.ray_actor import CHECK_FILE, UnitActor  # the actor's class (no torch until it starts)
+
+        self.actor_class, self.check_path = UnitActor, run.path / CHECK_FILE
         self.ray, self.run_dir, self.preset, self.address, self.log = ray, run.path, preset, address, log
         self.cfg = preset.cluster
         self.on_cluster = events.cluster
@@ -281,7 +174,7 @@ class RayBackend:
         self.started = 0  # workers created, replacements included (their ids)
         self.deaths = 0
         self.token = uuid.uuid4().hex
-        (self.run_dir / CHECK_FILE).write_text(self.token, encoding="utf-8")
+        self.check_path.write_text(self.token, encoding="utf-8")
         self._published = None
         for _ in range(self.size):
             self._start_worker()
@@ -296,7 +189,7 @@ class RayBackend:
         options = {"num_cpus": 1, "num_gpus": self.cfg.gpus_per_worker if self.use_gpus else 0,
                    "max_concurrency": 4, "max_restarts": 0}  # run, take_events, stop, info at once
         env = {k: os.environ[k] for k in PASSED_ENV if k in os.environ}
-        actor = ray.remote(UnitWorker).options(**options).remote(self.preset.to_dict(), 1, share, env)
+        actor = ray.remote(self.actor_class).options(**options).remote(self.preset.to_dict(), 1, share, env)
         worker = _Worker(f"w{self.started}", actor)
         worker.starting = actor.info.remote(str(self.run_dir), self.token, self.preset.data.dir)
         self.started += 1
@@ -364,7 +257,7 @@ class RayBackend:
 
     def run(self, schedule, events) -> None:
         """Until every unit of `schedule` has finished; cancel and unrecoverable errors after every worker stops."""
-        from engine.execution.grid import unit_to_dict
+        from engine.experiment.units import unit_to_dict
         from engine.base.stopping import RunCancelled
 
         ray = self.ray
@@ -456,7 +349,7 @@ class RayBackend:
             with contextlib.suppress(Exception):
                 self.ray.kill(worker.actor)
         with contextlib.suppress(OSError):
-            (self.run_dir / CHECK_FILE).unlink()
+            self.check_path.unlink()
 
 
 def balanced_group_size(cells: int, largest: int, workers: int) -> int:

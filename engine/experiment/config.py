@@ -388,3 +388,11 @@ def save_preset(target: Path, base: str, overrides: list[str] = (), data_dir: st
     except OSError as exc:
         raise PresetError(f"save as {target}: cannot write ({exc.strerror})") from None
     return target
+
+
+def job_steps(steps: int, max_epochs: int, n_train: int, batch_size: int) -> int:
+    """A job's optimizer steps: `steps`, or fewer when `max_epochs` passes over its train split end first
+    (the authors' loop stops at whichever of total_steps and num_train_epochs comes first)."""
+    if not max_epochs:
+        return steps
+    return min(steps, max_epochs * math.ceil(n_train / batch_size))

@@ -15,6 +15,7 @@ registry).
 from __future__ import annotations
 
 import importlib
+import math
 from dataclasses import dataclass, field, replace
 
 from engine.base.fields import option
@@ -28,6 +29,11 @@ class MethodConfig:
     """What every method's `[upstream.<name>]` table has."""
 
     prompt_file: str = option("", help="reuse this learned prompt instead of training it")
+
+    def outer_steps(self, steps: int, split_sizes: list[tuple[int, int]]) -> int:
+        """The outer updates the method makes: `upstream.steps` unless its settings say otherwise.
+        `split_sizes`: (train, dev) example counts of each meta-task (torch-free, for planning)."""
+        return steps
 
 
 @dataclass
@@ -57,6 +63,12 @@ class MTLConfig(MethodConfig):
     use_dev: bool = option(False, help="train on the source tasks' dev files too (the authors' MTL does)")
     epochs: int = option(0, minimum=0, help="passes over the pooled source examples (the authors: 20); "
                                             "0: upstream.steps optimizer steps")
+
+    def outer_steps(self, steps: int, split_sizes: list[tuple[int, int]]) -> int:
+        if not self.epochs:
+            return steps
+        pool = sum(train + (dev if self.use_dev else 0) for train, dev in split_sizes)
+        return self.epochs * math.ceil(pool / self.batch_size)
 
 
 @dataclass(frozen=True)

@@ -25,10 +25,10 @@ import math
 import statistics
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Callable
 
 from engine.experiment.config import Preset, PresetError, builtin_presets_dir, nearest_k
 from engine.experiment.data import TaskData, TaskDataError
-from engine.store.run_dir import RunsDirError, default_runs_root, find_run, read_json
 
 PAPER_SETTING_PREFIX = "qin2023:"  # data.setting = "qin2023:<name>": the authors' own source/target lists
 
@@ -113,18 +113,19 @@ def open_data(preset: Preset) -> TaskData:
         raise PresetError(f"data.dir: {exc}") from None
 
 
-def make_plan(preset: Preset, runs_root: Path | None = None) -> Plan:
+def make_plan(preset: Preset, find_run_dir: Callable[[str], Path] | None = None) -> Plan:
     """Check the preset against the data; every problem is a one-line PresetError.
 
     A paper setting's own lists are taken as far as the data has them: a source task the data
     lacks, or a target task it lacks (or without a test file, or without some of data.seeds), is
     skipped, recorded on the plan and said in one warning. Lists written in the preset stay strict.
-    `runs_root` is where `data.similarity` looks for a run id (default: the default runs root).
+    `find_run_dir` turns a run id in `data.similarity` into its directory (or raises PresetError): the
+    runs root is the store's, so engine.runner.prepare.plan_run passes it; without it only paths work.
     """
     data = open_data(preset)
     k = preset.data.k
     nearest = nearest_k(preset.data.sources)
-    analysis = load_similarity(preset, runs_root) if nearest else None
+    analysis = load_similarity(preset, find_run_dir) if nearest else None
     setting_name, targets = "", list(preset.data.targets)
     sources = [] if nearest else list(preset.data.sources)
     paper: PaperSetting | None = None
@@ -216,9 +217,9 @@ def make_plan(preset: Preset, runs_root: Path | None = None) -> Plan:
                 missing_sources=missing_sources, missing_targets=missing_targets, source_sets=source_sets)
 
 
-def load_similarity(preset: Preset, runs_root: Path | None) -> dict:
+def load_similarity(preset: Preset, find_run_dir: Callable[[str], Path] | None) -> dict:
     """The analysis.json that `data.similarity` names: a file, a run directory, or a run id (or its unique
-    prefix) in `runs_root`; anything else is a one-line PresetError naming the key."""
+    prefix) that `find_run_dir` finds; anything else is a one-line PresetError naming the key."""
     from engine.experiment.similarity import ANALYSIS_FILE
 
     ref = preset.data.similarity
@@ -227,13 +228,15 @@ def load_similarity(preset: Preset, runs_root: Path | None) -> dict:
                           f"matrix: a run id whose analysis is done (mpt-tui analyse) or an {ANALYSIS_FILE} file")
     path = Path(ref).expanduser()
     if not path.exists() and not ref.endswith(".json"):
-        try:
-            path = find_run(Path(runs_root) if runs_root else default_runs_root(), ref).path
-        except RunsDirError as exc:
-            raise PresetError(f"data.similarity: {exc}") from None
+        if find_run_dir is None:
+            raise PresetError(f"data.similarity: {ref} is neither a file nor a run directory")
+        path = find_run_dir(ref)
     if path.is_dir():
         path = path / ANALYSIS_FILE
-    doc = read_json(path)
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        doc = None
     if not isinstance(doc, dict) or not isinstance(doc.get("kinds"), dict) or "sources" not in doc:
         why = "does not exist" if not path.exists() else "is not a readable analysis"
         raise PresetError(f"data.similarity: {path} {why} (run `mpt-tui analyse RUN_ID` first)")

@@ -106,7 +106,7 @@ def load_analyses(root, summaries: list[dict]) -> dict[str, dict]:
     """{run_id: analysis document} of the summaries' runs that have one (the index keeps only a pointer)."""
     from pathlib import Path
 
-    from engine.execution.analysis import read_analysis
+    from engine.results.analysis import read_analysis
     from engine.store.run_dir import Run
 
     docs = {s["run_id"]: read_analysis(Run(Path(root) / s["run_id"])) for s in summaries if s.get("analysis")}

@@ -88,7 +88,8 @@ def resolved_precision(preset: Preset, device: str) -> str:
 def dry_run(preset: Preset, plan: Plan, runs_root: Path, *, probe: bool = True) -> DryRun:
     from engine.experiment.data import TaskData
     from engine.runner.devices import candidate_devices, device_lock_path, lock_held
-    from engine.execution.grid import CPU_GROUP_SIZE, cell_steps, needed_upstream, upstream_name, upstream_steps
+    from engine.experiment.units import CPU_GROUP_SIZE
+    from engine.execution.grid import cell_steps, needed_upstream, upstream_name, upstream_steps
 
     data = TaskData(plan.data_dir, plan.config_dir)
     learned = [m for m in plan.methods if m in preset.upstream.hyperparameters
@@ -218,7 +219,7 @@ def _load(preset: Preset, device: str):
 
 
 def _probed_group_size(backbone, preset: Preset, plan: Plan, data, cells) -> int:
-    from engine.execution.grid import Executor
+    from engine.compute.executor import Executor
 
     class Quiet:
         def message(self, text):
@@ -239,7 +240,9 @@ def probe_timings(backbone, preset: Preset, plan: Plan, data, group, methods: li
     and per meta-update of each method, measured with the preset's settings on a few steps."""
     import dataclasses
 
-    from engine.execution.grid import CellWork, Executor, PromptInit, meta_task_keys
+    from engine.experiment.units import CellWork, PromptInit
+    from engine.compute.executor import Executor
+    from engine.execution.grid import meta_task_keys
 
     executor = Executor(backbone)
     work = [CellWork(c, PromptInit("vocab", pool=preset.prompt.vocab_pool), "", "") for c in group]

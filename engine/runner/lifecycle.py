@@ -99,14 +99,6 @@ def _first_start(run: Run) -> bool:
     return "warnings" not in status and "started" not in status
 
 
-def quiet_libraries() -> None:
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()
-    hf_logging.set_verbosity_error()
 
 
 RUN_LOCK = "worker.lock"
@@ -135,20 +127,22 @@ def run_locked(run: Run) -> bool:
     return lock_held(run.path / RUN_LOCK)
 
 
-def execute(run: Run, reporter: Reporter | None = None, stop: StopFlag | None = None) -> dict:
-    """Run or resume the run; returns its results (per split, per task, mean).
+def execute(run: Run, reporter: Reporter | None = None, stop: StopFlag | None = None,
+            stages: list[str] | None = None) -> dict:
+    """Run or resume the run's stages (all, or those named: engine.execution.stages); returns its results
+    (per split, per task, mean).
 
     SIGTERM or a first Ctrl-C checkpoints the work in progress and raises RunCancelled. A run that
     another worker holds raises RunLocked before anything of the run is touched.
     """
     run_lock = hold_run_lock(run)
     try:
-        return _execute_locked(run, reporter, stop)
+        return _execute_locked(run, reporter, stop, stages)
     finally:
         run_lock.release()
 
 
-def _execute_locked(run: Run, reporter: Reporter | None, stop: StopFlag | None) -> dict:
+def _execute_locked(run: Run, reporter: Reporter | None, stop: StopFlag | None, stages: list[str] | None) -> dict:
     reporter = reporter or _Silent()
     stop = stop or StopFlag()
     stop.install_signal_handlers()
@@ -171,14 +165,14 @@ def _execute_locked(run: Run, reporter: Reporter | None, stop: StopFlag | None) 
         if preset.cluster.backend == "ray":  # Ray owns the cluster's devices: no local device lock
             _check_stop(stop)
             status.set(state="running", started=time.time(), stage="connecting to Ray", device="ray")
-            results = _execute_on_ray(run, preset, plan, reporter, status, log, stop)
+            results = _execute_on_ray(run, preset, plan, reporter, status, log, stop, stages)
         else:
             candidates = candidate_devices(preset.model.device)
             device, device_lock = acquire_device(run.path.parent, candidates, on_wait=lambda: _check_stop(stop))
             _check_stop(stop)  # cancelled before it got a device: nothing to load
             status.set(state="running", started=time.time(), stage="setup", device=device)
             log.info("running on %s (pid %d)", device, os.getpid())
-            results = _execute(run, preset, plan, device, reporter, status, log, stop)
+            results = _execute(run, preset, plan, device, reporter, status, log, stop, stages)
     except (RunCancelled, KeyboardInterrupt) as exc:
         status.set(state="cancelled", finished=time.time())
         log.info("cancelled: %s", exc or "interrupted")
@@ -261,36 +255,36 @@ def _check_stop(stop: StopFlag) -> None:
 
 
 def _execute(run: Run, preset, plan: Plan, device: str, reporter: Reporter, status: StatusWriter,
-             log: logging.Logger, stop: StopFlag) -> dict:
+             log: logging.Logger, stop: StopFlag, stages: list[str] | None) -> dict:
+    from engine.compute.models import quiet_libraries
+
     quiet_libraries()
     from engine.compute.backbone import Backbone
-    from engine.execution.grid import Executor, run_grid
+    from engine.compute.executor import Executor
     from engine.compute.upstream import check_second_order
+    from engine.execution.stages import run_stages
 
     log.info("loading %s on %s", preset.model.name, device)
     reporter.message(f"loading model {preset.model.name} on {device}")
     backbone = Backbone.from_preset(preset.model, device, progress=reporter.message)
     if needs_second_order(plan.methods):
         check_second_order(backbone)  # before any training
+    # what stored timings are matched on (engine.runner.estimate): the device's model, not just its index
     from engine.runner.estimate import device_name
 
-    # what stored timings are matched on (engine.runner.estimate): the device's model, not just its index
     status.set(device_name=device_name(device), precision=backbone.precision)
-    from engine.execution.analysis import run_stage
-
-    executor, events = Executor(backbone), RunEvents(run, preset, status, reporter, log, stop)
-    results = run_grid(run, preset, plan, executor, events)
-    run_stage(run, preset, plan, executor, events)  # [analysis]: the task similarity, a no-op without one
-    return results
+    events = RunEvents(run, preset, status, reporter, log, stop)
+    return run_stages(run, preset, plan, Executor(backbone), events, stages)
 
 
 def _execute_on_ray(run: Run, preset, plan: Plan, reporter: Reporter, status: StatusWriter, log: logging.Logger,
-                    stop: StopFlag) -> dict:
+                    stop: StopFlag, stages: list[str] | None) -> dict:
     """This process as the Ray driver: the run's schedule on a pool of Ray workers (engine.execution.cluster)."""
+    from engine.compute.models import quiet_libraries
+
     quiet_libraries()
     from engine.execution import cluster
-    from engine.execution.analysis import run_stage
-    from engine.execution.grid import run_grid
+    from engine.execution.stages import run_stages
 
     reporter.message("connecting to Ray" + (f" at {preset.cluster.address}" if preset.cluster.address else
                                             " (a local instance)"))
@@ -307,9 +301,7 @@ def _execute_on_ray(run: Run, preset, plan: Plan, reporter: Reporter, status: St
         status.set(stage="waiting for Ray workers")
         first = backend.first_info(stop)
         status.set(stage="setup", device_name=first["device_name"], precision=first["precision"])
-        results = run_grid(run, preset, plan, backend, events)
-        run_stage(run, preset, plan, backend, events)  # [analysis]: its embedding units on the same workers
-        return results
+        return run_stages(run, preset, plan, backend, events, stages)  # the analysis on the same workers
     finally:
         if backend is not None:
             backend.close()

@@ -19,7 +19,7 @@ from pathlib import Path
 from engine.execution.cluster import check_cluster
 from engine.experiment.config import Preset, PresetError, load_preset
 from engine.experiment.plan import Plan, make_plan
-from engine.store.run_dir import Run, create_run, ensure_writable_root
+from engine.store.run_dir import Run, RunsDirError, create_run, default_runs_root, ensure_writable_root, find_run
 
 
 @dataclass
@@ -37,11 +37,23 @@ class Prepared:
                 "overrides": list(self.overrides)}
 
 
+def plan_run(preset: Preset, runs_root: Path | None = None) -> Plan:
+    """The preset's plan (engine.experiment.plan.make_plan), a run id in `data.similarity` looked up in
+    `runs_root` (default: the default runs root)."""
+    def find_run_dir(ref: str) -> Path:
+        try:
+            return find_run(Path(runs_root) if runs_root else default_runs_root(), ref).path
+        except RunsDirError as exc:
+            raise PresetError(f"data.similarity: {exc}") from None
+
+    return make_plan(preset, find_run_dir)
+
+
 def check_preset(name_or_path: str, overrides: list[str] = (), data_dir: str | None = None,
                  runs_root: Path | None = None) -> Prepared:
     """`runs_root`: where a run id in `data.similarity` is looked up (default: the default runs root)."""
     preset, path = load_preset(name_or_path, list(overrides), data_dir)
-    plan = make_plan(preset, runs_root)
+    plan = plan_run(preset, runs_root)
     model_config = model_config_json(preset.model.name)
     check_prompt_files(preset, hidden_size(model_config) if model_config else None)
     check_sequence_length(preset, model_config or {})
@@ -63,7 +75,7 @@ def model_config_json(name: str) -> dict | None:
     A name is a local directory, an embedded model, or a hub name found in the local
     hub cache (or downloaded, where the hub can be reached).
     """
-    from engine.compute.models import EMBEDDED_MODELS, embedded_model_dir, is_pulled
+    from engine.store.models import EMBEDDED_MODELS, embedded_model_dir, is_pulled
 
     path = Path(name).expanduser()
     if path.is_dir():

@@ -396,7 +396,8 @@ class LaunchScreen(ReportWorkerErrors, Screen):
     def compute_plan(self, name: str, overrides: list[str], data_dir: str | None, runs_root: Path) -> None:
         """The plan line: counts from the torch-free plan; the time from the CLI's dry run where timings exist."""
         from engine.experiment.config import load_preset
-        from engine.experiment.plan import grid_cells, make_plan
+        from engine.experiment.plan import grid_cells
+        from engine.runner.prepare import plan_run
 
         worker = get_current_worker()
         time.sleep(PLAN_DEBOUNCE_S)  # a newer edit cancels this worker meanwhile
@@ -404,7 +405,7 @@ class LaunchScreen(ReportWorkerErrors, Screen):
             return
         try:
             preset, _ = load_preset(name, overrides, data_dir)
-            plan = make_plan(preset)
+            plan = plan_run(preset)
         except PresetError as exc:
             deliver(self, PlanComputed(error=str(exc)))
             return

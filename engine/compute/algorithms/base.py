@@ -125,8 +125,8 @@ class Algorithm:
 
     @classmethod
     def total_steps(cls, hp, steps: int, tasks: list[MetaTask]) -> int:
-        """Outer updates the method makes with hyperparameters `hp`: `upstream.steps` unless they say otherwise."""
-        return steps
+        """Outer updates the method makes with hyperparameters `hp` (the settings' own rule, torch-free)."""
+        return hp.outer_steps(steps, [(len(t.train), len(t.dev)) for t in tasks])
 
     def combine(self, per_task: torch.Tensor, n_tasks: int) -> torch.Tensor:
         """The meta-batch's gradient from the sum of its tasks' gradients (`task_reduction`)."""

@@ -8,8 +8,6 @@ over the pool (batches are still drawn at random, not as epoch permutations).
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 from engine.compute.algorithms.base import Algorithm, MetaSampler, MetaTask, batch_loss
@@ -23,9 +21,7 @@ class MTL(Algorithm):
 
     @classmethod
     def total_steps(cls, hp, steps: int, tasks: list[MetaTask]) -> int:
-        if not hp.epochs:
-            return steps
-        return hp.epochs * math.ceil(len(cls.pool(hp, tasks)) / hp.batch_size)
+        return hp.outer_steps(steps, [(len(t.train), len(t.dev)) for t in tasks])
 
     def meta_gradient(self, backbone, prompt, sampler: MetaSampler):
         pool = self.pool(self.hp, sampler.tasks)  # rebuilt each step: algorithms hold no state
