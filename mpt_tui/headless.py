@@ -9,8 +9,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from engine.results.report import (DELTA_LABEL, P_LABEL, PAIRED_EXPLANATION, Report, delta_text, format_duration, gain_text,
-                           mean_text, p_text, score_text)
+from engine.results import (DELTA_LABEL, P_LABEL, PAIRED_EXPLANATION, Report, delta_text, format_duration, gain_text,
+                            mean_text, p_text, score_text)
 
 
 def workers_line(cluster: dict) -> str:

@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
-from engine.experiment.plan import Cell, Plan, grid_cells
-from engine.store.run_dir import ACTIVE_STATES, Curve, Run, list_runs, read_json
+from engine.experiment import Cell, Plan, grid_cells
+from engine.store import ACTIVE_STATES, Curve, Run, list_runs, read_json
 from mpt_tui.events_index import EventIndex
 
 

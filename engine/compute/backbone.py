@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from transformers.modeling_outputs import BaseModelOutput
 
+from engine.base import hardware
 from engine.compute import kernels
 
 # where the prompt P goes around the input x (encoder-decoder models end the input with </s>):
@@ -27,18 +28,11 @@ PLACEMENTS = ("before", "after", "after_eos")
 #   bf16: weights stored in bfloat16 (half the memory, no per-layer casts; GPU default)
 #   autocast: float32 weights, bfloat16 matrix products under torch.autocast (CUDA only)
 #   fp32: float32 throughout (CPU default)
-PRECISIONS = ("auto", "bf16", "autocast", "fp32")
+PRECISIONS = hardware.PRECISIONS
 
 
 def resolve_precision(precision: str, device: str) -> str:
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-    cuda_bf16 = device.startswith("cuda") and torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-    if precision == "auto":
-        return "bf16" if cuda_bf16 else "fp32"
-    if precision == "autocast" and not cuda_bf16:
-        return "fp32"  # autocast to bf16 is a GPU feature here; CPU keeps exact float32
-    return precision
+    return hardware.resolve_precision(precision, device, ask_torch=True)
 
 
 @dataclass

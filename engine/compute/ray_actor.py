@@ -73,7 +73,7 @@ class UnitActor:
 
     def info(self, run_dir: str, token: str, data_dir: str) -> dict:
         """Where this worker is, and whether it sees the driver's run directory (the same one) and the data."""
-        from engine.runner.estimate import device_name
+        from engine.base.hardware import device_name
 
         seen = ""
         try:

@@ -15,16 +15,15 @@ from typing import Callable
 
 from filelock import FileLock, Timeout
 
+from engine.base.hardware import visible_gpus
 
-def candidate_devices(requested: str) -> list[str]:
-    """`auto`: every visible GPU, else the CPU; anything else names one device (or a comma-separated list)."""
+
+def candidate_devices(requested: str, ask_torch: bool = True) -> list[str]:
+    """`auto`: every visible GPU, else the CPU; anything else names one device (or a comma-separated list).
+    `ask_torch=False`: GPUs as nvidia-smi sees them, without loading torch (engine.base.hardware)."""
     if requested != "auto":
         return [d.strip() for d in requested.split(",") if d.strip()]
-    import torch
-
-    if torch.cuda.is_available():
-        return [f"cuda:{i}" for i in range(torch.cuda.device_count())]
-    return ["cpu"]
+    return [f"cuda:{i}" for i in range(len(visible_gpus(ask_torch)))] or ["cpu"]
 
 
 def device_lock_path(runs_root: Path, device: str) -> Path:

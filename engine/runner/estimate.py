@@ -30,6 +30,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from engine.base.hardware import device_name, resolve_precision, visible_gpus
 from engine.experiment.config import Preset
 from engine.experiment.plan import Plan, grid_cells
 
@@ -70,21 +71,6 @@ class DryRun:
         return asdict(self)
 
 
-def device_name(device: str) -> str:
-    """The device's model ("NVIDIA H100 80GB HBM3"), or the CPU with its core count."""
-    if device.startswith("cuda"):
-        import torch
-
-        return torch.cuda.get_device_name(torch.device(device))
-    return f"cpu ({os.cpu_count()} cores)"
-
-
-def resolved_precision(preset: Preset, device: str) -> str:
-    from engine.compute.backbone import resolve_precision
-
-    return resolve_precision(preset.model.precision, device)
-
-
 def dry_run(preset: Preset, plan: Plan, runs_root: Path, *, probe: bool = True) -> DryRun:
     from engine.experiment.data import TaskData
     from engine.runner.devices import candidate_devices, device_lock_path, lock_held
@@ -98,7 +84,7 @@ def dry_run(preset: Preset, plan: Plan, runs_root: Path, *, probe: bool = True) 
     updates = {m: sum(n for (method, _), n in unit_steps.items() if method == m) for m in learned}
     cells = grid_cells(plan, preset.downstream.learning_rates)
     steps = cell_steps(preset, data, cells)
-    device = candidate_devices(preset.model.device)[0]
+    device = candidate_devices(preset.model.device, ask_torch=probe)[0]
     free = not lock_held(device_lock_path(runs_root, device))  # checked, never waited for
     size = preset.downstream.group_size or (CPU_GROUP_SIZE if device == "cpu" else 0)
     backbone = None
@@ -119,8 +105,8 @@ def dry_run(preset: Preset, plan: Plan, runs_root: Path, *, probe: bool = True) 
         result.source_sets = [{"key": key, "sources": sources, "targets": plan.targets_of(key),
                                "steps": {m: unit_steps[m, key] for m in learned}}
                               for key, sources in plan.upstream_sets().items()]
-    result.precision = resolved_precision(preset, device)
-    result.device_name = device_name(device)
+    result.precision = resolve_precision(preset.model.precision, device, ask_torch=probe)
+    result.device_name = device_name(device, ask_torch=probe)
     stored = stored_timings(runs_root, preset.model.name, result.device_name, result.precision, size)
     if stored["pass_s"] is not None and all(m in stored["update_s"] for m in updates):
         result.timings = stored
@@ -181,10 +167,9 @@ def planned_workers(preset: Preset) -> tuple[int, str]:
         return cluster.max_workers, "cluster.max_workers"
     if cluster.address:
         return 1, "the cluster's size is not looked up: set cluster.max_workers for a parallel estimate"
-    import torch
-
-    if preset.model.device != "cpu" and torch.cuda.is_available():
-        return max(1, int(torch.cuda.device_count() / cluster.gpus_per_worker + 1e-9)), "this machine's GPUs"
+    gpus = visible_gpus(ask_torch=False) if preset.model.device != "cpu" else []
+    if gpus:
+        return max(1, int(len(gpus) / cluster.gpus_per_worker + 1e-9)), "this machine's GPUs"
     return max(1, os.cpu_count() or 1), "this machine's CPUs"
 
 

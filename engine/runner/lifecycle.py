@@ -270,7 +270,7 @@ def _execute(run: Run, preset, plan: Plan, device: str, reporter: Reporter, stat
     if needs_second_order(plan.methods):
         check_second_order(backbone)  # before any training
     # what stored timings are matched on (engine.runner.estimate): the device's model, not just its index
-    from engine.runner.estimate import device_name
+    from engine.base.hardware import device_name
 
     status.set(device_name=device_name(device), precision=backbone.precision)
     events = RunEvents(run, preset, status, reporter, log, stop)

@@ -24,8 +24,8 @@ from textual.containers import Horizontal, VerticalScroll
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, Label, Static
 
-from engine.experiment.methods import label
-from engine.store.run_dir import list_runs, read_json
+from engine.experiment import label
+from engine.store import list_runs, read_json
 from mpt_tui.messages import AnalysisLoaded, ReportWorkerErrors, deliver
 
 ANALYSIS_FILE = "analysis.json"

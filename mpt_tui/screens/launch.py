@@ -39,12 +39,12 @@ from textual.widgets import Button, Checkbox, Footer, Header, Input, Label, Sele
 from textual.widgets.selection_list import Selection
 from textual.worker import NoActiveWorker, Worker, get_current_worker
 
-from engine.experiment.config import DATA_DIR_ENV, PresetError, find_preset, list_builtin_presets, override, save_preset
-from engine.runner.launch import launch
-from engine.experiment.methods import METHODS
-from engine.runner.prepare import check_preset, prepare_run
-from engine.store.run_dir import RunsDirError
-from engine.base.tomlcompat import tomllib
+from engine.experiment import DATA_DIR_ENV, PresetError, find_preset, list_builtin_presets, override, save_preset
+from engine.runner import launch
+from engine.experiment import METHODS
+from engine.runner import check_preset, prepare_run
+from engine.store import RunsDirError
+from engine.base import tomllib
 from mpt_tui.messages import CatalogLoaded, LaunchDone, PlanComputed, ReportWorkerErrors, deliver
 
 # (field id, preset key, label, kind): kind "list" fields are comma-separated in the form
@@ -116,8 +116,7 @@ def form_issues(catalog: dict, sources: list[str], targets: list[str], seeds: li
 
 def _has_timings(runs_root: Path, model: str) -> bool:
     """Whether an earlier run of `model` left a device name in its status (stored timings may match)."""
-    from engine.store.run_dir import list_runs, read_json
-
+    from engine.store import list_runs, read_json
     for run in list_runs(runs_root) if Path(runs_root).is_dir() else []:
         config, status = read_json(run.config_path), read_json(run.status_path)
         if (isinstance(config, dict) and config.get("preset", {}).get("model", {}).get("name") == model
@@ -248,9 +247,8 @@ class LaunchScreen(ReportWorkerErrors, Screen):
 
     @work(thread=True, exclusive=True, group="scan-tasks", exit_on_error=False)
     def scan_tasks(self, data_dir: str, setting: str, k: int) -> None:
-        from engine.experiment.catalog import setting_tasks, task_catalog
-        from engine.experiment.data import TaskData, TaskDataError
-
+        from engine.experiment import setting_tasks, task_catalog
+        from engine.experiment import TaskData, TaskDataError
         try:
             data = TaskData(Path(data_dir).expanduser())
             entries, lists = task_catalog(data, k), setting_tasks(data, setting)
@@ -395,10 +393,9 @@ class LaunchScreen(ReportWorkerErrors, Screen):
     @work(thread=True, exclusive=True, group="plan", exit_on_error=False)
     def compute_plan(self, name: str, overrides: list[str], data_dir: str | None, runs_root: Path) -> None:
         """The plan line: counts from the torch-free plan; the time from the CLI's dry run where timings exist."""
-        from engine.experiment.config import load_preset
-        from engine.experiment.plan import grid_cells
-        from engine.runner.prepare import plan_run
-
+        from engine.experiment import load_preset
+        from engine.experiment import grid_cells
+        from engine.runner import plan_run
         worker = get_current_worker()
         time.sleep(PLAN_DEBOUNCE_S)  # a newer edit cancels this worker meanwhile
         if worker.is_cancelled:
@@ -421,8 +418,7 @@ class LaunchScreen(ReportWorkerErrors, Screen):
         deliver(self, PlanComputed(f"{counts} · time: estimating…", warnings=plan.warnings))
         estimate = self.dry_run_estimate(name, overrides, data_dir, runs_root)
         if estimate is not None and not worker.is_cancelled:
-            from engine.runner.estimate import format_duration_estimate
-
+            from engine.runner import format_duration_estimate
             steps = sum(estimate.get("upstream_steps", {}).values())
             if learned:  # the exact count (MTL with epochs counts passes over its pool)
                 counts = counts.replace(upstream, f"{steps} upstream steps")

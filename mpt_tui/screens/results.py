@@ -33,12 +33,12 @@ from textual.screen import ModalScreen, Screen
 from textual.widgets import DataTable, Footer, Header, Label
 from textual.worker import get_current_worker
 
-from engine.results.export import EXTENSIONS, FORMATS, export_document
-from engine.experiment.methods import label
-from engine.results.report import (DELTA_LABEL, P_LABEL, Column, Report, build_report, delta_text, gain_text, mean_text, p_text,
-                           paired_line, prepare_statistics, score_text)
-from engine.store.run_dir import RunsDirError
-from engine.store.index import RunIndex
+from engine.results import EXTENSIONS, FORMATS, export_document
+from engine.experiment import label
+from engine.results import (DELTA_LABEL, P_LABEL, Column, Report, build_report, delta_text, gain_text, mean_text,
+                            p_text, paired_line, prepare_statistics, score_text)
+from engine.store import RunsDirError
+from engine.store import RunIndex
 from mpt_tui.messages import IndexBusy, IndexLoaded, ReportWorkerErrors, deliver
 from mpt_tui.widgets import BarChart
 from mpt_tui.widgets.bar_chart import BEST

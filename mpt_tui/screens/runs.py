@@ -15,9 +15,9 @@ from textual.screen import ModalScreen, Screen
 from textual.widgets import Button, DataTable, Footer, Header, Input, Label
 from textual.worker import Worker, WorkerState
 
-from engine.runner.launch import cancel, delete_run, launch, resume_refusal
-from engine.results.report import format_duration
-from engine.store.run_dir import Run, RunsDirError
+from engine.runner import cancel, delete_run, launch, resume_refusal
+from engine.results import format_duration
+from engine.store import Run, RunsDirError
 from mpt_tui.messages import ReportWorkerErrors, RunDeleted, RunsRefreshed, deliver
 from mpt_tui.watch import RunView, RunWatcher
 from mpt_tui.widgets import CellList, RunDetail

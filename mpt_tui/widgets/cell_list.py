@@ -15,7 +15,7 @@ from textual.app import ComposeResult
 from textual.containers import Vertical
 from textual.widgets import DataTable, Input
 
-from engine.experiment.methods import label
+from engine.experiment import label
 from mpt_tui.events_index import CellEvents
 from mpt_tui.watch import RunView
 

@@ -24,7 +24,7 @@ from textual.reactive import reactive
 from textual.widgets import Static
 from textual_plotext import PlotextPlot
 
-from engine.experiment.methods import label
+from engine.experiment import label
 from mpt_tui.watch import RunView
 from mpt_tui.widgets.cell_list import parse_cell_id
 
