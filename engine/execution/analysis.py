@@ -45,7 +45,7 @@ from engine.execution.stage import submit_groups
 from engine.experiment.config import AnalysisConfig, Preset
 from engine.experiment.plan import Cell, Plan
 from engine.experiment.units import CellWork, EmbedTexts, PromptInit, TrainCells
-from engine.results.analysis import AnalysisError, analysis_path, check_together, compute_analysis, run_part
+from engine.results.analysis import analysis_path, analysis_request, check_analysable, compute_analysis
 from engine.store.checkpoint import remove_checkpoint
 from engine.store.run_dir import Run, read_json, write_json_atomic
 
@@ -160,7 +160,7 @@ def text_embedding_units(preset: Preset, plan: Plan, data, tasks: list[str], eve
 
 # ---- running it ----------------------------------------------------------------------------
 
-def analyse_runs(runs: list[Run], settings: AnalysisConfig, backend, events) -> dict:
+def analyse_runs(runs: list[Run], settings: AnalysisConfig, backend, events, requested: dict | None = None) -> dict:
     """Compute, store (in the first run's directory) and return the analysis of finished `runs`.
 
     `backend`: where the embedding units run, an engine.execution.schedule `Backend` (a run's Ray workers) or an
@@ -169,18 +169,9 @@ def analyse_runs(runs: list[Run], settings: AnalysisConfig, backend, events) -> 
     """
     from engine.experiment.data import TaskData
 
-    if not settings.similarity:
-        raise AnalysisError("no similarity kind to compute (analysis.similarity is empty)")
-    preset, plan = check_together(runs)
-    parts = [run_part(r) for r in runs]
+    preset, plan, parts, tasks = check_analysable(runs, settings)
     preset = embedding_preset(preset, settings)
-    tasks = list(dict.fromkeys(t for part in parts for t in part.sources + part.targets))
-    plan = dataclasses.replace(plan, seeds=sorted({s for part in parts for s in part.seeds}))
     data = TaskData(plan.data_dir, plan.config_dir)
-    lacking = [t for t in tasks if not set(data.seeds(t, preset.data.k)) & set(plan.seeds)]
-    if lacking:
-        raise AnalysisError(f"task(s) {', '.join(lacking)} have no k={preset.data.k} split among the runs' seeds "
-                            f"{plan.seeds}: no embedding to compare")
     # one schedule of both kinds' units, on the run's backend: in order here, spread over Ray workers there
     quiet = _StageEvents(events, settings.embedding_steps)
     schedule, texts = Schedule(), {}
@@ -202,16 +193,25 @@ def analyse_runs(runs: list[Run], settings: AnalysisConfig, backend, events) -> 
     if "text" in settings.similarity:
         embeddings["text"] = texts
     doc = compute_analysis(parts, embeddings, settings.top_k)
+    if requested is not None:  # added after the run finished (`mpt-tui analyse`): say so, and with what
+        doc["requested"] = requested
     write_json_atomic(analysis_path(runs[0]), doc)
     events.message(f"analysis: stored {analysis_path(runs[0])}")
     return doc
 
 
 def run_stage(run: Run, preset: Preset, plan: Plan, backend, events) -> dict | None:
-    """The analysis as a run's last stage (after `run_grid`, on its backend): nothing when `[analysis]
-    similarity` is empty."""
-    if not preset.analysis.similarity:
-        return None
-    return analyse_runs([run], preset.analysis, backend, events)
+    """The analysis as a run's last stage (after `run_grid`, on its backend): with the settings of
+    `mpt-tui analyse` when one asked for it (engine.results.analysis.request_analysis: it may add
+    other finished runs), else `[analysis]`; nothing when that has no similarity kind."""
+    request = analysis_request(run)
+    if request is None:
+        return analyse_runs([run], preset.analysis, backend, events) if preset.analysis.similarity else None
+    settings = dataclasses.replace(preset.analysis, **request["settings"])
+    others = [Run(Path(path)) for path in request.get("others", [])]
+    events.message(f"analysis asked for by `mpt-tui analyse` ({', '.join(settings.similarity)}"
+                   + (f"; with {len(others)} other run(s)" if others else "") + ")")
+    doc = analyse_runs([run, *others], settings, backend, events, requested=request)
+    return doc
 
 

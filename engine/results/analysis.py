@@ -8,16 +8,18 @@ No torch here.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import statistics
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from engine.experiment.config import Preset
+from engine.experiment.config import AnalysisConfig, Preset
 from engine.experiment.methods import PT
 from engine.experiment.plan import Plan
 from engine.experiment.similarity import ANALYSIS_FILE, cosine_matrix, ranked_sources, set_similarity, spearman
-from engine.store.run_dir import Run, read_json
+from engine.store.run_dir import Run, read_json, write_json_atomic
 
 
 ANALYSIS_VERSION = 1
@@ -180,3 +182,44 @@ def render_text(doc: dict, digits: int = 2) -> str:
                          f"{c['n']:>3} {rho:>6} {p:>6}")
     lines.append(f"note: {doc['note']}")
     return "\n".join(lines) + "\n"
+
+
+# ---- an analysis asked for after the run (`mpt-tui analyse`) ---------------------------------
+
+REQUEST_FILE = "analysis-request.json"
+
+
+def request_analysis(run: Run, settings: AnalysisConfig, others: list[Run] = ()) -> None:
+    """Ask for the analysis of a finished run (with `others`, finished runs it reads): written into the
+    run directory, so the analysis stage that the worker then runs, and any `resume` of it, use these
+    settings. The analysis.json it writes carries the request (`requested`): how a finished run shows
+    that its analysis was added later."""
+    write_json_atomic(run.path / REQUEST_FILE, {"settings": dataclasses.asdict(settings),
+                                                "others": [str(o.path) for o in others], "at": time.time()})
+
+
+def analysis_request(run: Run) -> dict | None:
+    """The stored request of `mpt-tui analyse` (settings, other runs' directories, when), or None."""
+    doc = read_json(run.path / REQUEST_FILE)
+    return doc if isinstance(doc, dict) and isinstance(doc.get("settings"), dict) else None
+
+
+def check_analysable(runs: list[Run], settings: AnalysisConfig) -> tuple[Preset, Plan, list[RunPart], list[str]]:
+    """Everything an analysis of `runs` needs, checked before any work: the runs finished and go together,
+    a similarity kind is asked for, and every task has a split among the runs' seeds. The first run's
+    preset (with `settings`), the joint plan (all runs' seeds), each run's part and the tasks to embed;
+    an AnalysisError (one line) otherwise."""
+    from engine.experiment.data import TaskData
+
+    if not settings.similarity:
+        raise AnalysisError("no similarity kind to compute (analysis.similarity is empty)")
+    preset, plan = check_together(runs)
+    parts = [run_part(r) for r in runs]
+    tasks = list(dict.fromkeys(t for part in parts for t in part.sources + part.targets))
+    plan = dataclasses.replace(plan, seeds=sorted({s for part in parts for s in part.seeds}))
+    data = TaskData(plan.data_dir, plan.config_dir)
+    lacking = [t for t in tasks if not set(data.seeds(t, preset.data.k)) & set(plan.seeds)]
+    if lacking:
+        raise AnalysisError(f"task(s) {', '.join(lacking)} have no k={preset.data.k} split among the runs' seeds "
+                            f"{plan.seeds}: no embedding to compare")
+    return dataclasses.replace(preset, analysis=settings), plan, parts, tasks
