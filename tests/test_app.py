@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import os
 import subprocess
 import sys
@@ -525,7 +526,12 @@ async def test_the_plan_line_estimates_time_with_the_dry_runs_function(store, ti
         screen.query_one("#lrs").value = "0.3, 0.1"  # 12 cells: groups of 8, as the stored runs' groups
         plan = screen.query_one("#plan-line")
         await within(pilot, 120, lambda: "time: ~" in str(plan.render()), "the estimate")
-        expected = LaunchScreen.dry_run_estimate(*screen.preset_args(), store)  # the CLI's JSON
+        name, overrides, data_dir = screen.preset_args()  # the CLI's JSON, from the command itself
+        command = [sys.executable, "-m", "mpt_tui.cli", "--preset", name, "--dry-run", "--no-probe", "--json",
+                   "--runs-dir", str(store), *[a for o in overrides for a in ("--set", o)],
+                   *(["--data-dir", data_dir] if data_dir else [])]
+        expected = json.loads(subprocess.run(command, capture_output=True, text=True, check=True).stdout)
+        assert LaunchScreen.dry_run_estimate(name, overrides, data_dir, store) == expected  # in-process, no torch
         from engine.runner.estimate import format_duration_estimate
 
         assert expected["estimate_from"].startswith("stored timings of 2 earlier run(s)")

@@ -13,18 +13,15 @@ the form, `prepare_run` writes the run directory and `engine.runner.launch.launc
 - Algorithms are checkboxes; seeds are checkboxes of the splits the chosen targets have.
 - Invalid combinations (a task on both sides, a target without test files, a seed some
   target lacks, methods without sources) are listed under the form as it is edited.
-- The plan line counts what the form would train (`engine.experiment.plan.make_plan`, torch-free,
-  in a worker) and, where earlier runs of the same model left timings, the estimated time:
-  that comes from `mpt-tui --dry-run --no-probe --json` in a subprocess, the same function
-  as the CLI's dry run (`engine.runner.estimate.dry_run` imports torch today; the app must not).
+- The plan line counts what the form would train (`engine.runner.plan_run`, torch-free, in a
+  worker) and, where earlier runs of the same model left timings, the estimated time: the CLI's
+  dry run without the probe (`engine.runner.dry_run(..., probe=False)`, torch-free), in the same
+  worker thread.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -37,14 +34,13 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import Screen
 from textual.widgets import Button, Checkbox, Footer, Header, Input, Label, Select, SelectionList, Static
 from textual.widgets.selection_list import Selection
-from textual.worker import NoActiveWorker, Worker, get_current_worker
+from textual.worker import Worker, get_current_worker
 
-from engine.experiment import DATA_DIR_ENV, PresetError, find_preset, list_builtin_presets, override, save_preset
-from engine.runner import launch
-from engine.experiment import METHODS
-from engine.runner import check_preset, prepare_run
-from engine.store import RunsDirError
 from engine.base import tomllib
+from engine.experiment import (DATA_DIR_ENV, METHODS, PresetError, find_preset, list_builtin_presets, override,
+                               save_preset)
+from engine.runner import check_preset, launch, prepare_run
+from engine.store import RunsDirError
 from mpt_tui.messages import CatalogLoaded, LaunchDone, PlanComputed, ReportWorkerErrors, deliver
 
 # (field id, preset key, label, kind): kind "list" fields are comma-separated in the form
@@ -61,7 +57,6 @@ HINTS = {"model": "directory, hub name, or smollm2-135m", "device": "auto, cpu, 
          "setting": "name or file; qin2023:<name>", "lrs": "comma-separated"}
 ROLES = ("sources", "targets")
 PLAN_DEBOUNCE_S = 0.3  # the plan is recomputed once the form has been still this long
-ESTIMATE_TIMEOUT_S = 120.0
 
 
 def _number(text: str, kind: type):
@@ -393,9 +388,9 @@ class LaunchScreen(ReportWorkerErrors, Screen):
     @work(thread=True, exclusive=True, group="plan", exit_on_error=False)
     def compute_plan(self, name: str, overrides: list[str], data_dir: str | None, runs_root: Path) -> None:
         """The plan line: counts from the torch-free plan; the time from the CLI's dry run where timings exist."""
-        from engine.experiment import load_preset
-        from engine.experiment import grid_cells
+        from engine.experiment import grid_cells, load_preset
         from engine.runner import plan_run
+
         worker = get_current_worker()
         time.sleep(PLAN_DEBOUNCE_S)  # a newer edit cancels this worker meanwhile
         if worker.is_cancelled:
@@ -419,6 +414,7 @@ class LaunchScreen(ReportWorkerErrors, Screen):
         estimate = self.dry_run_estimate(name, overrides, data_dir, runs_root)
         if estimate is not None and not worker.is_cancelled:
             from engine.runner import format_duration_estimate
+
             steps = sum(estimate.get("upstream_steps", {}).values())
             if learned:  # the exact count (MTL with epochs counts passes over its pool)
                 counts = counts.replace(upstream, f"{steps} upstream steps")
@@ -429,25 +425,14 @@ class LaunchScreen(ReportWorkerErrors, Screen):
 
     @staticmethod
     def dry_run_estimate(name: str, overrides: list[str], data_dir: str | None, runs_root: Path) -> dict | None:
-        """`mpt-tui --dry-run --no-probe --json` (engine.runner.estimate.dry_run, stored timings only) in a subprocess."""
-        command = [sys.executable, "-m", "mpt_tui.cli", "--preset", name, "--dry-run", "--no-probe", "--json",
-                   "--runs-dir", str(runs_root)]
-        command += [a for o in overrides for a in ("--set", o)] + (["--data-dir", data_dir] if data_dir else [])
+        """What `mpt-tui --dry-run --no-probe --json` prints (engine.runner.dry_run on stored timings only),
+        computed here: planning without the probe imports no torch. None when the form does not plan."""
+        from engine.runner import check_preset, dry_run
+
         try:
-            worker = get_current_worker()
-        except NoActiveWorker:  # a direct call (a test)
-            worker = None
-        with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True) as proc:
-            deadline = time.monotonic() + ESTIMATE_TIMEOUT_S
-            while proc.poll() is None:
-                if (worker is not None and worker.is_cancelled) or time.monotonic() > deadline:
-                    proc.kill()
-                    return None
-                time.sleep(0.05)
-            out = proc.stdout.read()
-        try:
-            return json.loads(out) if proc.returncode == 0 else None
-        except ValueError:
+            prepared = check_preset(name, overrides, data_dir, runs_root=runs_root)
+            return dry_run(prepared.preset, prepared.plan, runs_root, probe=False).to_dict()
+        except (PresetError, RunsDirError, OSError):
             return None
 
     def on_plan_computed(self, message: PlanComputed) -> None:
