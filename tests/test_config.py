@@ -217,3 +217,25 @@ def test_non_finite_numbers_are_refused(assignment, key):
     """A NaN learning rate used to be accepted and train the whole run on NaN."""
     message = preset_error("demo", [assignment])
     assert f"{key} must be a finite number" in message
+
+
+def test_downstream_settings_reach_a_job_through_one_translation():
+    """`DownstreamConfig.tuning_config` is the one place [downstream] becomes a job's settings: every
+    job setting is a [downstream] key of the same default, and a changed key reaches the job."""
+    import dataclasses
+
+    from engine.experiment.config import TUNING_KEYS, DownstreamConfig, TuningConfig
+
+    down_fields = {f.name: f for f in dataclasses.fields(DownstreamConfig)}
+    job_fields = {f.name for f in dataclasses.fields(TuningConfig)} - {"learning_rate", "steps", "placement"}
+    assert job_fields == set(TUNING_KEYS) and set(TUNING_KEYS) <= set(down_fields)
+    defaults = TuningConfig(learning_rate=0.1, steps=1)
+    assert all(getattr(defaults, k) == getattr(DownstreamConfig(), k) for k in TUNING_KEYS if k != "checkpoint_every")
+    changed = {"batch_size": 3, "optimizer": "adamw", "eval_every": 7, "eval_batch_size": 5, "prediction": "rank",
+               "max_new_tokens": 9, "num_beams": 4, "repetition_penalty": 2.5, "early_stopping": True,
+               "grad_clip": 0.5, "weight_decay": 0.01, "checkpoint_every": 11}
+    assert set(changed) == set(TUNING_KEYS)
+    down = DownstreamConfig(steps=40, max_epochs=2, **changed)
+    job = down.tuning_config(0.25, 16, "after")
+    assert (job.learning_rate, job.steps, job.placement) == (0.25, 2 * 6, "after")  # 2 epochs of ceil(16/3)
+    assert all(getattr(job, k) == v for k, v in changed.items())

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from engine.compute.embeddings import text_embedding
-from engine.experiment.config import Preset, job_steps, preset_from_dict
+from engine.experiment.config import Preset, preset_from_dict
 from engine.experiment.data import TaskData
 from engine.experiment.plan import Cell
 from engine.experiment.units import (CPU_GROUP_SIZE, CellWork, EmbedTexts, LearnInit, PromptInit, TrainCells, Unit,
@@ -83,19 +83,12 @@ class Executor:
         return {"method": unit.method, "steps": result.steps, "last_loss": result.last_loss, "prompt": unit.output}
 
     def _job(self, preset: Preset, data, work: CellWork, need_test: bool = True):
-        from engine.compute.tuning import Job, TuningConfig
+        from engine.compute.tuning import Job
 
         down, cell = preset.downstream, work.cell
         split = data.load_split(cell.task, preset.data.k, cell.seed, need_test=need_test,
                                 input_format=preset.data.input_format)
-        cfg = TuningConfig(learning_rate=cell.lr, steps=job_steps(down.steps, down.max_epochs, len(split.train),
-                                                                  down.batch_size),
-                           batch_size=down.batch_size, optimizer=down.optimizer, eval_every=down.eval_every,
-                           eval_batch_size=down.eval_batch_size, prediction=down.prediction,
-                           max_new_tokens=down.max_new_tokens, num_beams=down.num_beams,
-                           repetition_penalty=down.repetition_penalty, early_stopping=down.early_stopping,
-                           grad_clip=down.grad_clip, weight_decay=down.weight_decay,
-                           placement=preset.prompt.placement, checkpoint_every=down.checkpoint_every)
+        cfg = down.tuning_config(cell.lr, len(split.train), preset.prompt.placement)
         job = Job(self.initial_prompt(work.init, preset.prompt.length), split.train, split.dev,
                   data.task_info(cell.task), cfg, down.train_seed + cell.seed, checkpoint=Path(work.checkpoint))
         return job, subsample(split.test, down.max_test_examples)

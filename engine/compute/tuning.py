@@ -22,30 +22,12 @@ from typing import Callable
 import torch
 
 from engine.base import faults
+from engine.experiment.config import TuningConfig
 from engine.compute.bank_optim import BankOptimizer
 from engine.store.checkpoint import CheckpointError, load_checkpoint, resume_path, save_round
 from engine.experiment.data import Example, TaskInfo
 from engine.experiment.metrics import compute_metric, metric_for_task
 from engine.base.stopping import RunCancelled
-
-
-@dataclass
-class TuningConfig:
-    learning_rate: float
-    steps: int
-    batch_size: int = 8
-    optimizer: str = "adafactor"
-    eval_every: int = 50
-    eval_batch_size: int = 64
-    prediction: str = "auto"
-    max_new_tokens: int = 32
-    num_beams: int = 1
-    repetition_penalty: float = 1.0
-    early_stopping: bool = False
-    grad_clip: float = 1.0
-    weight_decay: float = 1e-5
-    placement: str = "before"
-    checkpoint_every: int = 0  # a job with a checkpoint path saves its state every N steps (0: only when stopped)
 
 
 @dataclass

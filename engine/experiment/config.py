@@ -130,6 +130,41 @@ class DownstreamConfig:
     checkpoint_every: int = _field(100, minimum=0, help="each job of a group saves its state every N steps, so a "
                                    "killed worker loses at most N steps of its group (0: only when cancelled)")
 
+    def tuning_config(self, learning_rate: float, n_train: int, placement: str) -> TuningConfig:
+        """The settings one prompt-tuning job runs with (engine.compute.tuning): the one translation of
+        this section, with the job's own learning rate and its steps under `max_epochs`."""
+        return TuningConfig(learning_rate=learning_rate,
+                            steps=job_steps(self.steps, self.max_epochs, n_train, self.batch_size),
+                            placement=placement, **{name: getattr(self, name) for name in TUNING_KEYS})
+
+
+_DOWN = DownstreamConfig()  # its defaults are the defaults of a job's settings: written once, above
+TUNING_KEYS = ("batch_size", "optimizer", "eval_every", "eval_batch_size", "prediction", "max_new_tokens", "num_beams",
+               "repetition_penalty", "early_stopping", "grad_clip", "weight_decay", "checkpoint_every")  # as named there
+
+
+@dataclass
+class TuningConfig:
+    """What one prompt-tuning job (a grid cell, an embedding job) runs with: `[downstream]` translated once
+    by `DownstreamConfig.tuning_config`, plus the job's learning rate, steps and the prompt's placement.
+    The defaults are `[downstream]`'s (tests and benchmarks build jobs directly)."""
+
+    learning_rate: float
+    steps: int
+    batch_size: int = _DOWN.batch_size
+    optimizer: str = _DOWN.optimizer
+    eval_every: int = _DOWN.eval_every
+    eval_batch_size: int = _DOWN.eval_batch_size
+    prediction: str = _DOWN.prediction
+    max_new_tokens: int = _DOWN.max_new_tokens
+    num_beams: int = _DOWN.num_beams
+    repetition_penalty: float = _DOWN.repetition_penalty
+    early_stopping: bool = _DOWN.early_stopping
+    grad_clip: float = _DOWN.grad_clip
+    weight_decay: float = _DOWN.weight_decay
+    placement: str = PromptConfig().placement
+    checkpoint_every: int = 0  # a job built directly saves its state only when stopped; a run's: [downstream]'s
+
 
 @dataclass
 class UpstreamConfig:
