@@ -40,7 +40,7 @@ def submit_groups(schedule: Schedule, cells: list[Cell], done: dict[str, dict], 
             return None
         name = f"{label} {groups.index(group) + 1}/{len(groups)} ({len(part)} {noun})"
         return Scheduled(name, unit_of(part), needs_of(part), on_start=lambda: on_start(name),
-                         on_done=lambda records: finish(part, records), on_error=lambda exc: split(group, exc),
+                         on_done=lambda records: finish(part, records), on_error=lambda exc: halve_on_oom(group, exc),
                          on_retry=on_change)
 
     def finish(part: list[Cell], records: list[dict]) -> None:
@@ -49,7 +49,7 @@ def submit_groups(schedule: Schedule, cells: list[Cell], done: dict[str, dict], 
             done[cell.id] = record
         on_change()
 
-    def split(group: list[Cell], exc: BaseException) -> bool:
+    def halve_on_oom(group: list[Cell], exc: BaseException) -> bool:
         """The memory probe was too optimistic: split the group in two, remember the split, go on."""
         part = [c for c in group if c.id not in done]
         if not is_out_of_memory(exc) or len(part) == 1:
