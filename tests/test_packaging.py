@@ -20,5 +20,5 @@ def test_pip_install_ships_the_presets(tmp_path):
     assert "engine/presets/demo-data/config/demo.json" in names
     assert "engine/presets/paper-settings/class_to_class.json" in names
     assert any(n.startswith("engine/presets/demo-data/tasks/demo-emotion/") for n in names)
-    assert "engine/runner/lifecycle.py" in names and "mpt_tui/cli.py" in names
+    assert "engine/runner/lifecycle.py" in names and "mpt_tui/cli/__init__.py" in names
     assert "mpt_tui/app.tcss" in names and "mpt_tui/screens/runs.py" in names
