@@ -1,11 +1,11 @@
-"""`mpt-tui analyse ID [ID ...]`: the task similarity analysis of finished runs (engine.execution.analysis),
-stored in the first run's directory."""
+"""`mpt-tui analyse ID [ID ...]`: the task similarity analysis of finished runs, run as the first run's
+analysis stage (engine.execution.analysis) and stored in its directory."""
 
 from __future__ import annotations
 
 import sys
 
-from mpt_tui.cli.common import EXIT_BAD_INPUT, EXIT_RUN_FAILED, CliError, _dumps, _readable_runs_root, _state, common
+from mpt_tui.cli.common import EXIT_RUN_FAILED, CliError, _command_for, _dumps, _readable_runs_root, _state, common
 
 
 def add_parser(sub) -> None:
@@ -23,30 +23,12 @@ def add_parser(sub) -> None:
     analyse.set_defaults(handler=cmd_analyse)
 
 
-class _AnalysisEvents:
-    """What `engine.execution.analysis.analyse_runs` reports, for the terminal: log lines (stderr) and the stop flag."""
-
-    def __init__(self, stop):
-        self.stop = stop
-
-    def message(self, text: str) -> None:
-        import time
-
-        print(f"{time.strftime('%H:%M:%S')} {text}", file=sys.stderr, flush=True)
-
-    def stage(self, stage: str, **fields) -> None:
-        pass
-
-    def should_stop(self) -> bool:
-        return self.stop()
-
-
 def _analysis_settings(args, preset):
     """The run's [analysis] keys with the command line's overrides; prompt and text when it has none."""
     import dataclasses
     import math
 
-    from engine.results.analysis import KINDS
+    from engine.results import KINDS
 
     settings = preset.analysis
     kinds = [k.strip() for k in args.similarity.split(",") if k.strip()] if args.similarity \
@@ -67,14 +49,15 @@ def _analysis_settings(args, preset):
 
 
 def cmd_analyse(args) -> int:
-    """The task similarity analysis of finished runs, computed now (embedding jobs resume where they stopped)."""
-    from engine.results.analysis import AnalysisError, check_together, render_text, run_part
-    from engine.execution.analysis import analyse_runs
-    from engine.runner.devices import acquire_device, candidate_devices
-    from engine.store.run_dir import ACTIVE_STATES, RunsDirError, find_run
-    from engine.base.stopping import RunCancelled, StopFlag
-    from engine.store.index import RunIndex
-    from engine.runner.lifecycle import RunLocked, hold_run_lock, run_locked
+    """The task similarity analysis of finished runs, run now as the first run's analysis stage by the
+    worker's lifecycle in this process: status, heartbeat, `show`, `cancel` and the app see it like any
+    stage, and a cancelled one goes on with `resume` (or this command again) where its jobs stopped."""
+    from engine.base import RunCancelled
+    from engine.results import AnalysisError, check_analysable, check_together, read_analysis, render_text, \
+        request_analysis, run_part
+    from engine.runner.lifecycle import RunLocked, execute, run_locked
+    from engine.store import ACTIVE_STATES, RunsDirError, find_run
+    from mpt_tui.headless import LineReporter
 
     root = _readable_runs_root(args)
     try:
@@ -85,48 +68,26 @@ def cmd_analyse(args) -> int:
                 raise CliError(f"run {run.id} is {state}: analyse it once it has finished")
             run_part(run)
         preset, _ = check_together(runs)
+        settings = _analysis_settings(args, preset)
+        check_analysable(runs, settings)
     except (RunsDirError, AnalysisError) as exc:
         raise CliError(str(exc)) from None
-    settings = _analysis_settings(args, preset)
+    request_analysis(runs[0], settings, runs[1:])  # what the stage (and a later resume) computes
+    print(f"analysing {', '.join(r.id for r in runs)} as a stage of run {runs[0].id} (log: {runs[0].log_path})",
+          file=sys.stderr, flush=True)
     try:
-        run_lock = hold_run_lock(runs[0])  # the embedding jobs write into it: no worker may resume it meanwhile
+        execute(runs[0], LineReporter(sys.stderr), stages=["analysis"])
     except RunLocked as exc:
         raise CliError(str(exc)) from None
-    stop = StopFlag()
-    stop.install_signal_handlers()
-    events = _AnalysisEvents(stop)
-    device_lock = None
-    try:
-        waiting = []
-
-        def check_stop() -> None:
-            if stop():
-                raise RunCancelled("cancelled while waiting for a device")
-            if not waiting:  # said once: the device is busy (a run holds it)
-                waiting.append(True)
-                events.message(f"waiting for a device ({preset.model.device}): a run holds it")
-
-        device, device_lock = acquire_device(root, candidate_devices(preset.model.device), on_wait=check_stop)
-        events.message(f"loading {preset.model.name} on {device}")
-        from engine.compute.backbone import Backbone
-        from engine.compute.executor import Executor
-
-        backbone = Backbone.from_preset(preset.model, device, progress=events.message, compile=False)
-        doc = analyse_runs(runs, settings, Executor(backbone), events)
-    except AnalysisError as exc:
-        print(f"mpt-tui: error: {exc}", file=sys.stderr)
-        return EXIT_BAD_INPUT
     except (RunCancelled, KeyboardInterrupt):
-        print(f"analysis of {runs[0].id} cancelled; run the same command again to go on", file=sys.stderr)
+        print(f"analysis of {runs[0].id} cancelled; go on with: {_command_for(args, 'resume', runs[0].id)}",
+              file=sys.stderr)
         return 130
     except Exception as exc:
-        print(f"analysis of {runs[0].id} failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        print(f"analysis of {runs[0].id} failed: {type(exc).__name__}: {exc} (log: {runs[0].log_path})",
+              file=sys.stderr)
         return EXIT_RUN_FAILED
-    finally:
-        if device_lock is not None:
-            device_lock.release()
-        run_lock.release()
-    RunIndex(root).record(runs[0])
+    doc = read_analysis(runs[0])
     if args.json:
         print(_dumps(doc))
     else:

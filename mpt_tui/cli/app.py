@@ -8,7 +8,7 @@ from mpt_tui.cli.common import EXIT_BAD_INPUT, _runs_root
 
 
 def open_app(args) -> int:
-    from engine.store.run_dir import RunsDirError, ensure_writable_root
+    from engine.store import RunsDirError, ensure_writable_root
     from mpt_tui.app import run_app
 
     try:

@@ -16,7 +16,7 @@ def add_parser(sub) -> None:
 
 
 def cmd_models(args) -> int:
-    from engine.store.models import EMBEDDED_MODELS, ModelNotFoundError, embedded_model_dir, is_pulled
+    from engine.store import EMBEDDED_MODELS, ModelNotFoundError, embedded_model_dir, is_pulled
     from engine.compute.models import pull_model
 
     if args.models_command == "pull":

@@ -38,10 +38,9 @@ def add_parser(sub) -> None:
 
 
 def cmd_export(args) -> int:
-    from engine.results.export import export_document, load_analyses
-    from engine.store.run_dir import RunsDirError, find_run
-    from engine.store.index import RunIndex
-
+    from engine.results import export_document, load_analyses
+    from engine.store import RunsDirError, find_run
+    from engine.store import RunIndex
     root = _readable_runs_root(args)
     summaries = RunIndex(root).all()
     if args.run:
@@ -78,7 +77,7 @@ def _write_output(out: Path, text: str) -> None:
 
 
 def cmd_plot(args) -> int:
-    from engine.store.run_dir import RunsDirError, find_run
+    from engine.store import RunsDirError, find_run
     from mpt_tui.plots import PlotError, write_figure
 
     root = _readable_runs_root(args)

@@ -28,10 +28,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_preset(args) -> int:
-    from engine.experiment.config import PresetError
-    from engine.runner.prepare import check_preset, prepare_run
-    from engine.store.run_dir import RunsDirError
-
+    from engine.experiment import PresetError
+    from engine.runner import check_preset, prepare_run
+    from engine.store import RunsDirError
     try:
         prepared = check_preset(args.preset, args.set or [], args.data_dir, runs_root=_runs_root(args))
         if args.dry_run:
@@ -48,9 +47,8 @@ def run_preset(args) -> int:
 
 def dry_run(args, prepared) -> int:
     """--dry-run: the plan and its estimated time; nothing is written (engine.runner.estimate)."""
-    from engine.runner.estimate import dry_run as plan_run
-    from engine.runner.estimate import render
-
+    from engine.runner import dry_run as plan_run
+    from engine.runner import render
     for warning in prepared.plan.warnings:
         print(f"warning: {warning}", file=sys.stderr)
     root = _runs_root(args)
@@ -66,8 +64,7 @@ def dry_run(args, prepared) -> int:
 
 def start_detached(args, run, verb: str) -> int:
     """Start (or resume) the run with the app's detached worker; print its id and log, return at once."""
-    from engine.runner.launch import launch
-
+    from engine.runner import launch
     try:
         pid = launch(run)
     except OSError as exc:  # the run directory stays, failed and resumable: it may hold finished work
@@ -85,8 +82,8 @@ def run_foreground(args, run, name: str, n_splits: int) -> int:
     """Run or resume `run` in this process: progress on the terminal (or log lines), then the results table."""
     from rich.console import Console
 
-    from engine.results.report import build_report
-    from engine.base.stopping import RunCancelled
+    from engine.results import build_report
+    from engine.base import RunCancelled
     from engine.runner.lifecycle import execute
     from mpt_tui.headless import LineReporter, TerminalReporter, results_table
 
@@ -115,8 +112,7 @@ def run_foreground(args, run, name: str, n_splits: int) -> int:
 
 def _print_analysis(console, run) -> None:
     """The run's task similarity analysis under its table, when its last stage computed one."""
-    from engine.results.analysis import read_analysis, render_text
-
+    from engine.results import read_analysis, render_text
     doc = read_analysis(run)
     if doc:
         console.print(render_text(doc), markup=False, highlight=False, soft_wrap=True, end="")

@@ -52,8 +52,7 @@ def add_parser(sub) -> None:
 # ---- runs -----------------------------------------------------------------------------------
 
 def _state_filter(values: list[str] | None) -> set[str] | None:
-    from engine.store.run_dir import STATES
-
+    from engine.store import STATES
     if not values:
         return None
     wanted = {v.strip() for value in values for v in value.split(",") if v.strip()}
@@ -71,11 +70,10 @@ def _preset_matches(config: dict, name: str) -> bool:
 
 
 def cmd_runs(args) -> int:
-    from engine.results.overview import json_safe
-    from engine.results.report import build_report, means_line
-    from engine.store.run_dir import list_runs, read_json
-    from engine.store.index import summarize
-
+    from engine.results import json_safe
+    from engine.results import build_report, means_line
+    from engine.store import list_runs, read_json
+    from engine.store import summarize
     states = _state_filter(args.state)
     rows = []
     root = _runs_root(args)
@@ -109,9 +107,8 @@ def cmd_runs(args) -> int:
 # ---- a run's lifecycle: show, resume, cancel, delete, logs ---------------------------------
 
 def cmd_show(args) -> int:
-    from engine.results.overview import overview
-    from engine.store.run_dir import RunsDirError
-
+    from engine.results import overview
+    from engine.store import RunsDirError
     run = _find_run(args)
     try:
         view, partial, report = overview(run, log_lines=args.lines)
@@ -145,9 +142,9 @@ def _print_overview(view: dict, partial, report) -> None:
     from rich.markup import escape
     from rich.table import Table
 
-    from engine.experiment.methods import label
-    from engine.results.overview import partial_note
-    from engine.results.report import format_duration
+    from engine.experiment import label
+    from engine.results import partial_note
+    from engine.results import format_duration
     from mpt_tui.headless import results_table
 
     console = Console()
@@ -195,10 +192,9 @@ def _print_overview(view: dict, partial, report) -> None:
 
 
 def cmd_resume(args) -> int:
-    from engine.runner.launch import resume_refusal
-    from engine.results.overview import run_plan
-    from engine.store.run_dir import RunsDirError
-
+    from engine.runner import resume_refusal
+    from engine.results import run_plan
+    from engine.store import RunsDirError
     run = _find_run(args)
     state = _state(run)
     refusal = resume_refusal(run)
@@ -216,9 +212,8 @@ def cmd_resume(args) -> int:
 def cmd_cancel(args) -> int:
     import time
 
-    from engine.runner.launch import cancel
-    from engine.store.run_dir import ACTIVE_STATES
-
+    from engine.runner import cancel
+    from engine.store import ACTIVE_STATES
     run = _find_run(args)
     if not cancel(run):
         raise CliError(f"run {run.id} is {_state(run)}: nothing to cancel")
@@ -236,9 +231,8 @@ def cmd_cancel(args) -> int:
 
 
 def cmd_delete(args) -> int:
-    from engine.runner.launch import delete_run
-    from engine.store.run_dir import ACTIVE_STATES, RunsDirError
-
+    from engine.runner import delete_run
+    from engine.store import ACTIVE_STATES, RunsDirError
     run = _find_run(args)
     state = _state(run)
     if state in ACTIVE_STATES:
@@ -264,8 +258,7 @@ def cmd_delete(args) -> int:
 def cmd_logs(args) -> int:
     import time
 
-    from engine.store.run_dir import ACTIVE_STATES, pid_alive, read_json
-
+    from engine.store import ACTIVE_STATES, pid_alive, read_json
     run = _find_run(args)
     out = sys.stdout.buffer
     offset = 0
