@@ -330,7 +330,49 @@ class Cell:
 
     @property
     def id(self) -> str:
-        return f"{self.method}__{self.task}__s{self.seed}__lr{self.lr:g}"
+        """'<method>__<task>__s<seed>__lr<lr:g>': file names under cells/, prompts/, checkpoints/ and the
+        "cell" of metrics.jsonl events; `Cell.from_id` and `parse_cell_id` read it back."""
+        return f"{self.method}{CELL_ID_SEP}{self.task}{CELL_ID_SEP}s{self.seed}{CELL_ID_SEP}lr{self.lr:g}"
+
+    @classmethod
+    def from_id(cls, cell_id: str) -> "Cell":
+        """The cell `cell_id` names (the inverse of `Cell.id`); ValueError when it is not a cell id."""
+        method, task, seed, lr = parse_cell_id(cell_id)
+        if method == "?":
+            raise ValueError(f"'{cell_id}' is not a cell id (<method>__<task>__s<seed>__lr<lr>)")
+        return cls(method, task, int(seed), float(lr))
+
+
+CELL_ID_SEP = "__"
+
+
+def parse_cell_id(cell_id: str) -> tuple[str, str, str, str]:
+    """'maml__task__s13__lr0.3' -> ('maml', 'task', '13', '0.3'), the parts as `Cell.id` wrote them (strings,
+    for display); anything else: ('?', the id, '', ''). The method is the first part, the seed and learning
+    rate the last two, the task whatever lies between (so a task name may itself contain '__')."""
+    parts = cell_id.split(CELL_ID_SEP)
+    if len(parts) >= 4 and parts[0]:
+        seed, lr = parts[-2][1:], parts[-1][2:]
+        task = CELL_ID_SEP.join(parts[1:-2])
+        if parts[-2].startswith("s") and parts[-1].startswith("lr") and task and _is_int(seed) and _is_float(lr):
+            return parts[0], task, seed, lr
+    return "?", cell_id, "", ""
+
+
+def _is_int(text: str) -> bool:
+    try:
+        int(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _is_float(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def grid_cells(plan: Plan, learning_rates: list[float]) -> list[Cell]:

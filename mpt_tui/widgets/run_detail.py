@@ -25,8 +25,8 @@ from textual.widgets import Static
 from textual_plotext import PlotextPlot
 
 from engine.experiment.methods import label
+from engine.experiment.plan import parse_cell_id
 from mpt_tui.watch import RunView
-from mpt_tui.widgets.cell_list import parse_cell_id
 
 EMPTY = "No runs yet: press 3 to launch one."
 VIEWS = ("cell", "compare", "upstream")
