@@ -172,3 +172,26 @@ def test_a_run_no_worker_ever_started_reads_crashed_after_the_grace(tmp_path):
     status["updated"] = status["created"] = time.time() - HEARTBEAT_STALE_S - 1
     write_json_atomic(run.status_path, status)
     assert run.status()["state"] == "crashed"
+
+
+def test_the_metrics_reader_tails_from_a_byte_offset(tmp_path):
+    """One metrics.jsonl reader (engine.store.metrics_log) for the store's readers and the app's index:
+    read from an offset, a torn line kept until its end, a shrunk file read again from the start."""
+    from engine.store.metrics_log import EventIndex, MetricsTail
+
+    run = create_run(tmp_path, {"x": 1}, "tail")
+    run.log_upstream_loss("mtl", 1, 2.0)
+    tail = MetricsTail(run.metrics_path)
+    assert [e["loss"] for e in tail.read()[0]] == [2.0]
+    offset = tail.offset
+    run.log_cell_loss("pt__a__s1__lr0.3", 1, 1.5)
+    with run.metrics_path.open("ab") as f:
+        f.write(b'{"stage": "downstream", "cell": "pt__a__s1__lr0.3", "step": 1, "de')
+    events, restarted = MetricsTail(run.metrics_path, offset).read()
+    assert [e.get("loss") for e in events] == [1.5] and not restarted
+    with run.metrics_path.open("ab") as f:
+        f.write(b'v": 0.5}\n')
+    index = EventIndex.of(run.events())
+    assert index.cell_curves("pt__a__s1__lr0.3") == cell_curves(run.events(), "pt__a__s1__lr0.3") == (([1], [1.5]), ([1], [0.5]))
+    run.metrics_path.write_text("")
+    assert tail.read() == ([], True)

@@ -24,7 +24,8 @@ metrics.jsonl holds one JSON object a line, each with "t" (unix time) and "stage
     {"stage": "downstream", "cell": C, "step": S, "dev": D}           Run.log_cell_dev
     {"stage": "downstream", "cell": C, "event": "cell_done", "dev": D, "test": T}   Run.log_cell_done
 Readers use the functions below (`upstream_curves`, `cell_curves`, `last_cell`,
-`finished_cells`), never the keys. A step may appear twice after a resume from a
+`finished_cells`) or engine.store.metrics_log (the one parser and fold behind them, incremental
+from a byte offset for the app), never the keys. A step may appear twice after a resume from a
 periodic checkpoint: the later event wins.
 
 "crashed" is derived, never stored: a status that says running whose process is
@@ -44,6 +45,7 @@ from pathlib import Path
 import platformdirs
 
 from engine.base import durable
+from engine.store import metrics_log
 
 RUNS_DIR_ENV = "MPT_TUI_RUNS_DIR"
 STATES = ("queued", "running", "finished", "failed", "cancelled", "crashed")
@@ -237,64 +239,33 @@ class Run:
         self._append_event({"stage": "downstream", "cell": cell_id, "event": "cell_done", "dev": dev, "test": test})
 
     def events(self) -> list[dict]:
-        """All complete events; a torn last line (killed mid-write) is skipped."""
-        out = []
-        try:
-            lines = self.metrics_path.read_text(encoding="utf-8").splitlines()
-        except OSError:
-            return out
-        for line in lines:
-            try:
-                out.append(json.loads(line))
-            except ValueError:
-                continue
-        return out
+        """All complete events; a torn last line (killed mid-write) is skipped (engine.store.metrics_log)."""
+        return metrics_log.read_events(self.metrics_path)
 
 
-# ---- metrics.jsonl: the readers --------------------------------------------------------
+# ---- metrics.jsonl: the readers (one fold, engine.store.metrics_log.EventIndex, for these and the app) ----
 
-Curve = tuple[list[int], list[float]]
-
-
-def _curve(points: dict[int, float]) -> Curve:
-    steps = sorted(points)
-    return steps, [points[s] for s in steps]
+Curve = metrics_log.Curve
 
 
 def upstream_curves(events: list[dict]) -> dict[str, Curve]:
     """Each upstream method's loss by meta-update."""
-    points: dict[str, dict[int, float]] = {}
-    for e in events:
-        if e.get("stage") == "upstream" and "loss" in e:
-            points.setdefault(e["method"], {})[e["step"]] = e["loss"]
-    return {method: _curve(p) for method, p in points.items()}
+    return metrics_log.EventIndex.of(events).upstream_curves()
 
 
 def cell_curves(events: list[dict], cell_id: str) -> tuple[Curve, Curve]:
     """(train loss, dev score) of one grid cell, by step."""
-    loss: dict[int, float] = {}
-    dev: dict[int, float] = {}
-    for e in events:
-        if e.get("cell") != cell_id or "step" not in e:
-            continue
-        if "loss" in e:
-            loss[e["step"]] = e["loss"]
-        if "dev" in e:
-            dev[e["step"]] = e["dev"]
-    return _curve(loss), _curve(dev)
+    return metrics_log.EventIndex.of(e for e in events if e.get(metrics_log.CELL) == cell_id).cell_curves(cell_id)
 
 
 def last_cell(events: list[dict]) -> str | None:
     """The grid cell that logged last (the one training now, in a running run)."""
-    for e in reversed(events):
-        if e.get("stage") == "downstream" and e.get("cell"):
-            return e["cell"]
-    return None
+    return metrics_log.EventIndex.of(events).last_cell
 
 
 def finished_cells(events: list[dict]) -> list[dict]:
     """{"cell", "dev", "test"} of each finished cell, in the order they finished."""
-    return [{"cell": e["cell"], "dev": e["dev"], "test": e["test"]} for e in events if e.get("event") == "cell_done"]
+    return metrics_log.EventIndex.of(events).finished
 
 
 def create_run(root: Path, config: dict, name: str) -> Run:
