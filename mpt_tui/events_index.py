@@ -7,6 +7,6 @@ This module keeps the app's import path.
 
 from __future__ import annotations
 
-from engine.store.metrics_log import CellEvents, Curve, EventIndex, curve as _curve  # noqa: F401
+from engine.store.metrics_log import CellEvents, Curve, EventIndex
 
 __all__ = ["CellEvents", "Curve", "EventIndex"]

@@ -29,6 +29,8 @@ from typing import Callable
 
 from engine.experiment.config import Preset, PresetError, builtin_presets_dir, nearest_k
 from engine.experiment.data import TaskData, TaskDataError
+from engine.experiment.records import (AGG_MEAN, AGG_METRIC, AGG_N, AGG_STD, MEAN, SPLITS, TASKS, CellRecord,
+                                       as_record)
 
 PAPER_SETTING_PREFIX = "qin2023:"  # data.setting = "qin2023:<name>": the authors' own source/target lists
 
@@ -379,27 +381,27 @@ def grid_cells(plan: Plan, learning_rates: list[float]) -> list[Cell]:
     return [Cell(m, t, s, lr) for m in plan.methods for t in plan.targets for s in plan.seeds for lr in learning_rates]
 
 
-def select_and_aggregate(cell_results: list[dict]) -> dict:
+def select_and_aggregate(cell_results: list) -> dict:
     """Per (method, task, seed) the best-dev learning rate; per (method, task) mean/std over seeds.
 
-    Ties in dev score keep the learning rate listed first. Std is the population
-    standard deviation over the splits (0 for a single split).
+    `cell_results`: engine.experiment.records.CellRecord (or their dicts), in grid order. Ties in dev score
+    keep the learning rate listed first. Std is the population standard deviation over the splits (0 for a
+    single split). Returns results.json's document: "splits" (the chosen records, as dicts), "tasks", "mean".
     """
-    chosen: dict[tuple, dict] = {}
-    for cell in cell_results:  # cells arrive in grid order, so ">" keeps the first on ties
-        key = (cell["method"], cell["task"], cell["seed"])
-        if key not in chosen or _better(cell["dev"], chosen[key]["dev"]):
-            chosen[key] = cell
-    splits = [dict(c) for c in chosen.values()]
+    chosen: dict[tuple, CellRecord] = {}
+    for cell in map(as_record, cell_results):  # cells arrive in grid order, so ">" keeps the first on ties
+        if cell.split_key not in chosen or _better(cell.dev, chosen[cell.split_key].dev):
+            chosen[cell.split_key] = cell
+    splits = list(chosen.values())
     per_task: dict[str, dict[str, dict]] = {}
-    for method, task in sorted({(c["method"], c["task"]) for c in splits}, key=lambda mt: mt):
-        scores = [c["test"] for c in splits if c["method"] == method and c["task"] == task]
-        metric = next(c["metric"] for c in splits if c["method"] == method and c["task"] == task)
+    for method, task in sorted({(c.method, c.task) for c in splits}, key=lambda mt: mt):
+        scores = [c.test for c in splits if c.method == method and c.task == task]
+        metric = next(c.metric for c in splits if c.method == method and c.task == task)
         per_task.setdefault(method, {})[task] = {
-            "mean": statistics.fmean(scores), "std": statistics.pstdev(scores) if len(scores) > 1 else 0.0,
-            "n": len(scores), "metric": metric}
-    means = {m: statistics.fmean(t["mean"] for t in tasks.values()) for m, tasks in per_task.items()}
-    return {"splits": splits, "tasks": per_task, "mean": means}
+            AGG_MEAN: statistics.fmean(scores), AGG_STD: statistics.pstdev(scores) if len(scores) > 1 else 0.0,
+            AGG_N: len(scores), AGG_METRIC: metric}
+    means = {m: statistics.fmean(t[AGG_MEAN] for t in tasks.values()) for m, tasks in per_task.items()}
+    return {SPLITS: [c.to_dict() for c in splits], TASKS: per_task, MEAN: means}
 
 
 def _better(a: float, b: float) -> bool:
