@@ -148,6 +148,4 @@ def run_grid(run: Run, preset: Preset, plan: Plan, backend, events: GridEvents) 
                   needs_of=needs, on_change=changed,
                   on_start=lambda name: events.stage("downstream", total_cells=len(cells), done_cells=len(done)))
     backend.run(schedule, events)
-    results = select_and_aggregate([done[c.id] for c in cells])
-    write_results(run.results_path, results)
-    return results
+    return write_results(run.results_path, select_and_aggregate([done[c.id] for c in cells]))

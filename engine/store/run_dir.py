@@ -119,9 +119,11 @@ def read_results(path: Path) -> dict | None:
     return doc
 
 
-def write_results(path: Path, results: dict) -> None:
-    """results.json: engine.experiment.plan.select_and_aggregate's document with the schema."""
-    write_json_atomic(path, {**results, SCHEMA_KEY: SCHEMA})
+def write_results(path: Path, results: dict) -> dict:
+    """results.json: engine.experiment.plan.select_and_aggregate's document with the schema; returns what it wrote."""
+    doc = {**results, SCHEMA_KEY: SCHEMA}
+    write_json_atomic(path, doc)
+    return doc
 
 
 def _slug(text: str) -> str:
