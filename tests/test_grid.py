@@ -91,7 +91,7 @@ def test_a_unit_from_json_runs_in_a_fresh_executor_to_the_same_records(tmp_path,
     for work in copy.cells:  # its own outputs, so nothing of the first run is reused
         work.output = work.output.replace(".safetensors", "-copy.safetensors")
     second = fresh_executor().run(copy, Recorder())
-    assert [{k: r[k] for k in RECORD_KEYS} for r in first] == [{k: r[k] for k in RECORD_KEYS} for r in second]
+    assert [{k: getattr(r, k) for k in RECORD_KEYS} for r in first] == [{k: getattr(r, k) for k in RECORD_KEYS} for r in second]
     assert {c for c, _, _ in first_events.steps} == {c.id for c in cells}  # events name the cells
     assert all(os.path.isfile(w.output) for w in unit.cells + copy.cells)
 

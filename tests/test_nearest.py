@@ -16,7 +16,7 @@ from engine.compute.executor import Executor
 from engine.experiment.units import LearnInit, TrainCells
 from engine.execution.schedule import LocalBackend
 from engine.execution.grid import cells_unit, run_grid, upstream_to_learn, upstream_unit
-from engine.experiment.plan import Plan, grid_cells, make_plan
+from engine.experiment.plan import Plan, grid_cells
 from engine.runner.prepare import plan_run
 from engine.store.run_dir import Run, list_runs, read_json, write_json_atomic
 from engine.experiment.similarity import ranked_sources

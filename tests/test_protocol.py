@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from engine.experiment.config import Preset, PresetError, load_preset
-from engine.experiment.plan import (PAPER_SETTING_PREFIX, Plan, load_paper_setting, make_plan, paper_setting_names,
+from engine.experiment.plan import (PAPER_SETTING_PREFIX, Cell, Plan, load_paper_setting, make_plan, paper_setting_names,
                              paper_settings_dir, select_and_aggregate)
 
 from conftest import EXPECTED_CHOICE, REPO, cell, require_shared_data, synthetic_cells
@@ -313,3 +313,26 @@ def test_paper_setting_overlap_says_it_is_the_authors_split(tmp_path):
     # the same overlap written by the user is still the paper-keeps-them-disjoint warning
     plan = make_plan(paper_preset(tmp_path, data, "", 'sources = ["sick"]\ntargets = ["sick"]\nseeds = [1]'))
     assert any("disjoint" in w for w in plan.warnings)
+
+
+@pytest.mark.parametrize("task", ["rte", "super_glue-rte", "ag_news", "task-1_2", "t9", "glue__cola", "2x-y_z3"])
+@pytest.mark.parametrize("lr", [3e-05, 0.3, 1.0, 8.0, 1e-4, 0.001, 5e-3])
+def test_cell_id_round_trip(task, lr):
+    """Cell ids are formatted (Cell.id) and parsed (Cell.from_id, parse_cell_id) in one place, for every method."""
+    from engine.experiment.methods import method_names
+    from engine.experiment.plan import parse_cell_id
+
+    for method in method_names():
+        for seed in (1, 13, 100):
+            cell = Cell(method, task, seed, lr)
+            assert Cell.from_id(cell.id) == cell
+            assert parse_cell_id(cell.id) == (method, task, str(seed), f"{lr:g}")
+
+
+def test_cell_id_not_a_cell():
+    from engine.experiment.plan import parse_cell_id
+
+    for text in ("upstream-maml", "pt__rte__sx__lr0.3", "pt__rte__s1", "__rte__s1__lr0.3", "pt____s1__lr0.3"):
+        assert parse_cell_id(text) == ("?", text, "", "")
+        with pytest.raises(ValueError):
+            Cell.from_id(text)

@@ -141,7 +141,8 @@ def test_run_owns_its_paths_and_cell_records(tmp_path):
     run.save_cell_record("c", {"test": 0.5})
     run.cell_path("d").parent.mkdir(exist_ok=True)
     run.cell_path("d").write_text("{torn")  # killed mid-write: not done
-    assert run.finished_cell_records(["c", "d", "e"]) == {"c": {"test": 0.5}}
+    records = run.finished_cell_records(["c", "d", "e"])  # typed records (engine.experiment.records)
+    assert {k: r.to_dict() for k, r in records.items()} == {"c": {"test": 0.5, "schema": 1}}
     assert run.is_active()  # a new run is queued
     run.update_status(state="finished")
     assert not run.is_active()
@@ -172,3 +173,49 @@ def test_a_run_no_worker_ever_started_reads_crashed_after_the_grace(tmp_path):
     status["updated"] = status["created"] = time.time() - HEARTBEAT_STALE_S - 1
     write_json_atomic(run.status_path, status)
     assert run.status()["state"] == "crashed"
+
+
+def test_the_metrics_reader_tails_from_a_byte_offset(tmp_path):
+    """One metrics.jsonl reader (engine.store.metrics_log) for the store's readers and the app's index:
+    read from an offset, a torn line kept until its end, a shrunk file read again from the start."""
+    from engine.store.metrics_log import EventIndex, MetricsTail
+
+    run = create_run(tmp_path, {"x": 1}, "tail")
+    run.log_upstream_loss("mtl", 1, 2.0)
+    tail = MetricsTail(run.metrics_path)
+    assert [e["loss"] for e in tail.read()[0]] == [2.0]
+    offset = tail.offset
+    run.log_cell_loss("pt__a__s1__lr0.3", 1, 1.5)
+    with run.metrics_path.open("ab") as f:
+        f.write(b'{"stage": "downstream", "cell": "pt__a__s1__lr0.3", "step": 1, "de')
+    events, restarted = MetricsTail(run.metrics_path, offset).read()
+    assert [e.get("loss") for e in events] == [1.5] and not restarted
+    with run.metrics_path.open("ab") as f:
+        f.write(b'v": 0.5}\n')
+    index = EventIndex.of(run.events())
+    assert index.cell_curves("pt__a__s1__lr0.3") == cell_curves(run.events(), "pt__a__s1__lr0.3") == (([1], [1.5]), ([1], [0.5]))
+    run.metrics_path.write_text("")
+    assert tail.read() == ([], True)
+
+
+def test_config_and_records_carry_a_schema_and_a_newer_one_is_refused_naming_the_file(tmp_path):
+    from engine.experiment.records import SCHEMA, CellRecord
+    from engine.store.run_dir import RunsDirError
+
+    run = create_run(tmp_path, {"x": 1}, "schema")
+    assert json.loads(run.config_path.read_text())["schema"] == SCHEMA == run.schema()
+    assert run.config() == {"x": 1}
+    run.save_cell_record("c", CellRecord("pt", "t", 1, 0.3, "accuracy", 0.5, 0.25, extra={"new_key": 7}))
+    stored = json.loads(run.cell_path("c").read_text())
+    assert stored["schema"] == SCHEMA and stored["new_key"] == 7 and stored["dev"] == 0.5
+    assert run.finished_cell_records(["c"])["c"] == CellRecord("pt", "t", 1, 0.3, "accuracy", 0.5, 0.25)
+    old = {"method": "pt", "task": "t", "seed": 1, "lr": 0.3, "dev": 0.5, "test": 0.25}  # schema 0, fewer keys
+    run.cell_path("old").write_text(json.dumps(old))
+    record = run.finished_cell_records(["old"])["old"]
+    assert record.best_step is None and record.to_dict() == {**old, "schema": SCHEMA}
+    run.cell_path("new").write_text(json.dumps({**old, "schema": SCHEMA + 1}))
+    with pytest.raises(RunsDirError, match="new.json: schema 2 is newer"):
+        run.finished_cell_records(["new"])
+    run.config_path.write_text(json.dumps({"x": 1, "schema": SCHEMA + 1}))
+    with pytest.raises(RunsDirError, match="config.json: schema 2 is newer"):
+        run.config()

@@ -18,6 +18,7 @@ from engine.compute.embeddings import text_embedding
 from engine.experiment.config import Preset, preset_from_dict
 from engine.experiment.data import TaskData
 from engine.experiment.plan import Cell
+from engine.experiment.records import CellRecord, UpstreamRecord
 from engine.experiment.units import (CPU_GROUP_SIZE, CellWork, EmbedTexts, LearnInit, PromptInit, TrainCells, Unit,
                                      UnitEvents)
 from engine.store.checkpoint import resume_step
@@ -46,7 +47,7 @@ class Executor:
         return self._data[key]
 
     def run(self, unit: Unit, events: UnitEvents):
-        """A `LearnInit` returns {"method", "steps", "last_loss", "prompt"}; a `TrainCells` its cells' records;
+        """A `LearnInit` returns its `UpstreamRecord`; a `TrainCells` its cells' `CellRecord`s (engine.experiment.records);
         an `EmbedTexts` [[seed, vector], ...]."""
         if isinstance(unit, LearnInit):
             return self.learn_init(unit, events)
@@ -60,7 +61,7 @@ class Executor:
         return initial_prompt(self.backbone, length=length, method=init.method, task_names=init.task_names,
                               file=init.file or None, seed=init.seed, pool=init.pool)
 
-    def learn_init(self, unit: LearnInit, events: UnitEvents) -> dict:
+    def learn_init(self, unit: LearnInit, events: UnitEvents) -> UpstreamRecord:
         from engine.compute.algorithms.base import MetaTask
         from engine.compute.prompt import save_prompt
         from engine.compute.upstream import learn_initialisation
@@ -80,7 +81,7 @@ class Executor:
         save_prompt(Path(unit.output), result.prompt, model=preset.model.name,
                     extra={"method": unit.method, "steps": str(result.steps)})
         events.message(f"upstream {unit.label}: done, last loss {result.last_loss:.4f}")
-        return {"method": unit.method, "steps": result.steps, "last_loss": result.last_loss, "prompt": unit.output}
+        return UpstreamRecord(method=unit.method, steps=result.steps, last_loss=result.last_loss, prompt=unit.output)
 
     def _job(self, preset: Preset, data, work: CellWork, need_test: bool = True):
         from engine.compute.tuning import Job
@@ -93,7 +94,7 @@ class Executor:
                   data.task_info(cell.task), cfg, down.train_seed + cell.seed, checkpoint=Path(work.checkpoint))
         return job, subsample(split.test, down.max_test_examples)
 
-    def train_cells(self, unit: TrainCells, events: UnitEvents) -> list[dict]:
+    def train_cells(self, unit: TrainCells, events: UnitEvents) -> list[CellRecord]:
         """Prompt-tune the unit's cells as one group, test each one's chosen prompt; one record per cell."""
         from engine.compute.prompt import save_prompt
         from engine.compute.tuning import EvalItem, evaluate_many, prompt_tune_group
@@ -122,13 +123,13 @@ class Executor:
             cell = w.cell
             save_prompt(Path(w.output), prompt, model=preset.model.name,
                         extra={"task": cell.task, "seed": str(cell.seed)})
-            records.append({"method": cell.method, "task": cell.task, "seed": cell.seed, "lr": cell.lr,
-                            "metric": evaluation.metric if evaluation else None, "dev": result.best_dev,
-                            "test": evaluation.score if evaluation else None,
-                            "best_step": result.best_step, "tested": preset.downstream.test_prompt,
-                            "steps": job.cfg.steps, "dev_history": result.dev_history,
-                            "final_loss": result.final_loss, "stopped": result.stopped,
-                            "seconds": seconds, "group_size": len(cells), "prompt": w.output})
+            records.append(CellRecord(method=cell.method, task=cell.task, seed=cell.seed, lr=cell.lr,
+                                      metric=evaluation.metric if evaluation else None, dev=result.best_dev,
+                                      test=evaluation.score if evaluation else None,
+                                      best_step=result.best_step, tested=preset.downstream.test_prompt,
+                                      steps=job.cfg.steps, dev_history=result.dev_history,
+                                      final_loss=result.final_loss, stopped=result.stopped,
+                                      seconds=seconds, group_size=len(cells), prompt=w.output))
         events.message(f"group of {len(cells)} cells done in {seconds:.1f}s")
         return records
 

@@ -44,10 +44,11 @@ from engine.execution.schedule import Schedule, Scheduled, as_backend
 from engine.execution.stage import submit_groups
 from engine.experiment.config import AnalysisConfig, Preset
 from engine.experiment.plan import Cell, Plan
+from engine.experiment.records import CellRecord
 from engine.experiment.units import CellWork, EmbedTexts, PromptInit, TrainCells
 from engine.results.analysis import analysis_path, analysis_request, check_analysable, compute_analysis
 from engine.store.checkpoint import remove_checkpoint
-from engine.store.run_dir import Run, read_json, write_json_atomic
+from engine.store.run_dir import Run, read_record, write_json_atomic, write_record
 
 EMBED = "embed"  # the method name of the embedding jobs' cells
 EMBEDDING_INIT_SEED = 0  # every embedding job starts from this one vocabulary-sampled prompt
@@ -121,14 +122,14 @@ def submit_prompt_embeddings(schedule: Schedule, run: Run, preset: Preset, plan:
     job's cell. Finished jobs are read back, never run again."""
     settings = preset.analysis
     cells = embedding_cells(tasks, plan.seeds, data, preset.data.k, settings.embedding_lr)
-    done = {c.id: record for c in cells if isinstance(record := read_json(_paths(run, settings, c)[2]), dict)}
+    done = {c.id: record for c in cells if (record := read_record(_paths(run, settings, c)[2])) is not None}
     init = PromptInit("vocab", seed=EMBEDDING_INIT_SEED, pool=preset.prompt.vocab_pool)
 
-    def store(cell: Cell, record: dict) -> None:
+    def store(cell: Cell, record: CellRecord) -> None:
         checkpoint, prompt, record_path = _paths(run, settings, cell)
-        record["prompt"] = str(prompt.relative_to(run.path))
+        record.prompt = str(prompt.relative_to(run.path))
         record_path.parent.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(record_path, record)  # written last: from now on the job is done
+        write_record(record_path, record)  # written last: from now on the job is done
         remove_checkpoint(checkpoint)
 
     def unit(part: list[Cell]) -> TrainCells:

@@ -17,9 +17,10 @@ from engine.experiment.config import Preset, job_steps
 from engine.experiment.data import TaskData
 from engine.experiment.methods import PT
 from engine.experiment.plan import Cell, Plan, grid_cells, select_and_aggregate
+from engine.experiment.records import CellRecord
 from engine.experiment.units import CellWork, LearnInit, PromptInit, TrainCells, upstream_label
 from engine.store.checkpoint import remove_checkpoint, resume_step, saved_step
-from engine.store.run_dir import Run, write_json_atomic
+from engine.store.run_dir import Run, write_results
 
 
 def meta_task_keys(plan: Plan, data: TaskData, k: int, source_set: str = "") -> list[tuple[str, int]]:
@@ -124,13 +125,13 @@ def run_grid(run: Run, preset: Preset, plan: Plan, backend, events: GridEvents) 
                                   on_start=lambda n=name: events.stage(n),
                                   on_done=lambda result: recount(), on_retry=recount))
 
-    def store(cell: Cell, record: dict) -> None:
+    def store(cell: Cell, record: CellRecord) -> None:
         faults.point("grid.record")
-        record["prompt"] = str(run.cell_prompt(cell.id).relative_to(run.path))
+        record.prompt = str(run.cell_prompt(cell.id).relative_to(run.path))
         run.save_cell_record(cell.id, record)
         remove_checkpoint(run.cell_checkpoint(cell.id))
-        run.log_cell_done(cell.id, record["dev"], record["test"])
-        events.message(f"cell {cell.id}: dev {record['dev']:.4f} test {record['test']:.4f} ({record['metric']})")
+        run.log_cell_done(cell.id, record.dev, record.test)
+        events.message(f"cell {cell.id}: dev {record.dev:.4f} test {record.test:.4f} ({record.metric})")
 
     def changed() -> None:
         recount()
@@ -147,6 +148,4 @@ def run_grid(run: Run, preset: Preset, plan: Plan, backend, events: GridEvents) 
                   needs_of=needs, on_change=changed,
                   on_start=lambda name: events.stage("downstream", total_cells=len(cells), done_cells=len(done)))
     backend.run(schedule, events)
-    results = select_and_aggregate([done[c.id] for c in cells])
-    write_json_atomic(run.results_path, results)
-    return results
+    return write_results(run.results_path, select_and_aggregate([done[c.id] for c in cells]))

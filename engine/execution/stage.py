@@ -15,6 +15,7 @@ from typing import Callable
 
 from engine.execution.schedule import Schedule, Scheduled
 from engine.experiment.plan import Cell
+from engine.experiment.records import as_record
 from engine.experiment.units import Unit, UnitEvents
 from engine.store.run_dir import read_json, write_json_atomic
 
@@ -44,7 +45,7 @@ def submit_groups(schedule: Schedule, cells: list[Cell], done: dict[str, dict], 
                          on_retry=on_change)
 
     def finish(part: list[Cell], records: list[dict]) -> None:
-        for cell, record in zip(part, records):
+        for cell, record in zip(part, map(as_record, records)):
             store(cell, record)
             done[cell.id] = record
         on_change()

@@ -13,10 +13,10 @@ from engine.experiment.data import PAPER_SEEDS, TaskData, TaskDataError
 from engine.experiment.databuild import DataBuildError, build_splits
 from engine.experiment.methods import METHODS, PT, in_display_order, label
 from engine.experiment.paper import annotated_toml
-from engine.experiment.plan import Cell, Plan, grid_cells, make_plan, select_and_aggregate
+from engine.experiment.plan import Cell, Plan, grid_cells, make_plan, parse_cell_id, select_and_aggregate
 from engine.experiment.similarity import set_similarity, sources_of
 
 __all__ = ["DATA_DIR_ENV", "METHODS", "PAPER_SEEDS", "PT", "Cell", "DataBuildError", "Plan", "Preset", "PresetError",
            "TaskData", "TaskDataError", "annotated_toml", "build_splits", "builtin_presets_dir", "find_preset",
-           "grid_cells", "in_display_order", "label", "list_builtin_presets", "load_preset", "make_plan", "override",
+           "grid_cells", "in_display_order", "label", "list_builtin_presets", "load_preset", "make_plan", "override", "parse_cell_id",
            "save_preset", "select_and_aggregate", "set_similarity", "setting_tasks", "sources_of", "task_catalog"]

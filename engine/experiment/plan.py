@@ -29,6 +29,8 @@ from typing import Callable
 
 from engine.experiment.config import Preset, PresetError, builtin_presets_dir, nearest_k
 from engine.experiment.data import TaskData, TaskDataError
+from engine.experiment.records import (AGG_MEAN, AGG_METRIC, AGG_N, AGG_STD, MEAN, SPLITS, TASKS, CellRecord,
+                                       as_record)
 
 PAPER_SETTING_PREFIX = "qin2023:"  # data.setting = "qin2023:<name>": the authors' own source/target lists
 
@@ -330,34 +332,76 @@ class Cell:
 
     @property
     def id(self) -> str:
-        return f"{self.method}__{self.task}__s{self.seed}__lr{self.lr:g}"
+        """'<method>__<task>__s<seed>__lr<lr:g>': file names under cells/, prompts/, checkpoints/ and the
+        "cell" of metrics.jsonl events; `Cell.from_id` and `parse_cell_id` read it back."""
+        return f"{self.method}{CELL_ID_SEP}{self.task}{CELL_ID_SEP}s{self.seed}{CELL_ID_SEP}lr{self.lr:g}"
+
+    @classmethod
+    def from_id(cls, cell_id: str) -> "Cell":
+        """The cell `cell_id` names (the inverse of `Cell.id`); ValueError when it is not a cell id."""
+        method, task, seed, lr = parse_cell_id(cell_id)
+        if method == "?":
+            raise ValueError(f"'{cell_id}' is not a cell id (<method>__<task>__s<seed>__lr<lr>)")
+        return cls(method, task, int(seed), float(lr))
+
+
+CELL_ID_SEP = "__"
+
+
+def parse_cell_id(cell_id: str) -> tuple[str, str, str, str]:
+    """'maml__task__s13__lr0.3' -> ('maml', 'task', '13', '0.3'), the parts as `Cell.id` wrote them (strings,
+    for display); anything else: ('?', the id, '', ''). The method is the first part, the seed and learning
+    rate the last two, the task whatever lies between (so a task name may itself contain '__')."""
+    parts = cell_id.split(CELL_ID_SEP)
+    if len(parts) >= 4 and parts[0]:
+        seed, lr = parts[-2][1:], parts[-1][2:]
+        task = CELL_ID_SEP.join(parts[1:-2])
+        if parts[-2].startswith("s") and parts[-1].startswith("lr") and task and _is_int(seed) and _is_float(lr):
+            return parts[0], task, seed, lr
+    return "?", cell_id, "", ""
+
+
+def _is_int(text: str) -> bool:
+    try:
+        int(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _is_float(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def grid_cells(plan: Plan, learning_rates: list[float]) -> list[Cell]:
     return [Cell(m, t, s, lr) for m in plan.methods for t in plan.targets for s in plan.seeds for lr in learning_rates]
 
 
-def select_and_aggregate(cell_results: list[dict]) -> dict:
+def select_and_aggregate(cell_results: list) -> dict:
     """Per (method, task, seed) the best-dev learning rate; per (method, task) mean/std over seeds.
 
-    Ties in dev score keep the learning rate listed first. Std is the population
-    standard deviation over the splits (0 for a single split).
+    `cell_results`: engine.experiment.records.CellRecord (or their dicts), in grid order. Ties in dev score
+    keep the learning rate listed first. Std is the population standard deviation over the splits (0 for a
+    single split). Returns results.json's document: "splits" (the chosen records, as dicts), "tasks", "mean".
     """
-    chosen: dict[tuple, dict] = {}
-    for cell in cell_results:  # cells arrive in grid order, so ">" keeps the first on ties
-        key = (cell["method"], cell["task"], cell["seed"])
-        if key not in chosen or _better(cell["dev"], chosen[key]["dev"]):
-            chosen[key] = cell
-    splits = [dict(c) for c in chosen.values()]
+    chosen: dict[tuple, CellRecord] = {}
+    for cell in map(as_record, cell_results):  # cells arrive in grid order, so ">" keeps the first on ties
+        if cell.split_key not in chosen or _better(cell.dev, chosen[cell.split_key].dev):
+            chosen[cell.split_key] = cell
+    splits = list(chosen.values())
     per_task: dict[str, dict[str, dict]] = {}
-    for method, task in sorted({(c["method"], c["task"]) for c in splits}, key=lambda mt: mt):
-        scores = [c["test"] for c in splits if c["method"] == method and c["task"] == task]
-        metric = next(c["metric"] for c in splits if c["method"] == method and c["task"] == task)
+    for method, task in sorted({(c.method, c.task) for c in splits}, key=lambda mt: mt):
+        scores = [c.test for c in splits if c.method == method and c.task == task]
+        metric = next(c.metric for c in splits if c.method == method and c.task == task)
         per_task.setdefault(method, {})[task] = {
-            "mean": statistics.fmean(scores), "std": statistics.pstdev(scores) if len(scores) > 1 else 0.0,
-            "n": len(scores), "metric": metric}
-    means = {m: statistics.fmean(t["mean"] for t in tasks.values()) for m, tasks in per_task.items()}
-    return {"splits": splits, "tasks": per_task, "mean": means}
+            AGG_MEAN: statistics.fmean(scores), AGG_STD: statistics.pstdev(scores) if len(scores) > 1 else 0.0,
+            AGG_N: len(scores), AGG_METRIC: metric}
+    means = {m: statistics.fmean(t[AGG_MEAN] for t in tasks.values()) for m, tasks in per_task.items()}
+    return {SPLITS: [c.to_dict() for c in splits], TASKS: per_task, MEAN: means}
 
 
 def _better(a: float, b: float) -> bool:

@@ -19,7 +19,8 @@ from engine.experiment.config import AnalysisConfig, Preset
 from engine.experiment.methods import PT
 from engine.experiment.plan import Plan
 from engine.experiment.similarity import ANALYSIS_FILE, cosine_matrix, ranked_sources, set_similarity, spearman
-from engine.store.run_dir import Run, read_json, write_json_atomic
+from engine.experiment.records import SPLITS, CellRecord
+from engine.store.run_dir import Run, read_json, read_results, write_json_atomic
 
 
 ANALYSIS_VERSION = 1
@@ -58,12 +59,12 @@ class RunPart:
 
 
 def run_part(run: Run) -> RunPart:
-    results = read_json(run.results_path)
-    if not isinstance(results, dict) or not isinstance(results.get("splits"), list):
+    results = read_results(run.results_path)
+    if not isinstance(results, dict) or not isinstance(results.get(SPLITS), list):
         raise AnalysisError(f"run {run.id} has no results yet ({run.status()['state']}): analyse a finished run")
     plan = Plan(**run.config()["plan"])
-    scores = {(c["method"], c["task"], c["seed"]): c["test"] for c in results["splits"]
-              if isinstance(c.get("test"), (int, float)) and math.isfinite(c["test"])}
+    scores = {c.split_key: c.test for c in map(CellRecord.from_dict, results[SPLITS])
+              if isinstance(c.test, (int, float)) and math.isfinite(c.test)}
     return RunPart(run.id, list(plan.sources), list(plan.targets), list(plan.seeds), scores,
                    {t: list(plan.source_sets.get(t, plan.sources)) for t in plan.targets})
 

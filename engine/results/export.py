@@ -32,6 +32,7 @@ import math
 import re
 
 from engine.experiment.methods import PT
+from engine.experiment.records import SPLITS, CellRecord
 from engine.results.report import CONFIDENCE, DELTA_LABEL, N_RESAMPLES, P_LABEL, Paired, Report, build_report, p_value_text
 
 FORMATS = ("csv", "json", "markdown", "latex")
@@ -53,15 +54,15 @@ def _scaled(value, scale: float):
 def split_rows(summaries: list[dict], metric_scale: float = 1.0) -> list[dict]:
     rows = []
     for s in summaries:
-        for cell in s.get("splits", []):
+        for cell in map(CellRecord.from_dict, s.get(SPLITS, [])):
             rows.append({
                 "run_id": s["run_id"], "name": s.get("name", ""), "state": s.get("state", ""),
                 "model": s.get("model", ""), "setting": s.get("setting", ""),
                 "prompt_length": s.get("prompt_length"), "optimizer": s.get("optimizer", ""),
                 "steps": s.get("steps"), "batch_size": s.get("batch_size"),
-                "method": cell["method"], "task": cell["task"], "metric": cell.get("metric", ""),
-                "seed": cell["seed"], "learning_rate": cell["lr"], "best_step": cell.get("best_step"),
-                "dev": _scaled(cell["dev"], metric_scale), "test": _scaled(cell["test"], metric_scale),
+                "method": cell.method, "task": cell.task, "metric": "" if "metric" in cell.missing else cell.metric,
+                "seed": cell.seed, "learning_rate": cell.lr, "best_step": cell.best_step,
+                "dev": _scaled(cell.dev, metric_scale), "test": _scaled(cell.test, metric_scale),
             })
     return rows
 

@@ -17,13 +17,14 @@ from dataclasses import dataclass, field
 
 from engine.experiment.methods import PT, in_display_order
 from engine.experiment.plan import Cell, Plan, grid_cells, select_and_aggregate
+from engine.experiment.records import SPLITS, CellRecord
 from engine.results.report import Column, Report, build_report
 from engine.store.run_dir import ACTIVE_STATES, Run, RunsDirError
 
 LOG_TAIL_LINES = 10
 
 
-def complete_split_records(cells: list[Cell], records: dict[str, dict]) -> list[dict]:
+def complete_split_records(cells: list[Cell], records: dict[str, CellRecord]) -> list[CellRecord]:
     """The finished records (grid order) of the splits whose learning rates are all finished; the rest wait."""
     by_split: dict[tuple, list[Cell]] = {}
     for cell in cells:
@@ -76,8 +77,8 @@ def partial_results(run: Run) -> PartialResults:
     complete = complete_split_records(cells, records)
     results = select_and_aggregate(complete) if complete else {"splits": [], "tasks": {}, "mean": {}}
     splits_done = {m: {t: 0 for t in plan.targets} for m in plan.methods}
-    for split in results["splits"]:
-        splits_done[split["method"]][split["task"]] += 1
+    for split in map(CellRecord.from_dict, results[SPLITS]):
+        splits_done[split.method][split.task] += 1
     return PartialResults(results, list(plan.methods), list(plan.targets), list(plan.seeds), learning_rates,
                           len(records), len(cells), splits_done)
 

@@ -43,6 +43,7 @@ from dataclasses import dataclass, field
 from functools import cached_property, lru_cache
 
 from engine.experiment.methods import PT, in_display_order, label
+from engine.experiment.records import SPLITS, CellRecord
 
 CONFIDENCE = 0.95
 N_RESAMPLES = 10_000
@@ -228,10 +229,10 @@ def build_report(summaries: list[dict], seed: int = BOOTSTRAP_SEED, n_resamples:
                 scores[(task, column)] = agg
                 metrics.setdefault(task, agg.get("metric", ""))
                 run_tasks.add(task)
-        for cell in s.get("splits", []) or []:
-            if cell.get("method") in tasks_by_method:
-                split_scores.setdefault((cell["task"], Column(s["run_id"], cell["method"])), {})[cell["seed"]] = \
-                    cell.get("test", math.nan)
+        for cell in map(CellRecord.from_dict, s.get(SPLITS, []) or []):
+            if cell.method in tasks_by_method:
+                split_scores.setdefault((cell.task, Column(s["run_id"], cell.method)), {})[cell.seed] = \
+                    math.nan if "test" in cell.missing else cell.test
         if run_tasks:
             target_sets.add(frozenset(run_tasks))
     means = {}

@@ -274,7 +274,7 @@ def probe_timings(backbone, preset: Preset, plan: Plan, data, group, methods: li
 def stored_timings(runs_root: Path, model: str, device: str, precision: str, group_size: int) -> dict:
     """Seconds per group pass and per meta-update from earlier runs' finished work with the same model,
     device name, precision and group size (medians over what matches)."""
-    from engine.store.run_dir import list_runs, read_json
+    from engine.store.run_dir import RunsDirError, list_runs, read_json, read_record
 
     passes, updates, runs = [], {}, 0
     root = Path(runs_root)
@@ -285,9 +285,12 @@ def stored_timings(runs_root: Path, model: str, device: str, precision: str, gro
             continue
         used = False
         for path in run.cells_dir.glob("*.json") if run.cells_dir.is_dir() else []:
-            record = read_json(path) or {}
-            if record.get("group_size") == group_size and record.get("seconds") and record.get("steps"):
-                passes.append(record["seconds"] / record["steps"])
+            try:
+                record = read_record(path)
+            except RunsDirError:  # a newer program's record: not this estimate's evidence
+                record = None
+            if record is not None and record.group_size == group_size and record.seconds and record.steps:
+                passes.append(record.seconds / record.steps)
                 used = True
         for method, rate in _upstream_rates(run).items():
             updates.setdefault(method, []).append(rate)

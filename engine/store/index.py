@@ -17,6 +17,7 @@ from filelock import FileLock
 from tinydb import Query, TinyDB
 
 from engine.base import faults
+from engine.experiment.records import MEAN, SPLITS, TASKS
 from engine.store.run_dir import Run, list_runs, read_json
 from engine.experiment.similarity import ANALYSIS_FILE, index_entry
 
@@ -47,9 +48,9 @@ def summarize(run: Run) -> dict:
         "steps": preset.get("downstream", {}).get("steps"),
         "batch_size": preset.get("downstream", {}).get("batch_size"),
         "optimizer": preset.get("downstream", {}).get("optimizer", ""),
-        "splits": results.get("splits", []),
-        "tasks": results.get("tasks", {}),
-        "mean": results.get("mean", {}),
+        SPLITS: results.get(SPLITS, []),  # engine.experiment.records: results.json's keys
+        TASKS: results.get(TASKS, {}),
+        MEAN: results.get(MEAN, {}),
     }
     if isinstance(analysis, dict) and analysis.get("kinds"):  # a pointer and the top sources, never the matrix
         summary["analysis"] = index_entry(analysis)

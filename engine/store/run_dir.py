@@ -1,10 +1,12 @@
 """Run directories: the source of truth for every run. `Run` owns every path in one.
 
-    <runs>/<run-id>/config.json         the resolved preset and plan, written once
+    <runs>/<run-id>/config.json         the resolved preset and plan, written once, with "schema"
+                                        (engine.experiment.records.SCHEMA; none: an old run, schema 0)
                     status.json         state, stage, progress, ETA, pid, host, heartbeat (replaced atomically)
                     metrics.jsonl       append-only events (schema below)
                     groups.json         which grid cells train together; a resumed run keeps it
-                    cells/<cell>.json   one finished grid cell each (a finished cell is never recomputed)
+                    cells/<cell>.json   one finished grid cell each (a finished cell is never recomputed):
+                                        engine.experiment.records.CellRecord (read_record, write_record)
                     checkpoints/upstream-<method>.pt, checkpoints/<cell>.pt
                                         work in progress (+ a .json beside each with its step)
                     prompts/upstream-<method>.safetensors   a learned initialisation
@@ -24,7 +26,8 @@ metrics.jsonl holds one JSON object a line, each with "t" (unix time) and "stage
     {"stage": "downstream", "cell": C, "step": S, "dev": D}           Run.log_cell_dev
     {"stage": "downstream", "cell": C, "event": "cell_done", "dev": D, "test": T}   Run.log_cell_done
 Readers use the functions below (`upstream_curves`, `cell_curves`, `last_cell`,
-`finished_cells`), never the keys. A step may appear twice after a resume from a
+`finished_cells`) or engine.store.metrics_log (the one parser and fold behind them, incremental
+from a byte offset for the app), never the keys. A step may appear twice after a resume from a
 periodic checkpoint: the later event wins.
 
 "crashed" is derived, never stored: a status that says running whose process is
@@ -44,6 +47,8 @@ from pathlib import Path
 import platformdirs
 
 from engine.base import durable
+from engine.experiment.records import SCHEMA, SCHEMA_KEY, CellRecord, SchemaError, check_schema, schema_of
+from engine.store import metrics_log
 
 RUNS_DIR_ENV = "MPT_TUI_RUNS_DIR"
 STATES = ("queued", "running", "finished", "failed", "cancelled", "crashed")
@@ -81,6 +86,44 @@ def read_json(path: Path):
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
+
+
+def read_record(path: Path, kind=CellRecord):
+    """The record stored at `path` (a CellRecord, or `kind`), or None when the file is missing or damaged;
+    a newer schema than this code knows is a RunsDirError naming the file."""
+    doc = read_json(path)
+    if not isinstance(doc, dict):
+        return None
+    try:
+        return kind.from_dict(doc, path)
+    except SchemaError as exc:
+        if schema_of(doc) > SCHEMA:
+            raise RunsDirError(str(exc)) from None
+        return None
+
+
+def write_record(path: Path, record) -> None:
+    """A record (CellRecord, UpstreamRecord, or a CellRecord's dict) written whole, with the schema."""
+    write_json_atomic(path, (record if hasattr(record, "to_dict") else CellRecord.from_dict(record)).to_dict())
+
+
+def read_results(path: Path) -> dict | None:
+    """results.json, or None when missing or damaged; a newer schema is a RunsDirError naming the file."""
+    doc = read_json(path)
+    if not isinstance(doc, dict):
+        return None
+    try:
+        check_schema(doc, path)
+    except SchemaError as exc:
+        raise RunsDirError(str(exc)) from None
+    return doc
+
+
+def write_results(path: Path, results: dict) -> dict:
+    """results.json: engine.experiment.plan.select_and_aggregate's document with the schema; returns what it wrote."""
+    doc = {**results, SCHEMA_KEY: SCHEMA}
+    write_json_atomic(path, doc)
+    return doc
 
 
 def _slug(text: str) -> str:
@@ -172,20 +215,30 @@ class Run:
     def upstream_prompt(self, method: str, source_set: str = "") -> Path:
         return self.prompts_dir / f"upstream-{_upstream_name(method, source_set)}.safetensors"
 
-    def finished_cell_records(self, cell_ids) -> dict[str, dict]:
-        """The stored record of every finished cell among `cell_ids` (a damaged file counts as not done)."""
-        records = {cell_id: read_json(self.cell_path(cell_id)) for cell_id in cell_ids}
-        return {k: v for k, v in records.items() if isinstance(v, dict)}
+    def finished_cell_records(self, cell_ids) -> dict[str, CellRecord]:
+        """The stored record of every finished cell among `cell_ids` (a damaged file counts as not done; a
+        record of a newer schema is a RunsDirError naming it)."""
+        records = {cell_id: read_record(self.cell_path(cell_id)) for cell_id in cell_ids}
+        return {k: v for k, v in records.items() if v is not None}
 
-    def save_cell_record(self, cell_id: str, record: dict) -> None:
+    def save_cell_record(self, cell_id: str, record: CellRecord | dict) -> None:
         self.cells_dir.mkdir(exist_ok=True)
-        write_json_atomic(self.cell_path(cell_id), record)  # written last: from now on the cell is done
+        write_record(self.cell_path(cell_id), record)  # written last: from now on the cell is done
 
     def config(self) -> dict:
+        """config.json without its "schema" (`schema()`; a newer one than this code knows is a RunsDirError)."""
         cfg = read_json(self.config_path)
         if not isinstance(cfg, dict):
             raise RunsDirError(f"{self.config_path}: missing or damaged")
-        return cfg
+        try:
+            check_schema(cfg, self.config_path)
+        except SchemaError as exc:
+            raise RunsDirError(str(exc)) from None
+        return {k: v for k, v in cfg.items() if k != SCHEMA_KEY}
+
+    def schema(self) -> int:
+        """The schema config.json names (0: a run written before schemas existed)."""
+        return schema_of(read_json(self.config_path))
 
     def status(self) -> dict:
         """The stored status with the derived state; damaged files give state 'damaged'."""
@@ -237,64 +290,33 @@ class Run:
         self._append_event({"stage": "downstream", "cell": cell_id, "event": "cell_done", "dev": dev, "test": test})
 
     def events(self) -> list[dict]:
-        """All complete events; a torn last line (killed mid-write) is skipped."""
-        out = []
-        try:
-            lines = self.metrics_path.read_text(encoding="utf-8").splitlines()
-        except OSError:
-            return out
-        for line in lines:
-            try:
-                out.append(json.loads(line))
-            except ValueError:
-                continue
-        return out
+        """All complete events; a torn last line (killed mid-write) is skipped (engine.store.metrics_log)."""
+        return metrics_log.read_events(self.metrics_path)
 
 
-# ---- metrics.jsonl: the readers --------------------------------------------------------
+# ---- metrics.jsonl: the readers (one fold, engine.store.metrics_log.EventIndex, for these and the app) ----
 
-Curve = tuple[list[int], list[float]]
-
-
-def _curve(points: dict[int, float]) -> Curve:
-    steps = sorted(points)
-    return steps, [points[s] for s in steps]
+Curve = metrics_log.Curve
 
 
 def upstream_curves(events: list[dict]) -> dict[str, Curve]:
     """Each upstream method's loss by meta-update."""
-    points: dict[str, dict[int, float]] = {}
-    for e in events:
-        if e.get("stage") == "upstream" and "loss" in e:
-            points.setdefault(e["method"], {})[e["step"]] = e["loss"]
-    return {method: _curve(p) for method, p in points.items()}
+    return metrics_log.EventIndex.of(events).upstream_curves()
 
 
 def cell_curves(events: list[dict], cell_id: str) -> tuple[Curve, Curve]:
     """(train loss, dev score) of one grid cell, by step."""
-    loss: dict[int, float] = {}
-    dev: dict[int, float] = {}
-    for e in events:
-        if e.get("cell") != cell_id or "step" not in e:
-            continue
-        if "loss" in e:
-            loss[e["step"]] = e["loss"]
-        if "dev" in e:
-            dev[e["step"]] = e["dev"]
-    return _curve(loss), _curve(dev)
+    return metrics_log.EventIndex.of(e for e in events if e.get(metrics_log.CELL) == cell_id).cell_curves(cell_id)
 
 
 def last_cell(events: list[dict]) -> str | None:
     """The grid cell that logged last (the one training now, in a running run)."""
-    for e in reversed(events):
-        if e.get("stage") == "downstream" and e.get("cell"):
-            return e["cell"]
-    return None
+    return metrics_log.EventIndex.of(events).last_cell
 
 
 def finished_cells(events: list[dict]) -> list[dict]:
     """{"cell", "dev", "test"} of each finished cell, in the order they finished."""
-    return [{"cell": e["cell"], "dev": e["dev"], "test": e["test"]} for e in events if e.get("event") == "cell_done"]
+    return metrics_log.EventIndex.of(events).finished
 
 
 def create_run(root: Path, config: dict, name: str) -> Run:
@@ -308,7 +330,7 @@ def create_run(root: Path, config: dict, name: str) -> Run:
         except FileExistsError:
             continue
         run = Run(root / run_id)
-        write_json_atomic(run.config_path, config)
+        write_json_atomic(run.config_path, {**config, SCHEMA_KEY: SCHEMA})
         run.update_status(state="queued", created=time.time(), name=name)
         return run
     raise RunsDirError(f"could not allocate a run id in {root}")

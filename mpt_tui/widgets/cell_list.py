@@ -15,7 +15,7 @@ from textual.app import ComposeResult
 from textual.containers import Vertical
 from textual.widgets import DataTable, Input
 
-from engine.experiment import label
+from engine.experiment import label, parse_cell_id  # noqa: F401  (parse_cell_id: formatted and parsed next to Cell.id)
 from mpt_tui.events_index import CellEvents
 from mpt_tui.watch import RunView
 
@@ -23,14 +23,6 @@ COLUMNS = ("method", "task", "seed", "lr", "state", "dev", "test")
 FIRST_ROWS = 40  # added at once on a rebuild: a screenful
 BATCH_ROWS = 100  # then this many at a time, with a pause for keys between batches
 BATCH_PAUSE_S = 0.02
-
-
-def parse_cell_id(cell_id: str) -> tuple[str, str, str, str]:
-    """'maml__task__s13__lr0.3' -> ('maml', 'task', '13', '0.3'); anything else: the id as the task."""
-    parts = cell_id.split("__")
-    if len(parts) == 4 and parts[2].startswith("s") and parts[3].startswith("lr"):
-        return parts[0], parts[1], parts[2][1:], parts[3][2:]
-    return "?", cell_id, "", ""
 
 
 def _score(value) -> str:

@@ -24,9 +24,8 @@ from textual.reactive import reactive
 from textual.widgets import Static
 from textual_plotext import PlotextPlot
 
-from engine.experiment import label
+from engine.experiment import label, parse_cell_id
 from mpt_tui.watch import RunView
-from mpt_tui.widgets.cell_list import parse_cell_id
 
 EMPTY = "No runs yet: press 3 to launch one."
 VIEWS = ("cell", "compare", "upstream")
