@@ -48,6 +48,7 @@ from pathlib import Path
 from engine.experiment import in_display_order, label
 from engine.results import Column, build_report
 from engine.store import Run, RunsDirError, cell_curves, read_json, upstream_curves
+
 FORMATS = ("pdf", "png", "svg")
 PANELS = ("upstream", "train", "dev", "test")
 KINDS = ("runs", "similarity", "gain-vs-similarity")
@@ -92,6 +93,7 @@ class RunData:
 def _grid(run: Run) -> list | None:
     """The run's grid cells in grid order (None when its config cannot be read)."""
     from engine.experiment import Plan, grid_cells
+
     try:
         config = run.config()
         return grid_cells(Plan(**config["plan"]), list(config["preset"]["downstream"]["learning_rates"]))
@@ -122,6 +124,7 @@ def _mean_std(curves: list[tuple[list[int], list[float]]]) -> Series:
 
 def load_run_data(run: Run) -> RunData:
     from engine.experiment import select_and_aggregate
+
     events = run.events()
     upstream = upstream_curves(events)
     grid = _grid(run)
@@ -374,6 +377,7 @@ def _draw_bars(ax, data: list[RunData], name, colour) -> None:
 
 def _analysis_of(runs: list[Run]) -> tuple[dict, list[str]]:
     from engine.results import read_analysis
+
     notes = [f"run {r.id}: not drawn (the figure shows the analysis stored in the first run {runs[0].id})"
              for r in runs[1:]]
     doc = read_analysis(runs[0])
@@ -420,6 +424,7 @@ def _write_analysis_figure(runs: list[Run], out: Path, fmt: str, kind: str) -> W
 
 def _gain_vs_similarity(doc, out, fmt, notes, Figure, FigureCanvasAgg, matplotlib) -> WrittenFigure:
     from engine.experiment import set_similarity, sources_of
+
     methods = in_display_order(doc["gains"])
     if not methods:
         raise PlotError("the analysis has no gains over PT to plot (the runs have no method besides PT)")

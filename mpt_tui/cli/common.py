@@ -17,6 +17,7 @@ class CliError(Exception):
 
 def _runs_root(args) -> Path:
     from engine.store import default_runs_root
+
     return Path(args.runs_dir).expanduser() if args.runs_dir else default_runs_root()
 
 
@@ -35,6 +36,7 @@ def _readable_runs_root(args) -> Path:
 def _find_run(args):
     """The run named by args.run_id (an id or a unique prefix); bad input is one line, exit 2."""
     from engine.store import RunsDirError, find_run
+
     try:
         return find_run(_runs_root(args), args.run_id)
     except RunsDirError as exc:

@@ -12,6 +12,7 @@ from mpt_tui.cli.common import CliError, common
 
 def add_parser(sub) -> None:
     from engine.experiment import PAPER_SEEDS
+
     data = sub.add_parser("data", help="task data")
     data.set_defaults(handler=cmd_data)
     dsub = data.add_subparsers(dest="data_command", required=True)
@@ -36,6 +37,7 @@ def add_parser(sub) -> None:
 def cmd_data(args) -> int:
     if args.data_command == "build":
         from engine.experiment import DataBuildError, build_splits
+
         seeds = tuple(int(s) for s in args.seeds.split(","))
         try:
             written = build_splits(args.source, Path(args.out), args.task, k=args.k, seeds=seeds,
@@ -50,6 +52,7 @@ def cmd_data(args) -> int:
         return 0
     from engine.experiment import DATA_DIR_ENV
     from engine.experiment import TaskData, TaskDataError
+
     data_dir = args.data_dir or os.environ.get(DATA_DIR_ENV)
     if not data_dir:
         raise CliError(f"pass --data-dir DIR or set ${DATA_DIR_ENV}")

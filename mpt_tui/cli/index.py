@@ -14,6 +14,7 @@ def add_parser(sub) -> None:
 
 def cmd_index(args) -> int:
     from engine.store import RunIndex
+
     count = RunIndex(_runs_root(args)).rebuild()
     print(f"index rebuilt from {count} run directories")
     return 0

@@ -21,8 +21,10 @@ def add_parser(sub) -> None:
 
 def cmd_presets(args) -> int:
     from engine.experiment import PresetError, builtin_presets_dir, list_builtin_presets, load_preset
+
     if getattr(args, "presets_command", None) == "show":
         from engine.experiment import annotated_toml
+
         try:
             preset, path = load_preset(args.name, args.set or [], args.data_dir, require_data_dir=False)
         except PresetError as exc:

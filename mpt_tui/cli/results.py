@@ -41,6 +41,7 @@ def cmd_export(args) -> int:
     from engine.results import export_document, load_analyses
     from engine.store import RunsDirError, find_run
     from engine.store import RunIndex
+
     root = _readable_runs_root(args)
     summaries = RunIndex(root).all()
     if args.run:

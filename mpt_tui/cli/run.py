@@ -31,6 +31,7 @@ def run_preset(args) -> int:
     from engine.experiment import PresetError
     from engine.runner import check_preset, prepare_run
     from engine.store import RunsDirError
+
     try:
         prepared = check_preset(args.preset, args.set or [], args.data_dir, runs_root=_runs_root(args))
         if args.dry_run:
@@ -49,6 +50,7 @@ def dry_run(args, prepared) -> int:
     """--dry-run: the plan and its estimated time; nothing is written (engine.runner.estimate)."""
     from engine.runner import dry_run as plan_run
     from engine.runner import render
+
     for warning in prepared.plan.warnings:
         print(f"warning: {warning}", file=sys.stderr)
     root = _runs_root(args)
@@ -65,6 +67,7 @@ def dry_run(args, prepared) -> int:
 def start_detached(args, run, verb: str) -> int:
     """Start (or resume) the run with the app's detached worker; print its id and log, return at once."""
     from engine.runner import launch
+
     try:
         pid = launch(run)
     except OSError as exc:  # the run directory stays, failed and resumable: it may hold finished work
@@ -113,6 +116,7 @@ def run_foreground(args, run, name: str, n_splits: int) -> int:
 def _print_analysis(console, run) -> None:
     """The run's task similarity analysis under its table, when its last stage computed one."""
     from engine.results import read_analysis, render_text
+
     doc = read_analysis(run)
     if doc:
         console.print(render_text(doc), markup=False, highlight=False, soft_wrap=True, end="")

@@ -53,6 +53,7 @@ def add_parser(sub) -> None:
 
 def _state_filter(values: list[str] | None) -> set[str] | None:
     from engine.store import STATES
+
     if not values:
         return None
     wanted = {v.strip() for value in values for v in value.split(",") if v.strip()}
@@ -74,6 +75,7 @@ def cmd_runs(args) -> int:
     from engine.results import build_report, means_line
     from engine.store import list_runs, read_json
     from engine.store import summarize
+
     states = _state_filter(args.state)
     rows = []
     root = _runs_root(args)
@@ -109,6 +111,7 @@ def cmd_runs(args) -> int:
 def cmd_show(args) -> int:
     from engine.results import overview
     from engine.store import RunsDirError
+
     run = _find_run(args)
     try:
         view, partial, report = overview(run, log_lines=args.lines)
@@ -195,6 +198,7 @@ def cmd_resume(args) -> int:
     from engine.runner import resume_refusal
     from engine.results import run_plan
     from engine.store import RunsDirError
+
     run = _find_run(args)
     state = _state(run)
     refusal = resume_refusal(run)
@@ -214,6 +218,7 @@ def cmd_cancel(args) -> int:
 
     from engine.runner import cancel
     from engine.store import ACTIVE_STATES
+
     run = _find_run(args)
     if not cancel(run):
         raise CliError(f"run {run.id} is {_state(run)}: nothing to cancel")
@@ -233,6 +238,7 @@ def cmd_cancel(args) -> int:
 def cmd_delete(args) -> int:
     from engine.runner import delete_run
     from engine.store import ACTIVE_STATES, RunsDirError
+
     run = _find_run(args)
     state = _state(run)
     if state in ACTIVE_STATES:
@@ -259,6 +265,7 @@ def cmd_logs(args) -> int:
     import time
 
     from engine.store import ACTIVE_STATES, pid_alive, read_json
+
     run = _find_run(args)
     out = sys.stdout.buffer
     offset = 0

@@ -112,6 +112,7 @@ def form_issues(catalog: dict, sources: list[str], targets: list[str], seeds: li
 def _has_timings(runs_root: Path, model: str) -> bool:
     """Whether an earlier run of `model` left a device name in its status (stored timings may match)."""
     from engine.store import list_runs, read_json
+
     for run in list_runs(runs_root) if Path(runs_root).is_dir() else []:
         config, status = read_json(run.config_path), read_json(run.status_path)
         if (isinstance(config, dict) and config.get("preset", {}).get("model", {}).get("name") == model
@@ -244,6 +245,7 @@ class LaunchScreen(ReportWorkerErrors, Screen):
     def scan_tasks(self, data_dir: str, setting: str, k: int) -> None:
         from engine.experiment import setting_tasks, task_catalog
         from engine.experiment import TaskData, TaskDataError
+
         try:
             data = TaskData(Path(data_dir).expanduser())
             entries, lists = task_catalog(data, k), setting_tasks(data, setting)
