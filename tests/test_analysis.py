@@ -341,3 +341,61 @@ def test_an_embedding_group_out_of_gpu_memory_is_halved_and_the_split_kept(finis
     assert sorted(len(g) for g in read_json(work_dir(run, settings) / "groups.json")) == [2, 2, 2, 2]
     assert any("out of GPU memory with 8 embedding jobs" in m for m in events.messages)
     assert set(doc["kinds"]) == {"prompt"}
+
+
+def test_analyse_runs_as_a_stage_that_show_sees_and_cancel_and_resume_handle(finished, tmp_path):
+    """`mpt-tui analyse` goes through the worker's lifecycle: while it runs, status.json and `show` say the
+    run is running its analysis stage, with a fresh heartbeat and the command's pid; `cancel` checkpoints its
+    embedding jobs and leaves the run cancelled; `resume` finishes the analysis the command asked for (its
+    settings), and analysis.json says it was added later. The grid's records and results are never touched."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    root = tmp_path / "runs"
+    shutil.copytree(finished.path.parent, root)
+    run = Run(root / finished.id)
+    grid_files = {p: p.read_bytes() for p in [run.results_path, *sorted(run.cells_dir.glob("*.json"))]}
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", OMP_NUM_THREADS="1")
+
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "mpt_tui.cli", *args, "--runs-dir", str(root)], env=env,
+                              capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=300)
+
+    def wait(predicate, what, timeout=240):
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if value := predicate():
+                return value
+            time.sleep(0.05)
+        raise AssertionError(f"timed out waiting for {what}")
+
+    analyse = subprocess.Popen([sys.executable, "-m", "mpt_tui.cli", "analyse", run.id, "--runs-dir", str(root),
+                                "--similarity", "prompt", "--steps", "400", "--top-k", "1"], env=env,
+                               stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        status = wait(lambda: (s := read_json(run.status_path)) and s.get("state") == "running"
+                      and s.get("stage") == "analysis" and s, "the analysis stage running")
+        assert status["pid"] == analyse.pid and time.time() - status["heartbeat"] < 30
+        shown = json.loads(cli("show", run.id, "--json").stdout)
+        assert (shown["state"], shown["stage"]) == ("running", "analysis")
+        checkpoints = run.path / "analysis" / "embed-400steps-lr0.3" / "checkpoints"
+        cancelled = cli("cancel", run.id)
+        assert cancelled.returncode == 0, cancelled.stderr
+        assert analyse.wait(timeout=240) == 130
+    finally:
+        if analyse.poll() is None:
+            analyse.send_signal(signal.SIGKILL)
+    assert run.status()["state"] == "cancelled" and any(checkpoints.glob("*.pt"))
+    assert read_analysis(run) is None
+    resumed = cli("resume", run.id)
+    assert resumed.returncode == 0, resumed.stderr
+    wait(lambda: run.status()["state"] not in ("queued", "running"), "the resumed analysis to end", timeout=300)
+    assert run.status()["state"] == "finished", run.log_path.read_text()[-2000:]
+    doc = read_analysis(run)
+    assert set(doc["kinds"]) == {"prompt"} and doc["requested"]["settings"]["embedding_steps"] == 400
+    assert all(len(items) == 1 for items in doc["kinds"]["prompt"]["nearest"].values())  # --top-k 1
+    assert "resuming after step" in run.log_path.read_text()  # the cancelled jobs went on from their checkpoints
+    assert {p: p.read_bytes() for p in grid_files} == grid_files
