@@ -399,3 +399,5 @@ def test_analyse_runs_as_a_stage_that_show_sees_and_cancel_and_resume_handle(fin
     assert all(len(items) == 1 for items in doc["kinds"]["prompt"]["nearest"].values())  # --top-k 1
     assert "resuming after step" in run.log_path.read_text()  # the cancelled jobs went on from their checkpoints
     assert {p: p.read_bytes() for p in grid_files} == grid_files
+    shown = cli("show", run.id)
+    assert "analysis   prompt (added after the run by `mpt-tui analyse` on" in shown.stdout, shown.stdout

@@ -156,8 +156,22 @@ def overview(run: Run, log_lines: int = LOG_TAIL_LINES) -> tuple[dict, PartialRe
         "started": status.get("started"), "finished": status.get("finished"),
         "preset": preset_keys(preset, plan), "results": {**partial.to_dict(), "gain": gains,
                                                       "note": "" if partial.complete else partial_note(partial)},
+        "analysis": analysis_summary(run),
         "log_path": str(run.log_path), "log_tail": log_tail(run, log_lines)})
     return data, partial, report
+
+
+def analysis_summary(run: Run) -> dict | None:
+    """The run's task similarity analysis in brief: its kinds, and when one was added after the run by
+    `mpt-tui analyse` (its request: when, with which settings and other runs); None without one."""
+    from engine.results.analysis import analysis_request, read_analysis
+
+    doc = read_analysis(run)
+    request = analysis_request(run)
+    if doc is None and request is None:
+        return None
+    return {"kinds": sorted(doc["kinds"]) if doc else [], "done": doc is not None,
+            "added_later": (doc or {}).get("requested") or request}
 
 
 def json_safe(obj):

@@ -140,6 +140,19 @@ def _device_text(view: dict) -> str:
     return text
 
 
+def _analysis_text(summary: dict) -> str:
+    """"prompt, text" for an analysis of the run's own [analysis]; one added later says when and how."""
+    kinds = ", ".join(summary["kinds"]) if summary["done"] else "not finished"
+    later = summary.get("added_later")
+    if not later:
+        return kinds
+    import time
+
+    when = time.strftime("%Y-%m-%d %H:%M", time.localtime(later.get("at", 0)))
+    others = f", with {len(later.get('others', []))} other run(s)" if later.get("others") else ""
+    return f"{kinds} (added after the run by `mpt-tui analyse` on {when}{others})"
+
+
 def _print_overview(view: dict, partial, report) -> None:
     from rich.console import Console
     from rich.markup import escape
@@ -171,6 +184,8 @@ def _print_overview(view: dict, partial, report) -> None:
              f"downstream learning rates {p['learning_rates']}, {p['steps']} steps, batch {p['batch_size']}, "
              f"{p['optimizer']}",
              f"path       {escape(view['path'])}"]
+    if view.get("analysis"):
+        lines.append(f"analysis   {escape(_analysis_text(view['analysis']))}")
     if view["error"]:
         lines.append(f"[red]error      {escape(str(view['error']))}[/red]")
     for warning in view["warnings"]:
