@@ -19,6 +19,7 @@ from pathlib import Path
 
 from engine.experiment.data import PAPER_SEEDS
 from engine.base.fields import option as _field
+from engine.base.hardware import PRECISIONS
 from engine.experiment.methods import METHODS, MethodConfig, method_names
 from engine.base.tomlcompat import tomllib
 
@@ -70,7 +71,7 @@ class ModelConfig:
     device: str = _field("auto", help="auto, cpu, cuda, cuda:N")
     max_input_length: int = _field(256, minimum=1)
     max_output_length: int = _field(64, minimum=2)
-    precision: str = _field("auto", choices=("auto", "bf16", "autocast", "fp32"),
+    precision: str = _field("auto", choices=PRECISIONS,
                             help="auto: bf16 weights on a GPU that has bf16, fp32 elsewhere; autocast: fp32 "
                                  "weights with bf16 matrix products (GPU)")
     compile: bool = _field(False, help="torch.compile the frozen model (GPU; the first steps pay the compile time)")
