@@ -66,7 +66,7 @@ def check_after_fault(run: Run, fault: str) -> str:
         # a disk that stays full may refuse the status write that would say 'failed': then 'crashed'
         expected = EXPECTED_STATE[action] | ({"crashed"} if fault.endswith("+") else set())
         if action == "kill" and not run.status().get("pid"):  # killed before its first status write: the run
-            expected = {"queued"}  # reads 'queued' until the stale grace passes, then 'crashed' (test_runs)
+            expected = {"queued"}  # reads 'queued' until the stale grace passes, then 'crashed' (test_run_dir)
         assert state in expected, (fault, state, run.status())
     if action in ("enospc", "eio") and state == "failed":
         assert ("No space left" if action == "enospc" else "Input/output error") in run.status()["error"]

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 from test_config import DEMO_DATA, write_preset
-from test_protocol import paper_data
+from test_plan import paper_data
 
 from engine.experiment.data import TaskData
 from engine.compute.prompt import save_prompt

@@ -111,7 +111,7 @@ ASPECTS: tuple[Aspect, ...] = (
            "per split, the learning rate with the best dev score, ties to the first listed; mean and std of the "
            "chosen test scores over the five splits (tune_hps_singletask_ddp_prompt_*.py:196-223)",
            {"data.seeds": [100, 13, 21, 42, 87]},
-           "tests/test_protocol.py::test_select_ties_keep_first_listed"),
+           "tests/test_plan.py::test_select_ties_keep_first_listed"),
     Aspect("outer optimizer",
            "Adafactor as downstream, lr 0.5, weight_decay 1e-5 (CrossFit_maml/run_maml_ddp_prompt.py:83-89, the "
            "same in fomaml/reptile/multi)",
@@ -149,7 +149,7 @@ ASPECTS: tuple[Aspect, ...] = (
            "the settings' source lists (dataloader/custom_tasks_splits/*.json, 'train') and target lists (the "
            "TASKS of the singletask_from_*/tune_hps_* .sh files), shipped as presets/paper-settings/",
            {},
-           "tests/test_protocol.py::test_paper_settings_are_packaged_with_the_authors_lists"),
+           "tests/test_plan.py::test_paper_settings_are_packaged_with_the_authors_lists"),
 )
 
 # Where this project cannot do what the authors' code did (the fidelity page lists them too).
