@@ -93,3 +93,35 @@ def test_mpt_tui_show_prints_it(old_run, tmp_path):
     assert shown.returncode == 0, shown.stderr
     view = json.loads(shown.stdout)
     assert view["results"]["tasks"] == results["tasks"] and view["results"]["mean"] == results["mean"]
+
+
+def test_an_old_run_stopped_mid_grid_resumes_through_the_old_worker_command(old_run, tiny_llama):
+    """A run that an older version detached (`python -m engine.worker RUN_DIR`, the command its launcher
+    wrote) and that died mid-grid resumes through that same command: the missing cells train, the
+    records it had are kept byte for byte, and the results cover every cell."""
+    from conftest import REPO
+
+    config = _stored(old_run.config_path)
+    config["preset"]["model"]["name"] = str(tiny_llama)  # the fixture keeps relative paths
+    config["preset"]["data"]["dir"] = str(REPO / config["preset"]["data"]["dir"])
+    config["plan"]["data_dir"] = str(REPO / config["plan"]["data_dir"])
+    config["plan"]["config_dir"] = str(REPO / config["plan"]["config_dir"])
+    old_run.config_path.write_text(json.dumps(config, indent=1))
+    lost = sorted(old_run.cells_dir.glob("pt__*.json"))[:2] + sorted(old_run.cells_dir.glob("mtl__*.json"))[:1]
+    for path in lost:
+        path.unlink()
+    old_run.results_path.unlink()
+    status = _stored(old_run.status_path)
+    status.update(state="running", stage="downstream", pid=2 ** 22 + 7, progress=0.8, finished=None)  # a dead pid
+    old_run.status_path.write_text(json.dumps(status))
+    kept = {p.name: p.read_bytes() for p in old_run.cells_dir.glob("*.json")}
+    env = {k: v for k, v in __import__("os").environ.items() if k != "PYTHONPATH"}
+    proc = subprocess.run([sys.executable, "-m", "engine.worker", str(old_run.path)], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, old_run.log_path.read_text()[-3000:]
+    assert old_run.status()["state"] == "finished"
+    records = {p.name: p.read_bytes() for p in old_run.cells_dir.glob("*.json")}
+    assert set(records) == set(kept) | {p.name for p in lost} and len(records) == 16
+    assert {name: records[name] for name in kept} == kept  # never recomputed
+    results = _stored(old_run.results_path)
+    assert len(results["splits"]) == 2 * 2 * 2  # methods x targets x splits, each from its chosen lr
