@@ -2,7 +2,7 @@
 
 Qin et al., "Learning to Initialize: Can Meta Learning Improve Cross-task Generalization in Prompt
 Tuning?" (ACL 2023); repository github.com/qcwthu/transferfile, branch master. Their result CSVs have the
-header `,task,entry,dev_performance,test_performance`: one row per few-shot split (`<task>_16_<seed>`),
+header `,task,entry,dev_performance,test_performance`: one row per few-shot split (`<task>_<k>_<seed>`),
 then a `mean` and a `std` row per task, then a blank line. This script recomputes mean and population std
 of test_performance over each task's split rows (x100), checks them against the files' own mean/std rows,
 and records where every number came from.
@@ -20,6 +20,7 @@ import csv
 import io
 import json
 import math
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -28,7 +29,8 @@ REPOSITORY = "qcwthu/transferfile"
 PAPER = ("Qin, Joty, Li, Zhao, \"Learning to Initialize: Can Meta Learning Improve Cross-task Generalization "
          "in Prompt Tuning?\", ACL 2023")
 MODEL = "T5-Large, LM-adapted (google/t5-large-lm-adapt), frozen, 100 prompt tokens"
-DATA = "CrossFit few-shot splits (16 shots per class, seeds 13, 21, 42, 87, 100)"
+DATA = ("CrossFit few-shot splits, seeds 13, 21, 42, 87, 100; 16 shots for classification, NLI and paraphrase "
+        "targets, 32 for QA and most non-classification targets (each target's `k`, read from its split names)")
 METHODS = ("pt", "mtl", "maml", "fomaml", "reptile")  # this project's method names
 FULL_FINETUNING = "ft"
 
@@ -192,7 +194,9 @@ def build(repo: Path, rev: str) -> dict:
                 checks.append(f"{path} {task}: file's mean row {group['mean']} != mean of its splits {mean}")
             if group["std"] is not None and abs(group["std"] - std) > 1e-9:
                 checks.append(f"{path} {task}: file's std row {group['std']} != population std {std}")
-            out[task] = {"mean": round(100 * mean, 4), "std": round(100 * std, 4), "n": len(values)}
+            ks = sorted({int(m.group(1)) for m in (re.search(r"_(\d+)_(\d+)$", e) for e in group["splits"]) if m})
+            out[task] = {"mean": round(100 * mean, 4), "std": round(100 * std, 4), "n": len(values),
+                         "k": ks[0] if len(ks) == 1 else ks}
         parsed[path] = out
         return out
 

@@ -11,13 +11,14 @@ from engine.results.export import EXTENSIONS, FORMATS, export_document, load_ana
 from engine.results.overview import json_safe, overview, partial_note, run_plan
 from engine.results.reference import (FT_LABEL, FULL_FINETUNING, Comparison, ReferenceError, ReferenceTable, compare,
                                       difference_text, identity_text, method_label, reference_for, reference_names,
-                                      reference_rows, reference_table, reported_mean_text, reported_text)
+                                      reference_notes, reference_rows, reference_table, reported_mean_text, reported_text)
 from engine.results.report import (DELTA_LABEL, P_LABEL, PAIRED_EXPLANATION, Column, Report, build_report,
                                    delta_text, format_duration, gain_text, mean_text, means_line, p_text,
                                    paired_line, prepare_statistics, score_text)
 
 __all__ = ["Comparison", "FT_LABEL", "FULL_FINETUNING", "ReferenceError", "ReferenceTable", "compare",
-           "difference_text", "identity_text", "method_label", "reference_for", "reference_names", "reference_rows",
+           "difference_text", "identity_text", "method_label", "reference_for", "reference_names", "reference_notes",
+           "reference_rows",
            "reference_table", "reported_mean_text", "reported_text",
            "DELTA_LABEL", "EXTENSIONS", "FORMATS", "KINDS", "PAIRED_EXPLANATION", "P_LABEL", "AnalysisError", "Column", "analysis_request",
            "check_analysable", "request_analysis",

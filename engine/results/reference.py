@@ -204,7 +204,7 @@ class Comparison:
         """One line saying what is compared with what."""
         t = self.table
         return (f"reported: Qin et al. 2023, {t.repository}@{t.commit[:7]}, {t.key}; their model {THEIR_MODEL} "
-                f"(T5-Large LM-adapted), their data CrossFit's 16-shot splits, seeds "
+                f"(T5-Large LM-adapted), their data CrossFit's few-shot splits (16 or 32 shots), seeds "
                 f"{', '.join(map(str, THEIR_SEEDS))}")
 
     def to_dict(self) -> dict:
@@ -212,6 +212,19 @@ class Comparison:
                 "differences": [{"run_id": d.column.run_id, "method": d.column.method, "ours": d.ours,
                                  "reported": d.reported, "delta": d.delta, "tasks": list(d.tasks)}
                                 for d in self.differences.values()]}
+
+
+def overview_block(report: Report, summary: dict) -> dict | None:
+    """`mpt-tui show --json`'s "reported": the comparison in brief (the reported means, each column's
+    difference over the targets both have, what differs); None for a run without a paper setting."""
+    comparison = compare(report, [summary])
+    if comparison is None:
+        return None
+    doc = comparison.to_dict()
+    table = doc.pop("reference")
+    return {"setting": table["setting"], "repository": table["repository"], "commit": table["commit"],
+            "reported_means": table["means"], "reported_counts": table["counts"], **doc,
+            "reference_notes": table["notes"]}
 
 
 def run_identity(summary: dict) -> dict:
@@ -287,7 +300,113 @@ def reference_rows(comparison: Comparison, report: Report) -> list[tuple[str, li
     return rows
 
 
-__all__ = ["Comparison", "Difference", "FT_LABEL", "FULL_FINETUNING", "ReferenceError", "ReferenceTable", "compare",
+__all__ = ["overview_block", "CSV_DIFF_TASK", "CSV_REPORTED_RUN", "Comparison", "Difference", "comparisons", "csv_rows", "grid_section",
+           "json_block", "reference_notes", "FT_LABEL", "FULL_FINETUNING", "ReferenceError", "ReferenceTable", "compare",
            "difference_text", "identity_text", "load_reference", "method_label", "reference_for",
            "reference_names", "reference_rows", "reference_table", "reported_mean_text", "reported_text",
            "run_identity"]
+
+
+# ---- the exports' reported block (engine.results.export calls these) -----------------------------
+
+
+def comparisons(summaries: list[dict]) -> list[tuple[list[dict], Comparison]]:
+    """The summaries grouped by their "qin2023:" setting, each group with its comparison (one report per
+    group: a run with another setting, or none, has no reported block)."""
+    from engine.results.report import build_report
+
+    groups: dict[str, list[dict]] = {}
+    for s in summaries:
+        if reference_for(s.get("setting", "")) is not None:
+            groups.setdefault(s["setting"], []).append(s)
+    out = []
+    for group in groups.values():
+        comparison = compare(build_report(group), group)
+        if comparison is not None:
+            out.append((group, comparison))
+    return out
+
+
+def grid_section(comparison: Comparison, report: Report, scale: float, digits: int) -> tuple[list, list[str]]:
+    """The reported block of a Markdown/LaTeX grid, aligned with `report.columns` (two leading cells: the
+    row label and an empty metric), and its notes."""
+    factor = scale / 100.0
+    table = comparison.table
+
+    def num(value, sign=False):
+        if value is None:
+            return "-"
+        return f"{value * factor:+.{digits}f}" if sign else f"{value * factor:.{digits}f}"
+
+    rows = []
+    for task in table.tasks:
+        cells = []
+        for c in report.columns:
+            cell = table.score(task, c.method)
+            cells.append(("-" if cell is None else f"{num(cell['mean'])} ± {num(cell['std'])}", False))
+        rows.append([(f"reported: {task}", False), ("", False)] + cells)
+    rows.append([("reported mean", False), ("", False)] +
+                [(num(comparison.differences[c].reported) if c in comparison.differences else "-", False)
+                 for c in report.columns])
+    rows.append([("ours − reported", False), ("", False)] +
+                [(_diff_cell(comparison.difference(c), num), False) for c in report.columns])
+    return rows, reference_notes(comparison)
+
+
+def _diff_cell(diff: Difference | None, num) -> str:
+    if diff is None or diff.delta is None:
+        return "-"
+    return f"{num(diff.delta, sign=True)} ({len(diff.tasks)})"
+
+
+def reference_notes(comparison: Comparison) -> list[str]:
+    """What the reported block is and what differs, one sentence each (no final full stop)."""
+    t = comparison.table
+    notes = [comparison.label(),
+             "reported: their mean ± std over their splits, per task, and their mean over the targets each of this "
+             "run's methods has; ours − reported: this run's mean minus the reported mean over the targets both "
+             "have (their number in brackets)"]
+    for run_id, info in comparison.runs.items():
+        notes.append(f"run {run_id}: {identity_text(info)}")
+    ft = t.means.get(FULL_FINETUNING)
+    if ft is not None:
+        notes.append(f"their full fine-tuning (every weight of the model), an extra: mean {ft:.1f} over "
+                     f"{t.counts[FULL_FINETUNING]} targets")
+    return notes + comparison.notes + t.notes
+
+
+CSV_REPORTED_RUN = "reported"
+CSV_DIFF_TASK = "DIFF_VS_REPORTED"
+
+
+def csv_rows(summaries: list[dict], scale: float) -> list[dict]:
+    """Rows of the tasks CSV: the reported table (run_id "reported", per method and task, then MEAN over the
+    setting's targets) once per setting, and per run and method its difference to the reported mean over the
+    targets both have (task DIFF_VS_REPORTED, n: their number)."""
+    factor = scale / 100.0
+    rows = []
+    for _group, comparison in comparisons(summaries):
+        t = comparison.table
+        base = {"run_id": CSV_REPORTED_RUN, "name": f"Qin et al. 2023 ({t.repository}@{t.commit[:7]})",
+                "model": THEIR_MODEL, "setting": t.key, "gain_over_pt": ""}
+        for method in t.methods:
+            for task in t.tasks:
+                cell = t.score(task, method)
+                if cell:
+                    rows.append({**base, "method": method, "task": task, "metric": "", "mean": cell["mean"] * factor,
+                                 "std": cell["std"] * factor, "n": cell["n"]})
+            if t.means[method] is not None:
+                rows.append({**base, "method": method, "task": "MEAN", "metric": "", "mean": t.means[method] * factor,
+                             "std": "", "n": t.counts[method]})
+        for d in comparison.differences.values():
+            if d.delta is None:
+                continue
+            rows.append({"run_id": d.column.run_id, "name": "", "model": "", "setting": t.key,
+                         "method": d.column.method, "task": CSV_DIFF_TASK, "metric": "", "mean": d.delta * factor,
+                         "std": "", "n": len(d.tasks), "gain_over_pt": ""})
+    return rows
+
+
+def json_block(summaries: list[dict]) -> list[dict]:
+    """The tasks JSON's "reported" list: one comparison per "qin2023:" setting among the runs (numbers x100)."""
+    return [comparison.to_dict() for _group, comparison in comparisons(summaries)]
