@@ -14,6 +14,10 @@ JSON, and the paper's table as Markdown or LaTeX.
   (run, method) as the report orders them, "mean ± std" cells with the best mean of each task in
   bold, then the mean, gain-over-PT, Δ-vs-PT and p rows. LaTeX is a `table` with a `tabular`
   and booktabs rules (the document needs `\\usepackage{booktabs}`); task names are escaped.
+- Runs whose setting is one of the paper's ("qin2023:NAME") get the authors' reported numbers
+  (`engine.results.reference`): a "reported" section in Markdown/LaTeX (their mean ± std per task for
+  each column's method, their mean, ours − reported over the targets both have), rows with run_id
+  "reported" and task DIFF_VS_REPORTED in the tasks CSV, and a "reported" list in the tasks JSON.
 - JSON is a structured document with numbers, never formatted strings (NaN becomes null).
 - `table="similarity"` (CSV and JSON only): each run's task similarity analysis (analysis.json,
   `engine.execution.analysis`; `analyses` maps run ids to the documents, `load_analyses` reads them): CSV one
@@ -33,6 +37,7 @@ import re
 
 from engine.experiment.methods import PT
 from engine.experiment.records import SPLITS, CellRecord
+from engine.results import reference
 from engine.results.report import CONFIDENCE, DELTA_LABEL, N_RESAMPLES, P_LABEL, Paired, Report, build_report, p_value_text
 
 FORMATS = ("csv", "json", "markdown", "latex")
@@ -163,12 +168,17 @@ def export_document(summaries: list[dict], fmt: str = "csv", table: str = "tasks
         digits = 1 if metric_scale >= 10 else 3
     if fmt == "csv":
         return (to_csv(split_rows(summaries, metric_scale), SPLIT_COLUMNS) if table == "splits"
-                else to_csv(table_rows(summaries, metric_scale), TABLE_COLUMNS))
+                else to_csv(table_rows(summaries, metric_scale) + reference.csv_rows(summaries, metric_scale),
+                            TABLE_COLUMNS))
     if fmt == "json":
         doc = _json_splits(summaries, metric_scale) if table == "splits" else _json_tasks(summaries, metric_scale)
         return json.dumps(_no_nan(doc), indent=2, ensure_ascii=False, allow_nan=False) + "\n"
-    grid = _splits_grid(summaries, metric_scale, digits) if table == "splits" else \
-        _tasks_grid(build_report(summaries), metric_scale, digits)
+    if table == "splits":
+        grid = _splits_grid(summaries, metric_scale, digits)
+    else:
+        report = build_report(summaries)
+        grid = _tasks_grid(report, metric_scale, digits)
+        _add_reported(grid, report, summaries, metric_scale, digits)
     return _markdown(grid) if fmt == "markdown" else _latex(grid)
 
 
@@ -214,7 +224,8 @@ def _json_tasks(summaries: list[dict], scale: float) -> dict:
                        "bootstrap_seed": report.seed,
                        "method": "method minus PT per split; bootstrap resamples splits within each task; "
                                  "two-sided Wilcoxon signed-rank test, the exact sign test where it is undefined"},
-            "runs": [_run_meta(s) for s in summaries], "columns": columns, "rows": rows, "notes": report.notes}
+            "runs": [_run_meta(s) for s in summaries], "columns": columns, "rows": rows, "notes": report.notes,
+            "reported": reference.json_block(summaries)}
 
 
 def _json_splits(summaries: list[dict], scale: float) -> dict:
@@ -279,6 +290,16 @@ def _tasks_grid(report: Report, scale: float, digits: int) -> dict:
     return {"caption": caption, "header": ["target task", "metric"] + [report.header(c) for c in columns],
             "align": ["l", "l"] + ["r"] * len(columns), "sections": [task_rows, summary], "notes": report.notes,
             "label": "tab:mpt-results"}
+
+
+def _add_reported(grid: dict, report: Report, summaries: list[dict], scale: float, digits: int) -> None:
+    """The authors' reported numbers (engine.results.reference) as a last section, when the runs share a
+    "qin2023:" setting."""
+    found = reference.comparisons(summaries)
+    if len(found) == 1:
+        rows, notes = reference.grid_section(found[0][1], report, scale, digits)
+        grid["sections"].append(rows)
+        grid["notes"] = list(grid["notes"]) + notes
 
 
 def _delta(paired: Paired | None, scale: float, digits: int) -> str:

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from engine.experiment.methods import PT, in_display_order
 from engine.experiment.plan import Cell, Plan, grid_cells, select_and_aggregate
 from engine.experiment.records import SPLITS, CellRecord
+from engine.results.reference import overview_block
 from engine.results.report import Column, Report, build_report
 from engine.store.run_dir import ACTIVE_STATES, Run, RunsDirError
 
@@ -157,6 +158,9 @@ def overview(run: Run, log_lines: int = LOG_TAIL_LINES) -> tuple[dict, PartialRe
         "preset": preset_keys(preset, plan), "results": {**partial.to_dict(), "gain": gains,
                                                       "note": "" if partial.complete else partial_note(partial)},
         "analysis": analysis_summary(run),
+        "reported": overview_block(report, {"run_id": run.id, "setting": plan.setting,
+                                            "model": preset.get("model", {}).get("name", ""),
+                                            "seeds": list(plan.seeds)}),
         "log_path": str(run.log_path), "log_tail": log_tail(run, log_lines)})
     return data, partial, report
 

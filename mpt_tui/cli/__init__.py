@@ -11,6 +11,7 @@
     mpt-tui analyse ID [ID ...] [--similarity prompt,text] [--steps N] [--lr X] [--top-k K] [--json]
                                                      task similarity analysis of finished runs (engine.execution.analysis)
     mpt-tui plot ID [ID ...] --out FILE [--kind runs|similarity|gain-vs-similarity]
+    mpt-tui reference NAME [--json]                   the authors' reported table for a paper setting
     mpt-tui presets | export | models pull NAME | data build ... | data tasks | index rebuild
 
 Every command takes --runs-dir (before or after the subcommand); ID is a run id or
@@ -22,7 +23,7 @@ Torch and transformers are imported only by the commands that run a model.
 One module per command group, each declaring its options beside its handlers
 (`add_parser(subparsers)`, the handler set as `handler`): run (--preset, the
 top-level options), runs (runs, show, resume, cancel, delete, logs), presets,
-models, data, results (export, plot), analysis (analyse), index, app (no command:
+models, data, results (export, plot), analysis (analyse), reference, index, app (no command:
 the app); common holds what they share (CliError, the exit codes, the runs root).
 """
 
@@ -32,13 +33,13 @@ import argparse
 import os
 import sys
 
-from mpt_tui.cli import analysis, app, data, index, models, presets, results, run, runs
+from mpt_tui.cli import analysis, app, data, index, models, presets, reference, results, run, runs
 from mpt_tui.cli.common import EXIT_BAD_INPUT, EXIT_RUN_FAILED, CliError
 
 __all__ = ["EXIT_BAD_INPUT", "EXIT_RUN_FAILED", "CliError", "build_parser", "main"]
 
 # in this order: `mpt-tui --help` lists the subcommands as they are added
-GROUPS = (presets, runs, models, data, results, analysis, index)
+GROUPS = (presets, runs, models, data, results, analysis, reference, index)
 
 
 def build_parser() -> argparse.ArgumentParser:

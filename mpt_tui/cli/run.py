@@ -109,6 +109,10 @@ def run_foreground(args, run, name: str, n_splits: int) -> int:
     report = build_report([{"run_id": run.id, **results}])
     console.print(results_table(report, title=f"{name}: test scores x100, mean ± std over "
                                               f"{n_splits} splits (run {run.id})"))
+    from engine.store import summarize
+    from mpt_tui.reported import print_reported
+
+    print_reported(console, report, [{**summarize(run), "run_id": run.id}])
     _print_analysis(console, run)
     return 0
 

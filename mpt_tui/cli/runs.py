@@ -193,6 +193,10 @@ def _print_overview(view: dict, partial, report) -> None:
     console.print("\n".join(lines))
     what = "so far, complete splits only" if not partial.complete else f"mean ± std over {partial.splits_total} splits"
     console.print(results_table(report, title=f"test scores x100 ({what})"))
+    from mpt_tui.reported import print_reported
+
+    print_reported(console, report, [{"run_id": view["run_id"], "setting": p["setting"], "model": p["model"],
+                                      "seeds": p["seeds"]}])
     if not partial.complete:
         console.print(partial_note(partial), highlight=False)
         table = Table()
