@@ -38,11 +38,8 @@ class ReferenceError(ValueError):
 
 
 def reference_path() -> Path:
-    """The installed package data; in a source tree whose engine.presets resolves to another checkout
-    (an editable install of a sibling worktree), this tree's presets/ beside engine/."""
-    installed = builtin_presets_dir() / REFERENCE_FILE
-    here = Path(__file__).resolve().parents[2] / "presets" / REFERENCE_FILE
-    return here if here.is_file() else installed
+    """The shipped data (package data of engine.presets)."""
+    return builtin_presets_dir() / REFERENCE_FILE
 
 
 @lru_cache(maxsize=1)
