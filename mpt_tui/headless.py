@@ -85,7 +85,7 @@ class LineReporter:
 
 def results_table(report: Report, title: str = "") -> Table:
     """Target tasks x methods, mean ± std over splits (x100), the mean row, gains over PT, and the paired
-    comparison with PT over all targets (Δ with its 95% bootstrap interval; Wilcoxon p and the pair count)."""
+    comparison with PT over all targets (Δ with its 95% t interval; the same t test's p, Holm-adjusted over several methods, and the pair count)."""
     paired = report.has_paired()
     caption = "; ".join(report.notes + ([PAIRED_EXPLANATION] if paired else []))
     table = Table(title=title or None, caption=caption or None)

@@ -90,7 +90,8 @@ def test_table_rows_with_mean(export_runs):
 SPLIT_HEADER = ["run_id", "name", "state", "model", "setting", "prompt_length", "optimizer", "steps", "batch_size",
                 "method", "task", "metric", "seed", "learning_rate", "best_step", "dev", "test"]
 TABLE_HEADER = ["run_id", "name", "model", "setting", "method", "task", "metric", "mean", "std", "n", "gain_over_pt",
-                "delta_vs_pt", "delta_ci_low", "delta_ci_high", "p_value", "p_test", "n_pairs", "n_unpaired"]
+                "delta_vs_pt", "delta_ci_low", "delta_ci_high", "p_value", "p_test", "df", "p_holm", "p_rank",
+                "rank_test", "n_pairs", "n_unpaired", "no_interval"]
 
 
 def _parse_csv(text: str) -> tuple[list[str], list[dict]]:
@@ -216,7 +217,10 @@ def test_csv_tasks_table_carries_the_paired_comparison(export_runs):
     assert first[("mpt", "task-a")]["n_pairs"] == 1 and first[("mpt", "task-a")]["n_unpaired"] == 2
     assert first[("mpt", "MEAN")]["n_pairs"] == 1 and first[("mpt", "MEAN")]["n_unpaired"] == 6
     assert first[("mpt", "MEAN")]["delta_vs_pt"] == pytest.approx(0.2 - 0.8)
-    assert first[("mpt", "MEAN")]["p_test"] == "wilcoxon" and first[("mpt", "MEAN")]["p_value"] == pytest.approx(1.0)
+    # one pair: no spread, so no interval and no t test p (the reason says so); the rank test's p is 1
+    assert first[("mpt", "MEAN")]["p_test"] == "t" and first[("mpt", "MEAN")]["p_value"] == ""
+    assert first[("mpt", "MEAN")]["no_interval"].startswith("one paired split per task")
+    assert first[("mpt", "MEAN")]["rank_test"] == "wilcoxon" and first[("mpt", "MEAN")]["p_rank"] == pytest.approx(1.0)
     assert first[("pt", "MEAN")]["delta_vs_pt"] == "" and first[("pt", "task-a")]["p_value"] == ""
 
 
@@ -238,7 +242,8 @@ def test_json_is_a_structured_document_with_numbers():
     assert reptile["paired"]["mean_difference"] == pytest.approx(100 * paired.mean)
     assert reptile["paired"]["ci_low"] == pytest.approx(100 * paired.low)
     assert reptile["paired"]["p_value"] == pytest.approx(paired.p)  # never scaled
-    assert reptile["paired"]["n_pairs"] == 15 and reptile["paired"]["test"] == "wilcoxon"
+    assert reptile["paired"]["n_pairs"] == 15 and reptile["paired"]["test"] == "t"
+    assert reptile["paired"]["p_holm"] == pytest.approx(paired.p_holm) and reptile["paired"]["rank_test"] == "wilcoxon"
     mtl = next(c for c in doc["columns"] if c["method"] == "mtl")
     assert (mtl["paired"]["n_pairs"], mtl["paired"]["n_unpaired"]) == (14, 1)
     assert doc["columns"][0]["paired"] is None and doc["columns"][0]["gain_over_pt"] == 0.0
@@ -273,7 +278,7 @@ def test_markdown_is_the_papers_table():
     assert by_task["gain over PT"][2] == "+0.0%"
     assert by_task["Δ vs PT [95% CI]"][2] == "-" and by_task["Δ vs PT [95% CI]"][4].startswith("+6.0 [")
     mtl = report.paired(Column("20260101-000000-paper", "mtl"))
-    assert by_task["p (pairs)"][3] == p_text(mtl) == f"{mtl.p:.3f} (14)"
+    assert by_task["p (pairs)"][3] == p_text(mtl) == f"{mtl.p_holm:.3f} (14, Holm)"  # 4 methods vs PT: Holm
     assert "1 split that only one of the two has" in text  # the unpaired split is said
     unscaled = export_document(summaries, "markdown")
     assert f"{report.means[report.columns[0]]:.3f}" in unscaled  # metric_scale 1: three decimals

@@ -216,7 +216,7 @@ def _refusal(raw: dict) -> str:
 
 def test_an_unknown_method_is_refused_naming_the_key():
     message = _refusal(_upstream(methods=["mtl", "protomaml"]))
-    assert f"upstream.methods must be one of {', '.join(METHODS)}, got 'protomaml'" in message
+    assert f"upstream.methods[1] must be one of {', '.join(METHODS)}, got 'protomaml'" in message
 
 
 def test_bad_method_tables_are_refused_naming_the_key():

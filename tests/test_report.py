@@ -87,7 +87,7 @@ def test_csv_aggregate_and_headless_table_render_the_same_report():
 
 # ---- paired comparisons with PT ----------------------------------------------------------------
 
-from engine.results.report import BOOTSTRAP_SEED, N_RESAMPLES, P_LABEL, delta_text, p_text, paired_statistics  # noqa: E402
+from engine.results.report import NO_SPLITS, NO_SPREAD, P_LABEL, delta_text, p_text, paired_statistics  # noqa: E402
 
 SEEDS = [13, 21, 42, 87, 100]
 
@@ -116,18 +116,26 @@ NULL = {t: [v + d for v, d in zip(vs, [0.02, -0.03, 0.01, -0.02, 0.025])] for t,
 
 
 def _expected_ci(diffs_by_task: list[np.ndarray]) -> tuple[float, float]:
-    """The stratified percentile bootstrap, written out: each task's splits resampled, the tasks' means averaged."""
-    rng = np.random.default_rng(BOOTSTRAP_SEED)
-    total = np.zeros(N_RESAMPLES)
-    for d in diffs_by_task:
-        total += d[rng.integers(0, len(d), (N_RESAMPLES, len(d)))].mean(axis=1)
-    return tuple(np.percentile(total / len(diffs_by_task), [2.5, 97.5]))
+    """The Welch-Satterthwaite t interval of the mean of task means, written out."""
+    v = np.array([d.var(ddof=1) / len(d) for d in diffs_by_task])
+    df = v.sum() ** 2 / sum(vi ** 2 / (len(d) - 1) for vi, d in zip(v, diffs_by_task))
+    mean = np.mean([d.mean() for d in diffs_by_task])
+    half = stats.t.ppf(0.975, df) * np.sqrt(v.sum()) / len(diffs_by_task)
+    return mean - half, mean + half
+
+
+def _expected_p(diffs_by_task: list[np.ndarray]) -> float:
+    v = np.array([d.var(ddof=1) / len(d) for d in diffs_by_task])
+    df = v.sum() ** 2 / sum(vi ** 2 / (len(d) - 1) for vi, d in zip(v, diffs_by_task))
+    t = np.mean([d.mean() for d in diffs_by_task]) / (np.sqrt(v.sum()) / len(diffs_by_task))
+    return 2 * stats.t.sf(abs(t), df)
 
 
 def _scipy_ci(d: np.ndarray) -> tuple[float, float]:
-    res = stats.bootstrap((d,), np.mean, n_resamples=N_RESAMPLES, confidence_level=0.95, method="percentile",
-                          rng=np.random.default_rng(BOOTSTRAP_SEED))
-    return res.confidence_interval.low, res.confidence_interval.high
+    """One task: SciPy's one-sample t interval (exact under normality)."""
+    res = stats.ttest_1samp(d, 0.0)
+    ci = res.confidence_interval(0.95)
+    return ci.low, ci.high
 
 
 @pytest.mark.parametrize("other, better", [(PLANTED, True), (NULL, False)], ids=["planted", "null"])
@@ -140,34 +148,33 @@ def test_paired_interval_and_p_value_equal_scipys(other, better):
     diffs = {t: np.array(other[t]) - np.array(PT_SCORES[t]) for t in PT_SCORES}
     for task, d in diffs.items():
         paired = report.paired(maml, task)
-        assert (paired.n, paired.unpaired, paired.test) == (5, 0, "wilcoxon")
+        assert (paired.n, paired.unpaired, paired.test, paired.rank_test) == (5, 0, "t", "wilcoxon")
         assert paired.mean == pytest.approx(d.mean())
-        assert paired.p == pytest.approx(stats.wilcoxon(d).pvalue)
+        assert paired.p == pytest.approx(stats.ttest_1samp(d, 0.0).pvalue)  # one task: the one-sample t test
+        assert paired.rank_p == pytest.approx(stats.wilcoxon(d).pvalue)  # kept as a robustness check
         assert (paired.low, paired.high) == pytest.approx(_scipy_ci(d))
     overall = report.paired(maml)
     pooled = np.concatenate(list(diffs.values()))
     assert (overall.n, overall.unpaired) == (15, 0)
     assert overall.mean == pytest.approx(pooled.mean())
     assert overall.mean == pytest.approx(report.means[maml] - report.means[Column("r", "pt")])  # the mean row's Δ
-    assert overall.p == pytest.approx(stats.wilcoxon(pooled).pvalue)
+    assert overall.rank_p == pytest.approx(stats.wilcoxon(pooled).pvalue)
+    assert overall.p == pytest.approx(_expected_p(list(diffs.values())))
     assert (overall.low, overall.high) == pytest.approx(_expected_ci(list(diffs.values())))
-    if better:  # better on each of 15 splits: p = 2 / 2**15; each task alone cannot go below 2 / 2**5
-        assert overall.p == pytest.approx(2 / 2 ** 15) and overall.low > 0
-        assert report.paired(maml, "t1").p == pytest.approx(0.0625)
+    assert (overall.p < 0.05) == (overall.low > 0 or overall.high < 0)  # one test: p and interval agree
+    if better:  # better on each of 15 splits: Wilcoxon p = 2 / 2**15; each task alone cannot go below 2 / 2**5
+        assert overall.rank_p == pytest.approx(2 / 2 ** 15) and overall.low > 0 and overall.p < 0.001
+        assert report.paired(maml, "t1").rank_p == pytest.approx(0.0625)
     else:
         assert overall.p > 0.5 and overall.low < 0 < overall.high
 
 
-def test_the_bootstrap_is_seeded():
+def test_the_interval_is_not_random():
     run = _run_with_splits("r", {**{("pt", t): v for t, v in PT_SCORES.items()},
                                  **{("mtl", t): v for t, v in NULL.items()}})
     first, again = build_report([run]), build_report([run])
     column = Column("r", "mtl")
-    assert (first.paired(column).low, first.paired(column).high) == (again.paired(column).low,
-                                                                     again.paired(column).high)
-    other_seed = build_report([run], seed=BOOTSTRAP_SEED + 1).paired(column)
-    assert (other_seed.low, other_seed.high) != (first.paired(column).low, first.paired(column).high)
-    assert other_seed.p == first.paired(column).p  # the test itself is not random
+    assert first.paired(column) == again.paired(column)
 
 
 def test_unpaired_and_nan_splits_are_left_out_and_counted():
@@ -181,7 +188,8 @@ def test_unpaired_and_nan_splits_are_left_out_and_counted():
     t1, t2, t3 = (report.paired(column, t) for t in ("t1", "t2", "t3"))
     assert (t1.n, t1.unpaired) == (4, 1) and (t2.n, t2.unpaired) == (4, 1) and (t3.n, t3.unpaired) == (5, 0)
     d1 = np.array(PLANTED["t1"][:4]) - np.array(PT_SCORES["t1"][:4])
-    assert t1.p == pytest.approx(stats.wilcoxon(d1).pvalue) and t1.mean == pytest.approx(d1.mean())
+    assert t1.rank_p == pytest.approx(stats.wilcoxon(d1).pvalue) and t1.mean == pytest.approx(d1.mean())
+    assert t1.p == pytest.approx(stats.ttest_1samp(d1, 0.0).pvalue)
     assert (t1.low, t1.high) == pytest.approx(_scipy_ci(d1))
     overall = report.paired(column)
     assert (overall.n, overall.unpaired) == (13, 2)
@@ -196,20 +204,57 @@ def test_unpaired_and_nan_splits_are_left_out_and_counted():
     assert (report.paired(Column("r", "maml")).n, report.paired(Column("r", "maml")).unpaired) == (5, 5)
 
 
-def test_sign_test_where_wilcoxon_is_undefined(monkeypatch):
+def test_no_interval_without_spread_and_the_sign_test_where_wilcoxon_is_undefined(monkeypatch):
     same = _run_with_splits("r", {("pt", "t1"): PT_SCORES["t1"], ("mtl", "t1"): PT_SCORES["t1"]})
-    paired = build_report([same]).paired(Column("r", "mtl"))
-    assert (paired.mean, paired.low, paired.high, paired.p, paired.test, paired.n) == (0.0, 0.0, 0.0, 1.0, "sign", 5)
-    assert p_text(paired) == "1.000 (5, sign)"
+    report = build_report([same])
+    paired = report.paired(Column("r", "mtl"))
+    assert (paired.mean, paired.low, paired.high, paired.p, paired.test, paired.n) == (0.0, None, None, None, "t", 5)
+    assert (paired.rank_p, paired.rank_test, paired.reason) == (1.0, "sign", NO_SPREAD)
+    assert p_text(paired) == "- (5)" and delta_text(paired) == "+0.0 (no CI)"
+    assert f"MTL vs PT: no interval: {NO_SPREAD}" in report.notes
 
     def undefined(*args, **kwargs):
         raise ValueError("not enough data")
 
     monkeypatch.setattr(stats, "wilcoxon", undefined)
-    diffs = [0.1, 0.2, -0.05, 0.3, 0.0]
-    paired = paired_statistics([diffs], seed=123)  # a seed not used elsewhere: not served from the cache
-    assert paired.test == "sign"
-    assert paired.p == pytest.approx(stats.binomtest(3, 4).pvalue)  # 3 of the 4 nonzero differences positive
+    diffs = [0.1, 0.2, -0.05, 0.3, 0.0, 0.125]  # not served from the cache
+    paired = paired_statistics([diffs])
+    assert paired.rank_test == "sign"
+    assert paired.rank_p == pytest.approx(stats.binomtest(4, 5).pvalue)  # 4 of the 5 nonzero differences positive
+
+
+def test_one_split_has_no_interval_and_a_single_split_task_stays_out():
+    one = _run_with_splits("r", {("pt", "t1"): PT_SCORES["t1"][:1], ("maml", "t1"): PLANTED["t1"][:1],
+                                 ("pt", "t2"): PT_SCORES["t2"][:1], ("maml", "t2"): PLANTED["t2"][:1]})
+    report = build_report([one])
+    paired = report.paired(Column("r", "maml"))
+    assert (paired.low, paired.high, paired.p, paired.reason, paired.n) == (None, None, None, NO_SPLITS, 2)
+    assert f"MAML vs PT: no interval: {NO_SPLITS}" in report.notes
+    mixed = _run_with_splits("r", {("pt", "t1"): PT_SCORES["t1"], ("maml", "t1"): PLANTED["t1"],
+                                   ("pt", "t2"): PT_SCORES["t2"], ("maml", "t2"): PLANTED["t2"],
+                                   ("pt", "t3"): PT_SCORES["t3"][:1], ("maml", "t3"): [0.0]})
+    report = build_report([mixed])
+    paired = report.paired(Column("r", "maml"))
+    d = [np.array(PLANTED[t]) - np.array(PT_SCORES[t]) for t in ("t1", "t2")]
+    assert (paired.n, paired.single) == (10, 1) and paired.mean == pytest.approx(np.mean([x.mean() for x in d]))
+    assert (paired.low, paired.high) == pytest.approx(_expected_ci(d))
+    assert any(n.startswith("MAML vs PT: t3 has a single paired split: left out of the mean Δ") for n in report.notes)
+
+
+def test_holm_adjusts_the_mean_rows_p_over_the_runs_methods():
+    from engine.results.report import holm
+
+    assert holm([0.01, 0.04, None, 0.03]) == pytest.approx([0.03, 0.06, None, 0.06], abs=1e-12)
+    run = _run_with_splits("r", {**{("pt", t): v for t, v in PT_SCORES.items()},
+                                 **{("maml", t): v for t, v in PLANTED.items()},
+                                 **{("mtl", t): v for t, v in NULL.items()}})
+    report = build_report([run])
+    maml, mtl = report.paired(Column("r", "maml")), report.paired(Column("r", "mtl"))
+    assert [maml.p_holm, mtl.p_holm] == pytest.approx(holm([maml.p, mtl.p]))
+    assert p_text(maml).endswith("(15, Holm)") and report.paired(Column("r", "maml"), "t1").p_holm is None
+    alone = build_report([_run_with_splits("r", {**{("pt", t): v for t, v in PT_SCORES.items()},
+                                                 **{("maml", t): v for t, v in PLANTED.items()}})])
+    assert alone.paired(Column("r", "maml")).p_holm is None  # a family of one: nothing to adjust
 
 
 def test_each_run_is_paired_with_its_own_pt():
@@ -231,10 +276,10 @@ def test_headless_table_shows_the_paired_rows():
     text = out.getvalue()
     paired = report.paired(Column("r", "maml"))
     assert "Δ vs PT" in text and "[95% CI]" in text and P_LABEL in text
-    assert delta_text(paired) == "+4.7 [+4.0, +5.4]"
-    assert re.search(r"Δ vs PT .* \+4\.7 .*\n.*\[95% CI\] .* \[\+4\.0, \+5\.4\]", text)  # the interval below
+    assert delta_text(paired) == "+4.7 [+3.8, +5.6]"
+    assert re.search(r"Δ vs PT .* \+4\.7 .*\n.*\[95% CI\] .* \[\+3\.8, \+5\.6\]", text)  # the interval below
     assert p_text(paired) == "<0.001 (15)" and p_text(paired) in text
-    assert "Wilcoxon" in text  # the caption says how to read them
+    assert "t test" in " ".join(text.split())  # the caption says how to read them
     out = io.StringIO()
     Console(file=out, width=200).print(results_table(build_report([RUN_A])))
     assert "Δ vs PT" not in out.getvalue()

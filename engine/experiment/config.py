@@ -35,11 +35,12 @@ class DataConfig:
     dir: str = _field("", help="task data directory; empty: --data-dir or $MPT_TUI_DATA_DIR")
     config_dir: str = _field("", help="task config directory (tasks/<task>.json, <setting>.json); empty: found next to the data")
     setting: str = _field("", help="setting name (in the config directory) or file listing source/target tasks")
-    sources: list[str] | str = _field([], help="source tasks; overrides the setting's list; or \"nearest:K\": "
+    sources: list[str] | str = _field([], nonblank=True, unique=True, help="source tasks; overrides the setting's list; or \"nearest:K\": "
                                         "each target's K most similar of the setting's sources (data.similarity)")
-    targets: list[str] = _field([], help="target tasks; overrides the setting's list")
+    targets: list[str] = _field([], nonblank=True, unique=True, help="target tasks; overrides the setting's list")
     k: int = _field(16, minimum=1)
-    seeds: list[int] = _field(list(PAPER_SEEDS))
+    seeds: list[int] = _field(list(PAPER_SEEDS), minimum=0, unique=True, min_items=1,
+                              help="split seeds (non-negative, no repeats, at least one)")
     input_format: str = _field("plain", choices=("plain", "crossfit"),
                                help="plain: the input as stored; crossfit: ' [task] ' + input, multiple-choice "
                                     "options written into the text as ' (A) ... (B) ...' (the authors' code)")
@@ -102,7 +103,8 @@ class PromptConfig:
 
 @dataclass
 class DownstreamConfig:
-    learning_rates: list[float] = _field([0.5, 0.4, 0.3, 0.2])
+    learning_rates: list[float] = _field([0.5, 0.4, 0.3, 0.2], above=0.0, unique=True, min_items=1,
+                                        help="the grid's learning rates (finite, above 0, no repeats, at least one)")
     optimizer: str = _field("adafactor", choices=("adafactor", "adamw"))
     batch_size: int = _field(8, minimum=1)
     steps: int = _field(3000, minimum=1)
@@ -169,7 +171,7 @@ class TuningConfig:
 
 @dataclass
 class UpstreamConfig:
-    methods: list[str] = _field([], choices=method_names,
+    methods: list[str] = _field([], choices=method_names, unique=True,
                                 help="initialisations to learn on the source tasks; PT always runs downstream")
     steps: int = _field(5000, minimum=1, help="meta-updates (MTL: optimizer steps)")
     outer_optimizer: str = _field("adafactor", choices=("adafactor", "adamw", "sgd"))
@@ -204,7 +206,7 @@ class ClusterConfig:
 
 @dataclass
 class AnalysisConfig:
-    similarity: list[str] = _field([], choices=("prompt", "text"),
+    similarity: list[str] = _field([], choices=("prompt", "text"), unique=True,
                                    help="task embeddings compared after the grid: prompt (SPoT: each task's own "
                                         "prompt-tuned prompt), text (the backbone's mean hidden state over inputs)")
     embedding_steps: int = _field(100, minimum=1, help="prompt-tuning steps of each task's embedding job")
@@ -264,14 +266,62 @@ def _check_value(value, annotation, meta, where: str):
         items = [value]
     choices = meta.get("choices")
     choices = choices() if callable(choices) else choices
-    for item in items:
+    for i, item in enumerate(items):
+        at = f"{where}[{i}]" if origin is list else where
         if choices and item not in choices:
-            raise PresetError(f"{where} must be one of {', '.join(choices)}, got {item!r}")
+            raise PresetError(f"{at} must be one of {', '.join(choices)}, got {item!r}")
         if meta.get("min") is not None and item < meta["min"]:
-            raise PresetError(f"{where} must be at least {meta['min']}, got {item!r}")
+            raise PresetError(f"{at} must be at least {meta['min']}, got {item!r}")
+        if meta.get("above") is not None and not item > meta["above"]:
+            raise PresetError(f"{at} must be above {meta['above']:g}, got {item!r}")
         if meta.get("max") is not None and item > meta["max"]:
-            raise PresetError(f"{where} must be at most {meta['max']}, got {item!r}")
+            raise PresetError(f"{at} must be at most {meta['max']}, got {item!r}")
+        if meta.get("nonblank") and isinstance(item, str) and not item.strip():
+            raise PresetError(f"{at} must be a non-empty string, got {item!r}")
+    if origin is list:
+        if meta.get("unique"):
+            repeated = [v for i, v in enumerate(items) if v in items[:i]]
+            if repeated:
+                raise PresetError(f"{where}: {repeated[0]!r} is listed twice")
+        if len(items) < (meta.get("min_items") or 0):
+            raise PresetError(f"{where} must not be empty (the run needs at least {meta['min_items']})")
     return value
+
+
+def list_fields(section) -> list[tuple[str, dataclasses.Field]]:
+    """(key, field) of every list-valued option of a section and its sub-sections (method tables included)."""
+    out = []
+    hints = typing.get_type_hints(type(section))
+    for f in dataclasses.fields(section):
+        value = getattr(section, f.name)
+        if f.name == "hyperparameters":
+            for name, table in value.items():
+                out += [(f"{name}.{k}", g) for k, g in list_fields(table)]
+        elif dataclasses.is_dataclass(value):
+            out += [(f"{f.name}.{k}", g) for k, g in list_fields(value)]
+        elif _is_list_type(hints[f.name]):
+            out.append((f.name, f))
+    return out
+
+
+def _is_list_type(annotation) -> bool:
+    kinds = typing.get_args(annotation) if isinstance(annotation, types.UnionType) else (annotation,)
+    return any(typing.get_origin(k) is list for k in kinds)
+
+
+def check_lists(preset: "Preset", origin: str) -> None:
+    """Every list-valued key of every section, by its declared element rule (also the ones left at
+    their defaults or set by a base preset): one PresetError naming the key and `origin`."""
+    for key, f in list_fields(preset):
+        obj = preset
+        *path, name = key.split(".")
+        for part in path:
+            obj = obj.hyperparameters[part] if part in getattr(obj, "hyperparameters", {}) else getattr(obj, part)
+        annotation = typing.get_type_hints(type(obj))[name]
+        try:
+            _check_value(getattr(obj, name), annotation, f.metadata, key)
+        except PresetError as exc:
+            raise PresetError(f"{origin}: {exc}") from None
 
 
 def _build(cls, raw: dict, prefix: str, origin: str, base=None):
@@ -360,6 +410,7 @@ def load_preset(name_or_path: str, overrides: list[str] = (), data_dir: str | No
     raw.setdefault("name", path.stem)
     origin = str(path) if not overrides else f"{path} (with --set)"
     preset = _build(Preset, raw, "", origin)
+    check_lists(preset, origin)
     base = path.parent
     if data_dir:
         preset.data.dir = str(Path(data_dir).expanduser().resolve())
@@ -380,7 +431,9 @@ def load_preset(name_or_path: str, overrides: list[str] = (), data_dir: str | No
 
 
 def preset_from_dict(raw: dict, origin: str = "config.json") -> Preset:
-    return _build(Preset, raw, "", origin)
+    preset = _build(Preset, raw, "", origin)
+    check_lists(preset, origin)
+    return preset
 
 
 # ---- writing presets -------------------------------------------------------------------

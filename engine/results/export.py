@@ -38,7 +38,8 @@ import re
 from engine.experiment.methods import PT
 from engine.experiment.records import SPLITS, CellRecord
 from engine.results import reference
-from engine.results.report import CONFIDENCE, DELTA_LABEL, N_RESAMPLES, P_LABEL, Paired, Report, build_report, p_value_text
+from engine.results.report import (CONFIDENCE, DELTA_LABEL, INTERVAL, P_LABEL, Paired, Report, build_report,
+                                   delta_text, p_text)
 
 FORMATS = ("csv", "json", "markdown", "latex")
 TABLES = ("tasks", "splits", "similarity")
@@ -46,7 +47,8 @@ EXTENSIONS = {"csv": "csv", "json": "json", "markdown": "md", "latex": "tex"}
 
 SPLIT_COLUMNS = ["run_id", "name", "state", "model", "setting", "prompt_length", "optimizer", "steps",
                  "batch_size", "method", "task", "metric", "seed", "learning_rate", "best_step", "dev", "test"]
-PAIRED_COLUMNS = ["delta_vs_pt", "delta_ci_low", "delta_ci_high", "p_value", "p_test", "n_pairs", "n_unpaired"]
+PAIRED_COLUMNS = ["delta_vs_pt", "delta_ci_low", "delta_ci_high", "p_value", "p_test", "df", "p_holm", "p_rank",
+                  "rank_test", "n_pairs", "n_unpaired", "no_interval"]
 SIMILARITY_COLUMNS = ["run_id", "kind", "target", "source", "similarity", "rank"]
 TABLE_COLUMNS = ["run_id", "name", "model", "setting", "method", "task", "metric", "mean", "std", "n",
                  "gain_over_pt", *PAIRED_COLUMNS]
@@ -77,7 +79,9 @@ def _paired_fields(paired: Paired | None, scale: float) -> dict:
         return dict.fromkeys(PAIRED_COLUMNS, "")
     return {"delta_vs_pt": _or_blank(paired.mean, scale), "delta_ci_low": _or_blank(paired.low, scale),
             "delta_ci_high": _or_blank(paired.high, scale), "p_value": _or_blank(paired.p, 1.0),
-            "p_test": paired.test, "n_pairs": paired.n, "n_unpaired": paired.unpaired}
+            "p_test": paired.test, "df": _or_blank(paired.df, 1.0), "p_holm": _or_blank(paired.p_holm, 1.0),
+            "p_rank": _or_blank(paired.rank_p, 1.0), "rank_test": paired.rank_test, "n_pairs": paired.n,
+            "n_unpaired": paired.unpaired, "no_interval": paired.reason}
 
 
 def _or_blank(value: float | None, scale: float):
@@ -196,7 +200,9 @@ def _paired_json(paired: Paired | None, scale: float) -> dict | None:
         return None
     return {"mean_difference": _times(paired.mean, scale), "ci_low": _times(paired.low, scale),
             "ci_high": _times(paired.high, scale), "p_value": paired.p, "test": paired.test or None,
-            "n_pairs": paired.n, "n_unpaired": paired.unpaired}
+            "df": paired.df, "p_holm": paired.p_holm, "rank_p_value": paired.rank_p,
+            "rank_test": paired.rank_test or None, "n_pairs": paired.n, "n_unpaired": paired.unpaired,
+            "single_split_tasks": paired.single, "no_interval": paired.reason or None}
 
 
 def _times(value: float | None, scale: float) -> float | None:
@@ -220,10 +226,11 @@ def _json_tasks(summaries: list[dict], scale: float) -> dict:
         rows.append({"task": task, "metric": report.metrics[task], "cells": cells,
                      "best": report.columns.index(best) if best is not None else None})
     return {"format": "mpt-tui results", "version": 1, "table": "tasks", "metric_scale": scale,
-            "paired": {"baseline": PT, "confidence": CONFIDENCE, "bootstrap_resamples": N_RESAMPLES,
-                       "bootstrap_seed": report.seed,
-                       "method": "method minus PT per split; bootstrap resamples splits within each task; "
-                                 "two-sided Wilcoxon signed-rank test, the exact sign test where it is undefined"},
+            "paired": {"baseline": PT, "confidence": CONFIDENCE, "interval": INTERVAL,
+                       "method": "method minus PT per split; mean over splits, then over tasks; "
+                                 "t interval with Welch-Satterthwaite df and the same two-sided t test "
+                                 "(p_holm: Holm-adjusted over a run's methods, mean rows); rank_p: Wilcoxon "
+                                 "signed-rank over all pairs (the exact sign test where it is undefined)"},
             "runs": [_run_meta(s) for s in summaries], "columns": columns, "rows": rows, "notes": report.notes,
             "reported": reference.json_block(summaries)}
 
@@ -283,10 +290,9 @@ def _tasks_grid(report: Report, scale: float, digits: int) -> dict:
     caption = (f"Test scores{scale_text}, mean ± std over the splits; bold: the best mean per task; gain: relative "
                f"to PT's mean.")
     if report.has_paired():
-        caption += (f" Δ: the score minus PT's on the same split{scale_text}, mean over splits and tasks, with its "
-                    f"95% bootstrap interval (splits resampled within each task); p: two-sided Wilcoxon "
-                    f"signed-rank test over the paired splits (their number in brackets; sign: the exact sign test, "
-                    f"where Wilcoxon is undefined).")
+        caption += (f" Δ: the score minus PT's on the same split{scale_text}, mean over splits, then over tasks, "
+                    f"with its 95% t interval (Welch-Satterthwaite df; tasks fixed, splits random); p: the same "
+                    f"two-sided t test (the number of pairs in brackets; Holm: adjusted over the run's methods).")
     return {"caption": caption, "header": ["target task", "metric"] + [report.header(c) for c in columns],
             "align": ["l", "l"] + ["r"] * len(columns), "sections": [task_rows, summary], "notes": report.notes,
             "label": "tab:mpt-results"}
@@ -303,16 +309,11 @@ def _add_reported(grid: dict, report: Report, summaries: list[dict], scale: floa
 
 
 def _delta(paired: Paired | None, scale: float, digits: int) -> str:
-    if paired is None or paired.mean is None:
-        return "-"
-    return (f"{_num(paired.mean * scale, digits, True)} "
-            f"[{_num(paired.low * scale, digits, True)}, {_num(paired.high * scale, digits, True)}]")
+    return delta_text(paired, scale, digits)
 
 
 def _p(paired: Paired | None) -> str:
-    if paired is None or paired.mean is None:
-        return "-"
-    return f"{p_value_text(paired.p)} ({paired.n}{', sign' if paired.test == 'sign' else ''})"
+    return p_text(paired)
 
 
 def _splits_grid(summaries: list[dict], scale: float, digits: int) -> dict:

@@ -15,21 +15,25 @@ the method's chosen test score minus PT's on the same task and seed. A split tha
 only one of the two has, or whose test score is NaN, is left out of the pairs
 and counted as unpaired.
 
-- Per target task: the mean difference over the paired splits; a 95% percentile
-  bootstrap interval of that mean (splits resampled with replacement, 10,000
-  resamples, seeded: the same summaries give the same interval); a two-sided
-  p-value of the Wilcoxon signed-rank test (SciPy's `wilcoxon` defaults: zero
-  differences dropped, exact for small samples without ties or zeros).
-- Over all targets: the mean over tasks of the tasks' mean differences (the mean
-  row's difference when no split is missing); the bootstrap resamples splits
-  within each task (stratified: the target tasks are the setting, fixed; the
-  splits are the random part), so each resample's statistic is again a mean of
-  task means; the Wilcoxon test takes every (task, split) pair's difference.
-- Where Wilcoxon is undefined (every difference zero) or SciPy cannot compute it,
-  the p-value is the exact two-sided sign test (`binomtest` on the number of
-  positive differences among the nonzero ones; 1.0 when there are none), and
-  `Paired.test` says "sign". With 5 splits the smallest two-sided Wilcoxon
-  p-value of one task is 1/16 = 0.0625: a single task cannot reach 0.05.
+- The estimate: per task the mean difference over its paired splits; over all
+  targets the mean over tasks of the tasks' mean differences (the mean row's
+  difference when no split is missing). The target tasks are fixed by the setting;
+  only the splits are random.
+- The 95% interval: a t interval, estimate ± t_{df, 0.975} · se, with
+  se² = sum_i s_i² / (n_i T²) (s_i², n_i: task i's sample variance and paired split
+  count, T: tasks) and Welch-Satterthwaite's df (n - 1 for one task: the exact
+  one-sample t). It replaced a percentile bootstrap whose "95%" covered the truth
+  in 68-89% of null draws at 3-10 tasks x 2-5 splits; docs/statistics.md has the
+  simulated coverage (bench/interval_coverage.py).
+- p: the two-sided p of the same t statistic, so p < 0.05 exactly when the interval
+  excludes 0. On a mean row with several methods of one run compared with its PT,
+  the table shows Holm's adjustment over that family (`Paired.p_holm`).
+- A task with a single paired split has no spread of its own: it stays out of the
+  overall mean and interval, and a note names it. With one split per task, or no
+  spread in any task, there is no interval (and no p); a note says why.
+- Robustness: the Wilcoxon signed-rank test over all paired differences (`rank_p`;
+  the exact sign test where Wilcoxon is undefined, `rank_test` "sign"), in the
+  exports and the Results screen's detail line.
 
 SciPy is imported only when a paired statistic is first asked for, so
 `mpt-tui runs` and the app's start never pay for it.
@@ -39,15 +43,14 @@ from __future__ import annotations
 
 import math
 import statistics
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property, lru_cache
 
 from engine.experiment.methods import PT, in_display_order, label
 from engine.experiment.records import SPLITS, CellRecord
 
 CONFIDENCE = 0.95
-N_RESAMPLES = 10_000
-BOOTSTRAP_SEED = 0
+INTERVAL = "Welch-Satterthwaite t interval of the mean of task means"
 
 
 @dataclass(frozen=True)
@@ -60,14 +63,20 @@ class Column:
 class Paired:
     """A method minus PT of the same run, over paired splits (one task's, or every target's)."""
 
-    n: int  # paired splits
+    n: int  # paired splits (in the mean and interval)
     unpaired: int  # splits only one of the two has (or with a NaN test score): left out
     mean: float | None  # mean difference; over all targets the mean of the tasks' mean differences
-    low: float | None  # the bootstrap interval (CONFIDENCE)
+    low: float | None  # the t interval (CONFIDENCE); None where there is none (`reason`)
     high: float | None
-    p: float | None  # two-sided
-    test: str  # "wilcoxon", "sign", or "" without pairs
+    p: float | None  # two-sided p of the same t test (None without an interval)
+    test: str  # "t", or "" without pairs
     diffs: tuple[float, ...] = ()  # the paired differences (over all targets: task by task)
+    df: float | None = None  # the t test's degrees of freedom (Welch-Satterthwaite over tasks)
+    rank_p: float | None = None  # robustness: Wilcoxon signed-rank over the differences (or the sign test)
+    rank_test: str = ""  # "wilcoxon" or "sign"
+    single: int = 0  # tasks with a single paired split, left out of the mean and interval
+    reason: str = ""  # why there is no interval
+    p_holm: float | None = None  # over all targets: p Holm-adjusted over the run's methods compared with PT
 
 
 @dataclass
@@ -81,8 +90,6 @@ class Report:
     notes: list[str] = field(default_factory=list)
     # (task, column) -> {seed: chosen test score}, from the summaries' "splits" (absent: no per-split data)
     split_scores: dict[tuple[str, Column], dict[int, float]] = field(default_factory=dict)
-    seed: int = BOOTSTRAP_SEED
-    n_resamples: int = N_RESAMPLES
 
     def header(self, column: Column) -> str:
         """The method's label, with the run id's tail when several runs are compared."""
@@ -143,47 +150,129 @@ class Report:
             return None
         if task is not None:
             diffs, unpaired = pairs[task]
-            return paired_statistics([diffs], unpaired, self.seed, self.n_resamples)
-        return paired_statistics([d for d, _ in pairs.values() if d], sum(u for _, u in pairs.values()),
-                                 self.seed, self.n_resamples)
+            return paired_statistics([diffs], unpaired)
+        paired = paired_statistics([d for d, _ in pairs.values() if d], sum(u for _, u in pairs.values()))
+        family = [c for c in self.compared() if c.run_id == column.run_id]
+        if len(family) > 1 and paired.p is not None:  # Holm over the run's methods against its PT
+            ps = [paired.p if c == column else self._overall_p(c) for c in family]
+            paired = replace(paired, p_holm=holm(ps)[family.index(column)])
+        return paired
+
+    def _overall_p(self, column: Column) -> float | None:
+        pairs = self._pairs(column)
+        return paired_statistics([d for d, _ in pairs.values() if d], sum(u for _, u in pairs.values())).p
+
+
+def _no_interval_reason(groups: list[list[float]]) -> str:
+    """Why `paired_statistics(groups)` has no interval ("" where it has one), without NumPy or SciPy."""
+    used = [g for g in groups if len(g) >= 2]
+    if not groups:
+        return ""
+    if not used:
+        return NO_SPLITS
+    spread = any(statistics.stdev(g) > 1e-9 * max(abs(x) for x in g) for g in used)
+    return "" if spread else NO_SPREAD
 
 
 def _finite(value) -> bool:
     return isinstance(value, (int, float)) and math.isfinite(value)
 
 
-def paired_statistics(groups: list[list[float]], unpaired: int = 0, seed: int = BOOTSTRAP_SEED,
-                      n_resamples: int = N_RESAMPLES, confidence: float = CONFIDENCE) -> Paired:
+def paired_statistics(groups: list[list[float]], unpaired: int = 0, confidence: float = CONFIDENCE) -> Paired:
     """The paired statistics of differences grouped by task (one group: one task).
 
-    Mean: the mean of the groups' means. Interval: percentile bootstrap, each group's
-    differences resampled with replacement (`numpy.random.default_rng(seed)`, one
-    `integers(0, n, (n_resamples, n))` draw per group in order; for one group this is
-    `scipy.stats.bootstrap(..., method="percentile")` with the same generator).
-    p: Wilcoxon signed-rank over all differences, or the exact sign test where it is undefined.
+    Mean, interval and p: `mean_difference_intervals` (the mean of the task means, a Welch-Satterthwaite
+    t interval, the two-sided p of the same t test); a group with a single difference stays out of the
+    mean and the interval (`Paired.single` counts them), unless every group has one (then the mean is
+    theirs, with no interval). `reason` says why there is no interval. The rank test over all
+    differences (Wilcoxon signed-rank, or the exact sign test where it is undefined) is kept as a
+    robustness check in `rank_p`/`rank_test`.
     """
-    return _paired_statistics(tuple(tuple(map(float, g)) for g in groups if len(g)), unpaired, seed, n_resamples,
-                              confidence)
+    return _paired_statistics(tuple(tuple(map(float, g)) for g in groups if len(g)), unpaired, confidence)
 
 
 @lru_cache(maxsize=4096)  # the app redraws the same report on every key: compute each comparison once
-def _paired_statistics(groups: tuple[tuple[float, ...], ...], unpaired: int, seed: int, n_resamples: int,
-                       confidence: float) -> Paired:
-    diffs = tuple(d for g in groups for d in g)
-    if not diffs:
+def _paired_statistics(groups: tuple[tuple[float, ...], ...], unpaired: int, confidence: float) -> Paired:
+    if not groups:
         return Paired(0, unpaired, None, None, None, None, "")
     import numpy as np
 
-    mean = statistics.fmean(statistics.fmean(g) for g in groups)
-    rng = np.random.default_rng(seed)
-    total = np.zeros(n_resamples)
-    for g in groups:
-        values = np.asarray(g)
-        total += values[rng.integers(0, len(values), (n_resamples, len(values)))].mean(axis=1)
-    alpha = 1.0 - confidence
-    low, high = (float(v) for v in np.percentile(total / len(groups), [100 * alpha / 2, 100 * (1 - alpha / 2)]))
-    p, test = _p_value(diffs)
-    return Paired(len(diffs), unpaired, mean, low, high, p, test, diffs)
+    width = max(map(len, groups))
+    d = np.full((1, len(groups), width), np.nan)
+    for i, g in enumerate(groups):
+        d[0, i, :len(g)] = g
+    r = mean_difference_intervals(d, confidence)
+    used = [i for i, u in enumerate(r["used"][0]) if u]
+    single = len(groups) - len(used)
+    kept = groups if not used else tuple(groups[i] for i in used)
+    diffs = tuple(x for g in kept for x in g)
+    mean = statistics.fmean(statistics.fmean(g) for g in kept)
+    rank_p, rank_test = _p_value(diffs)
+    if bool(r["ok"][0]):
+        return Paired(len(diffs), unpaired, mean, float(r["low"][0]), float(r["high"][0]), float(r["p"][0]), "t",
+                      diffs, df=float(r["df"][0]), rank_p=rank_p, rank_test=rank_test, single=single)
+    reason = NO_SPLITS if not used else NO_SPREAD
+    return Paired(len(diffs), unpaired, mean, None, None, None, "t", diffs, rank_p=rank_p, rank_test=rank_test,
+                  single=single, reason=reason)
+
+
+NO_SPLITS = "one paired split per task: no spread to make an interval from"
+NO_SPREAD = "every task's paired differences are equal (zero spread)"
+
+
+def holm(pvalues: list[float | None]) -> list[float | None]:
+    """Holm's step-down adjustment of a family of p-values (None stays None and is not counted)."""
+    present = sorted((p, i) for i, p in enumerate(pvalues) if p is not None)
+    out: list[float | None] = [None] * len(pvalues)
+    running, m = 0.0, len(present)
+    for rank, (p, i) in enumerate(present):
+        running = max(running, min(1.0, (m - rank) * p))
+        out[i] = running
+    return out
+
+
+def mean_difference_intervals(diffs, confidence: float = CONFIDENCE) -> dict:
+    """The interval and p of the mean of task means, for a batch of comparisons at once (vectorised).
+
+    `diffs`: an array (comparisons, tasks, splits) of paired differences, NaN where a split is absent.
+    Per comparison, the tasks with at least two paired splits are used (one with a single split has no
+    spread of its own and stays out: `used` says which); with m_i, s_i^2 and n_i a task's mean, sample
+    variance (ddof 1) and split count and T the used tasks, the estimate is mean_i m_i, its variance
+    sum_i s_i^2 / (n_i T^2), and the degrees of freedom Welch-Satterthwaite's,
+    (sum_i v_i)^2 / sum_i v_i^2 / (n_i - 1) with v_i = s_i^2 / n_i (for one task n - 1: the exact
+    one-sample t). The interval is estimate ± t_{df, (1+confidence)/2} · se, and p the two-sided p of the
+    same t statistic, so p < 1 - confidence exactly when the interval excludes 0. No interval (`ok`
+    False, low/high/p NaN) without a used task or when every used task's differences are all equal.
+    Returns arrays: mean, low, high, p, df, se, ok, used (comparisons x tasks), n (paired splits used).
+    """
+    import numpy as np
+    from scipy import special
+
+    d = np.asarray(diffs, dtype=float)
+    present = ~np.isnan(d)
+    n_i = present.sum(axis=-1)
+    used = n_i >= 2
+    safe_n = np.where(n_i > 0, n_i, 1)
+    m_i = np.where(present, d, 0.0).sum(axis=-1) / safe_n
+    dev = np.where(present, d - m_i[..., None], 0.0)
+    s2_i = (dev ** 2).sum(axis=-1) / np.where(n_i > 1, n_i - 1, 1)
+    scale = np.where(present, np.abs(d), 0.0).max(axis=-1)
+    s2_i = np.where(np.sqrt(s2_i) <= 1e-9 * scale, 0.0, s2_i)  # equal up to rounding: no spread
+    tasks = used.sum(axis=-1)
+    v_i = np.where(used, s2_i / safe_n, 0.0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        mean = np.where(used, m_i, 0.0).sum(axis=-1) / tasks
+        sum_v = v_i.sum(axis=-1)
+        se = np.sqrt(sum_v) / tasks
+        df = sum_v ** 2 / np.where(used, v_i ** 2 / np.where(n_i > 1, n_i - 1, 1), 0.0).sum(axis=-1)
+        ok = (tasks > 0) & (sum_v > 0)
+        df = np.where(ok, df, np.nan)
+        half = special.stdtrit(np.where(ok, df, 1.0), 0.5 + confidence / 2) * se
+        p = 2 * special.stdtr(np.where(ok, df, 1.0), -np.abs(mean) / np.where(ok, se, 1.0))
+    nan = np.full(mean.shape, np.nan)
+    return {"mean": mean, "low": np.where(ok, mean - half, nan), "high": np.where(ok, mean + half, nan),
+            "p": np.where(ok, np.minimum(p, 1.0), nan), "df": df, "se": np.where(ok, se, nan), "ok": ok,
+            "used": used, "n": np.where(used, n_i, 0).sum(axis=-1)}
 
 
 def _p_value(diffs: tuple[float, ...]) -> tuple[float, str]:
@@ -211,7 +300,7 @@ def prepare_statistics() -> None:
     from scipy import stats  # noqa: F401
 
 
-def build_report(summaries: list[dict], seed: int = BOOTSTRAP_SEED, n_resamples: int = N_RESAMPLES) -> Report:
+def build_report(summaries: list[dict]) -> Report:
     """`summaries`: dicts with "run_id" and "tasks" ({method: {task: aggregate}}), as the index stores them,
     and "splits" (the chosen cell per (method, task, seed)) for the paired comparisons."""
     columns: list[Column] = []
@@ -247,13 +336,23 @@ def build_report(summaries: list[dict], seed: int = BOOTSTRAP_SEED, n_resamples:
     notes = []
     if len(target_sets) > 1:
         notes.append("the runs have different target tasks: each mean is over its own run's targets")
-    report = Report(columns, sorted(metrics), scores, metrics, means, gains, notes, split_scores, seed, n_resamples)
+    report = Report(columns, sorted(metrics), scores, metrics, means, gains, notes, split_scores)
     for column in columns:
         pairs = report._pairs(column)
         unpaired = sum(u for _, u in pairs.values()) if pairs else 0
         if unpaired:
             notes.append(f"{report.header(column)} vs PT: {unpaired} split{'s' if unpaired > 1 else ''} that only one "
                          f"of the two has (or with a NaN test score) left out of the paired comparison")
+        if pairs:
+            groups = {t: d for t, (d, _) in pairs.items() if d}
+            single = [t for t, d in groups.items() if len(d) == 1]
+            if single and len(single) < len(groups):
+                notes.append(f"{report.header(column)} vs PT: {', '.join(single)} "
+                             f"{'has' if len(single) == 1 else 'have'} a single paired split: left out of the "
+                             f"mean Δ and its interval")
+            reason = _no_interval_reason(list(groups.values()))
+            if reason:
+                notes.append(f"{report.header(column)} vs PT: no interval: {reason}")
     return report
 
 
@@ -277,9 +376,11 @@ P_LABEL = "p (pairs)"
 
 
 def delta_text(paired: Paired | None, scale: float = 100.0, digits: int = 1) -> str:
-    """'+1.2 [-0.3, +2.8]': the mean paired difference and its bootstrap interval, x`scale`."""
+    """'+1.2 [-0.3, +2.8]': the mean paired difference and its t interval, x`scale` ('+1.2 (no CI)' without one)."""
     if paired is None or paired.mean is None:
         return "-"
+    if paired.low is None:
+        return f"{scale * paired.mean:+.{digits}f} (no CI)"
     return f"{scale * paired.mean:+.{digits}f} [{scale * paired.low:+.{digits}f}, {scale * paired.high:+.{digits}f}]"
 
 
@@ -289,26 +390,36 @@ def p_value_text(p: float | None) -> str:
     return "<0.001" if p < 0.001 else f"{p:.3f}"
 
 
+def shown_p(paired: Paired | None) -> float | None:
+    """The p a table prints: Holm-adjusted on a mean row with several methods, else the t test's."""
+    if paired is None:
+        return None
+    return paired.p_holm if paired.p_holm is not None else paired.p
+
+
 def p_text(paired: Paired | None) -> str:
-    """'0.031 (15)': the two-sided p-value and the number of pairs; ', sign' where it is the sign test's."""
+    """'0.031 (15)': the t test's two-sided p and the number of pairs; '(15, Holm)' where Holm-adjusted."""
     if paired is None or paired.mean is None:
         return "-"
-    return f"{p_value_text(paired.p)} ({paired.n}{', sign' if paired.test == 'sign' else ''})"
+    return f"{p_value_text(shown_p(paired))} ({paired.n}{', Holm' if paired.p_holm is not None else ''})"
 
 
 def paired_line(paired: Paired | None, scale: float = 100.0) -> str:
-    """'Δ vs PT +1.2 [-0.3, +2.8] p=0.310 (n=15)'."""
+    """'Δ vs PT +1.2 [-0.3, +2.8] p=0.310 (n=15, Wilcoxon p=0.280)'."""
     if paired is None or paired.mean is None:
         return "Δ vs PT: no paired splits"
-    test = ", sign test" if paired.test == "sign" else ""
     missing = f", {paired.unpaired} unpaired" if paired.unpaired else ""
-    p = p_value_text(paired.p)
-    return f"Δ vs PT {delta_text(paired, scale)} p{p if p.startswith('<') else '=' + p} (n={paired.n}{missing}{test})"
+    p = p_value_text(shown_p(paired))
+    holm_text = ", Holm" if paired.p_holm is not None else ""
+    rank = f", {'Wilcoxon' if paired.rank_test == 'wilcoxon' else 'sign test'} p={p_value_text(paired.rank_p)}" \
+        if paired.rank_p is not None else ""
+    return (f"Δ vs PT {delta_text(paired, scale)} p{p if p.startswith('<') else '=' + p} "
+            f"(n={paired.n}{missing}{holm_text}{rank})")
 
 
-PAIRED_EXPLANATION = ("Δ: the method's test score minus PT's on the same split (x100), mean over splits and tasks, "
-                      "95% bootstrap interval; p: two-sided Wilcoxon signed-rank test over the paired splits "
-                      "(their number in brackets; 'sign': the exact sign test, where Wilcoxon is undefined)")
+PAIRED_EXPLANATION = ("Δ: the method's test score minus PT's on the same split (x100), mean over splits, then over "
+                      "tasks, with its 95% t interval (Welch-Satterthwaite df; tasks fixed, splits random); p: the "
+                      "same two-sided t test (pairs in brackets; 'Holm': adjusted over the run's methods)")
 
 
 def format_duration(seconds: float | None) -> str:

@@ -3,8 +3,8 @@
 The table is `engine.results.report.build_report`'s, the same report the CLI prints: each
 column's mean is over its own run's targets and its gain over its own run's PT; the
 last two rows compare each method with PT split by split over all targets (the mean
-paired difference with its 95% bootstrap interval, and the Wilcoxon p-value with the
-number of pairs); `enter` on a task shows the same per task.
+paired difference with its 95% t interval, and the same t test's p-value, Holm-adjusted
+over the run's methods, with the number of pairs; `engine.results.report` says how); `enter` on a task shows the same per task.
 The index is read in a worker: another process holding its lock never freezes the app.
 The best method per task is bold and marked ▲ (a marker that survives a monochrome
 terminal); under the table, a bar chart of each column's mean ± std: of the task under
