@@ -244,16 +244,17 @@ def test_downstream_reuses_a_given_upstream_prompt(tmp_path, tiny_llama):
     runs = tmp_path / "runs"
     preset = _preset(tmp_path, tiny_llama, maml_extra=f'prompt_file = "{tmp_path / "given.safetensors"}"',
                      methods=["maml"])
-    # learning rate 0: the tuned prompt stays at its initialisation, which must be the given one
-    proc = _run("--preset", preset, "--runs-dir", str(runs), "--set", "downstream.learning_rates=[0.0]")
+    # learning rate 1e-30 (0 is refused: rates must be above zero): each update is below float32 rounding,
+    # so the tuned prompt stays exactly at its initialisation, which must be the given one
+    proc = _run("--preset", preset, "--runs-dir", str(runs), "--set", "downstream.learning_rates=[1e-30]")
     assert proc.returncode == 0, proc.stderr
     (run,) = list_runs(runs)
     assert not (run.path / "checkpoints" / "upstream-maml.pt").exists()  # nothing was retrained
     assert not any(e.get("stage") == "upstream" for e in run.events())
     for seed in (1, 2):
-        cell = read_json(run.cells_dir / f"maml__demo-emotion__s{seed}__lr0.json")
+        cell = read_json(run.cells_dir / f"maml__demo-emotion__s{seed}__lr1e-30.json")
         assert torch.equal(load_prompt(run.path / cell["prompt"])[0], given)
-        pt_cell = read_json(run.cells_dir / f"pt__demo-emotion__s{seed}__lr0.json")
+        pt_cell = read_json(run.cells_dir / f"pt__demo-emotion__s{seed}__lr1e-30.json")
         assert not torch.equal(load_prompt(run.path / pt_cell["prompt"])[0], given)
 
 
