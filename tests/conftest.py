@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -149,6 +150,44 @@ length = 4
     return preset_file
 
 
+# ---- parallel runs (pytest-xdist; pyproject's addopts: `-n auto --dist loadgroup`) ----
+
+# Tests in one xdist_group run one after another on one worker, in file order, while other workers run the
+# rest. "serial": the tests that must not overlap each other: the local Ray instance (marker `ray`: a head
+# node with 2 CPUs, Ray's shared /tmp/ray), the tmux session, and the tests with a wall-clock bound (marker
+# `serial`). A module whose module-scoped fixture is an expensive run that its tests share, and change in
+# turn, keeps them together with its own `pytestmark = pytest.mark.xdist_group(...)`.
+SERIAL_GROUP = "serial"
+
+# The longest tests (`--durations`), handed out first so that none starts last and runs alone at the end.
+# Module names, longest first; the rest keep their order.
+LONGEST_FIRST = ("test_faults", "test_bench", "test_launch", "test_grid", "test_headless", "test_app",
+                 "test_estimate")
+
+
+def pytest_xdist_auto_num_workers(config) -> int:
+    """`-n auto`: one worker more than the cores (the tests spend much of their time waiting on the
+    subprocesses they start), at least 2; PYTEST_XDIST_AUTO_NUM_WORKERS overrides it."""
+    env = os.environ.get("PYTEST_XDIST_AUTO_NUM_WORKERS")
+    if env:
+        return int(env)
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    return max(2, cores + 1)
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the xdist_group marks
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.get_closest_marker("ray") or item.get_closest_marker("serial"):
+            item.add_marker(pytest.mark.xdist_group(SERIAL_GROUP))
+    if hasattr(config, "workerinput"):  # an xdist worker (each sorts its identical collection the same way)
+        rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+        items.sort(key=lambda item: rank.get(item.module.__name__ if item.module else "", len(rank)))
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _one_thread():
     """Tiny models run fastest on one thread (a busy 2-core machine makes OpenMP threads spin)."""
@@ -180,14 +219,39 @@ def assert_weights_unchanged(backbone, before: dict) -> None:
         assert torch.equal(b, before["buffers"][name]), f"backbone buffer {name} changed"
 
 
+def session_dir(tmp_path_factory) -> Path:
+    """A temporary directory of this test session that every pytest-xdist worker sees (the workers' base
+    temporary directories are `popen-gw<N>` folders inside the controller's); the base temp without xdist."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
+def built_once(tmp_path_factory, name: str, build) -> Path:
+    """`build(directory)` once per test session, shared by all xdist workers (the first builds it under a
+    file lock, the others wait for it and reuse it). Only for what the tests read and never change: a
+    session-scoped fixture without xdist already shares it between all of the session's tests."""
+    from filelock import FileLock
+
+    root = session_dir(tmp_path_factory)
+    target, done = root / name, root / f"{name}.done"
+    with FileLock(str(root / f"{name}.lock")):
+        if not done.exists():
+            if target.exists():  # a build that failed half-way in another worker
+                shutil.rmtree(target)
+            target.mkdir()
+            build(target)
+            done.touch()
+    return target
+
+
 @pytest.fixture(scope="session")
 def tiny_llama(tmp_path_factory) -> Path:
-    return build_tiny_model("llama", tmp_path_factory.mktemp("tiny-llama"))
+    return built_once(tmp_path_factory, "tiny-llama", lambda out: build_tiny_model("llama", out))
 
 
 @pytest.fixture(scope="session")
 def tiny_t5(tmp_path_factory) -> Path:
-    return build_tiny_model("t5", tmp_path_factory.mktemp("tiny-t5"))
+    return built_once(tmp_path_factory, "tiny-t5", lambda out: build_tiny_model("t5", out))
 
 
 @pytest.fixture(params=["llama", "t5"])

@@ -318,6 +318,7 @@ def _write_finished_run(root, run_id: str, scores: dict[str, dict[str, float]]) 
                                         "finished": 2.0, "progress": 1.0, "stage": "done"})
 
 
+@pytest.mark.serial  # answers within 2 s
 async def test_the_app_keeps_responding_while_another_process_holds_the_index_lock(tmp_path):
     root = tmp_path / "runs"
     _write_finished_run(root, "20260101-000000-a", {"pt": {"t1": 0.5}, "mtl": {"t1": 0.6}})
@@ -449,6 +450,7 @@ async def test_help_lists_every_binding_with_its_description(tmp_path):
         assert ("ctrl+p", "everywhere") in by_key  # Textual's own keys too
 
 
+@pytest.mark.serial  # answers within 2 s
 async def test_a_failing_worker_is_shown_in_the_app_which_keeps_running(tmp_path, monkeypatch):
     from mpt_tui.watch import RunWatcher
 
@@ -590,6 +592,7 @@ def test_the_event_index_reads_incrementally_and_agrees_with_the_engines_readers
     assert index.upstream_curves() == {"mtl": ([1], [1.0])} and not index.cells
 
 
+@pytest.mark.serial  # answers within 2 s
 async def test_choosing_a_cell_plots_its_curves_and_compare_and_upstream_views(tmp_path):
     from mpt_tui.widgets import CellList, RunDetail
 

@@ -70,6 +70,9 @@ def snapshot(root: Path) -> dict:
 
 # ---- two real runs ----------------------------------------------------------------------
 
+# In the serial group (`detach` must return within 5 s), which also keeps them on one worker, in turn: they
+# share the module's two runs, and the last one deletes one.
+
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory, tiny_llama):
     tmp = tmp_path_factory.mktemp("lifecycle")
@@ -124,6 +127,7 @@ def run_a(lab):
                            logs=logs, followed_s=time.monotonic() - t0, state_after_logs=run.status()["state"])
 
 
+@pytest.mark.serial
 def test_detach_returns_at_once_and_logs_follow_ends_with_the_run(run_a):
     assert run_a.state_after_detach in ACTIVE_STATES  # it returned before the run even started training
     assert run_a.took < 5.0 and run_a.followed_s > 2 * run_a.took, (run_a.took, run_a.followed_s)
@@ -134,6 +138,7 @@ def test_detach_returns_at_once_and_logs_follow_ends_with_the_run(run_a):
     assert len(records(run_a.run)) == 8
 
 
+@pytest.mark.serial
 def test_a_running_run_is_neither_deleted_nor_resumed(run_a):
     refused(run_a.delete, run_a.run.id, "cancel it first")
     refused(run_a.resume, run_a.run.id)
@@ -162,6 +167,7 @@ def run_b(lab, run_a):
                            final=final)
 
 
+@pytest.mark.serial
 def test_show_json_of_a_partly_finished_run_counts_complete_splits_only(run_b):
     assert run_b.show.returncode == 0, run_b.show.stderr
     view = json.loads(run_b.show.stdout)
@@ -190,6 +196,7 @@ def test_show_json_of_a_partly_finished_run_counts_complete_splits_only(run_b):
     assert f"device     cpu ({os.cpu_count()} cores), fp32 (pid " in text  # what it is, not just an index
 
 
+@pytest.mark.serial
 def test_killed_cancelled_and_resumed_run_ends_with_the_uninterrupted_records(run_a, run_b):
     assert run_b.resumed.returncode == 0 and "resumed in the background" in run_b.resumed.stdout
     assert run_b.cancel.returncode == 0, run_b.cancel.stderr
@@ -201,6 +208,7 @@ def test_killed_cancelled_and_resumed_run_ends_with_the_uninterrupted_records(ru
     assert records(run_b.run) == records(run_a.run)
 
 
+@pytest.mark.serial
 def test_ambiguous_prefix_lists_the_matches_and_delete_removes_a_finished_run(lab, run_a, run_b):
     common = os.path.commonprefix([run_a.run.id, run_b.run.id])
     line = refused(cli("show", common, "--runs-dir", str(lab.root), cwd=lab.tmp), "matches 2 runs")

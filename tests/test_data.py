@@ -138,6 +138,7 @@ def test_setting_with_bad_list_names_file(shared, tmp_path):
     assert str(path) in str(info.value) and "train" in str(info.value)
 
 
+@pytest.mark.serial  # a wall-clock bound
 def test_reading_100_real_splits_is_fast(shared):
     pairs = [(task, seed) for task in shared.tasks() for seed in shared.seeds(task, 16)][:100]
     assert len(pairs) == 100

@@ -35,6 +35,11 @@ def _cli(*args, env_extra=None, check_rc=None):
     return proc
 
 
+# The tests of the module's grid run go to one xdist worker, in turn: it is made once (the longest fixture
+# of the suite), and the resume tests change it.
+grid_group = pytest.mark.xdist_group("headless-grid")
+
+
 @pytest.fixture(scope="module")
 def grid_run(tmp_path_factory, tiny_llama):
     data = require_shared_data()
@@ -65,6 +70,7 @@ max_test_examples = 40
     return {"proc": proc, "run": run, "runs": runs, "preset": preset}
 
 
+@grid_group
 def test_grid_runs_headless_and_prints_the_table(grid_run):
     out = grid_run["proc"].stdout
     for task in TARGETS:
@@ -73,6 +79,7 @@ def test_grid_runs_headless_and_prints_the_table(grid_run):
     assert grid_run["run"].status()["state"] == "finished"
 
 
+@grid_group
 def test_every_cell_is_stored_and_selection_uses_dev(grid_run):
     run = grid_run["run"]
     cells = [read_json(p) for p in sorted(run.cells_dir.glob("*.json"))]
@@ -92,6 +99,7 @@ def test_every_cell_is_stored_and_selection_uses_dev(grid_run):
     assert any("loss" in e for e in events) and any(e.get("event") == "cell_done" for e in events)
 
 
+@grid_group
 def test_index_and_csv_export_match_the_run(grid_run, tmp_path):
     run, runs = grid_run["run"], grid_run["runs"]
     (summary,) = RunIndex(runs).all()
@@ -110,6 +118,7 @@ def test_index_and_csv_export_match_the_run(grid_run, tmp_path):
         assert r["model"] and r["method"] == "pt"
 
 
+@grid_group
 def test_resume_recomputes_only_missing_cells_with_the_same_scores(grid_run):
     run = grid_run["run"]
     paths = sorted(run.cells_dir.glob("*.json"))
@@ -135,6 +144,7 @@ def test_resume_recomputes_only_missing_cells_with_the_same_scores(grid_run):
     assert strip(after["splits"]) == strip(before["splits"])
 
 
+@grid_group
 def test_a_resumed_run_keeps_the_grouping_it_started_with(grid_run):
     """groups.json fixes which cells train together, so a resume cannot regroup (and re-round) them."""
     run = grid_run["run"]
@@ -153,6 +163,7 @@ def test_a_resumed_run_keeps_the_grouping_it_started_with(grid_run):
     assert [read_json(p)["group_size"] for p in lost] == [1, 1]
 
 
+@grid_group
 def test_cells_trained_in_groups_score_as_cells_trained_one_by_one(grid_run, tmp_path):
     """The grid runner packs cells into multi-prompt groups; one cell per group gives the same records."""
     runs = tmp_path / "runs"

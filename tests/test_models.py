@@ -113,6 +113,7 @@ def test_pull_unknown_embedded_model_is_refused(empty_cache):
 # ---------------------------------------------------------------- the embedded model
 
 
+@pytest.mark.serial  # a wall-clock bound
 def test_embedded_model_loads_quickly_through_backbone():
     if not is_pulled(EMBEDDED):
         pytest.skip(f"{EMBEDDED} is not pulled into {models.embedded_model_dir(EMBEDDED)} "

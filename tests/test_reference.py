@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from engine.store import list_runs
+
 from engine.results import export_document, reference_names, reference_table
 from engine.results.reference import CSV_DIFF_TASK, load_reference
 from mpt_tui.cli import main
@@ -170,7 +172,7 @@ steps = 2
     assert main(["export", "--format", "markdown", "--runs-dir", str(runs), "--out", str(md)]) == 0
     text = md.read_text()
     assert "reported: amazon_polarity" in text and "ours − reported" in text
-    run_id = next(p.name for p in runs.iterdir() if p.is_dir())
+    (run_id,) = [r.id for r in list_runs(runs)]  # the runs root also holds .devices/
     capsys.readouterr()
     assert main(["show", run_id, "--runs-dir", str(runs), "--json"]) == 0
     shown = json.loads(capsys.readouterr().out)["reported"]

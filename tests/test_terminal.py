@@ -15,7 +15,8 @@ from engine.store.run_dir import list_runs
 
 from conftest import DEMO_DATA, REPO
 
-pytestmark = pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed")
+pytestmark = [pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed"),
+              pytest.mark.serial]  # a real terminal, waited on by the wall clock
 
 
 class Tmux:

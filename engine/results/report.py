@@ -405,16 +405,16 @@ def p_text(paired: Paired | None) -> str:
 
 
 def paired_line(paired: Paired | None, scale: float = 100.0) -> str:
-    """'Δ vs PT +1.2 [-0.3, +2.8] p=0.310 (n=15, Wilcoxon p=0.280)'."""
+    """'Δ vs PT +1.2 [-0.3, +2.8] p=0.310 (n=15); Wilcoxon p=0.280'."""
     if paired is None or paired.mean is None:
         return "Δ vs PT: no paired splits"
     missing = f", {paired.unpaired} unpaired" if paired.unpaired else ""
     p = p_value_text(shown_p(paired))
     holm_text = ", Holm" if paired.p_holm is not None else ""
-    rank = f", {'Wilcoxon' if paired.rank_test == 'wilcoxon' else 'sign test'} p={p_value_text(paired.rank_p)}" \
+    rank = f"; {'Wilcoxon' if paired.rank_test == 'wilcoxon' else 'sign test'} p={p_value_text(paired.rank_p)}" \
         if paired.rank_p is not None else ""
     return (f"Δ vs PT {delta_text(paired, scale)} p{p if p.startswith('<') else '=' + p} "
-            f"(n={paired.n}{missing}{holm_text}{rank})")
+            f"(n={paired.n}{missing}{holm_text}){rank}")
 
 
 PAIRED_EXPLANATION = ("Δ: the method's test score minus PT's on the same split (x100), mean over splits, then over "
